@@ -1,0 +1,147 @@
+"""Allocate: layer-wise sparsity methods as plugins with one signature.
+
+    method(stats: Statistics, target: float, **options) -> SparsityPlan
+
+``stats`` (``prunekit.score.Statistics``) lazily provides whatever a method needs (Wanda norms,
+outlier ratios, ESD alphas, the model itself) with on-disk caching. Every plan returned by
+``allocate`` is budget-exact: the parameter-weighted mean sparsity over all pruned linears equals
+``target`` within 1e-6, and every value lies in [s_min, s_max] (ALGORITHMS.md §8.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import PrunekitError
+
+
+@dataclass
+class SparsityPlan:
+    """Per-(block, linear) sparsities, shape (num_blocks, num_linears), plus provenance."""
+    values: np.ndarray
+    sizes: np.ndarray
+    target: float
+    method: str
+    options: dict = field(default_factory=dict)
+    linear_names: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # method diagnostics (e.g. per-block scores)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def per_block(self) -> np.ndarray:
+        """Parameter-weighted sparsity of each block."""
+        return (self.values * self.sizes).sum(1) / self.sizes.sum(1)
+
+    @property
+    def global_sparsity(self) -> float:
+        return float((self.values * self.sizes).sum() / self.sizes.sum())
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "options": self.options, "target": self.target,
+                "per_block": self.per_block.tolist(), "global": self.global_sparsity,
+                "linear_names": self.linear_names,
+                "values": self.values.tolist() if not self.is_blockwise else None,
+                "extras": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.extras.items()}}
+
+    @property
+    def is_blockwise(self) -> bool:
+        return bool(np.allclose(self.values, self.values[:, :1]))
+
+
+def fit_budget(values: np.ndarray, sizes: np.ndarray, target: float, s_min: float = 0.0,
+               s_max: float = 0.99, tol: float = 1e-9) -> np.ndarray:
+    """Shift ``values`` additively so the weighted mean equals ``target``, clipping to
+    [s_min, s_max] and redistributing the residual over the unclipped entries (water-filling:
+    bisection on the shift, exact to ``tol``)."""
+    values = np.asarray(values, dtype=float)
+    sizes = np.broadcast_to(np.asarray(sizes, dtype=float), values.shape)
+    if not (s_min <= target <= s_max):
+        raise PrunekitError(f"target {target} is outside [s_min={s_min}, s_max={s_max}]")
+    total = sizes.sum()
+
+    def mean_at(shift):
+        return (np.clip(values + shift, s_min, s_max) * sizes).sum() / total
+
+    lo, hi = s_min - values.max() - 1.0, s_max - values.min() + 1.0
+    for _ in range(200):  # mean_at is monotone non-decreasing in the shift
+        mid = 0.5 * (lo + hi)
+        if mean_at(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < tol * 1e-3:
+            break
+    out = np.clip(values + 0.5 * (lo + hi), s_min, s_max)
+    # remove the last rounding residual on the interior entries (keeps the mean exact)
+    free = (out > s_min) & (out < s_max)
+    if free.any():
+        out[free] += (target * total - (out * sizes).sum()) / sizes[free].sum()
+        out = np.clip(out, s_min, s_max)
+    return out
+
+
+# ----------------------------------------------------------------------------- registry
+
+Method = Callable[..., "SparsityPlan | np.ndarray"]
+_REGISTRY: dict[str, Method] = {}
+_DOCS: dict[str, str] = {}
+
+
+def register(name: str):
+    """Decorator: ``@register("owl")`` makes ``allocate("owl", ...)`` and ``--allocation owl`` work."""
+    def deco(fn: Method) -> Method:
+        _REGISTRY[name] = fn
+        _DOCS[name] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        return fn
+    return deco
+
+
+def methods() -> dict[str, str]:
+    _load_plugins()
+    return dict(_DOCS)
+
+
+def _load_plugins() -> None:
+    # methods living in their own modules register on import
+    import importlib
+    for mod in ("baselines", "mrp", "shapley", "absorption"):
+        try:
+            importlib.import_module(f"prunekit.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"prunekit.{mod}":
+                raise
+
+
+def allocate(method: str, stats, target: float, s_min: float = 0.0, s_max: float = 0.99,
+             **options) -> SparsityPlan:
+    """Run a registered method and return its budget-exact, clipped plan."""
+    _load_plugins()
+    if method not in _REGISTRY:
+        raise PrunekitError(f"unknown allocation '{method}'; choose from {', '.join(sorted(_REGISTRY))}")
+    if not (0.0 <= target < 1.0):
+        raise PrunekitError(f"sparsity {target} is outside [0, 1)")
+    out = _REGISTRY[method](stats, target, **options)
+    sizes = np.asarray(stats.sizes, dtype=float)
+    if isinstance(out, SparsityPlan):
+        plan = out
+    else:
+        vals = np.asarray(out, dtype=float)
+        if vals.ndim == 1:
+            vals = np.repeat(vals[:, None], sizes.shape[1], axis=1)
+        plan = SparsityPlan(vals, sizes, target, method, dict(options), list(stats.linear_names))
+    plan.values = fit_budget(plan.values, sizes, target, s_min, s_max)
+    plan.sizes, plan.target, plan.method = sizes, target, method
+    plan.options = {**dict(options), **plan.options, "s_min": s_min, "s_max": s_max}
+    plan.linear_names = list(stats.linear_names)
+    return plan
+
+
+@register("uniform")
+def uniform(stats, target: float) -> np.ndarray:
+    """Uniform: every linear pruned at the target sparsity."""
+    return np.full(np.asarray(stats.sizes).shape, float(target))

@@ -1,0 +1,147 @@
+"""Experiment: the end-to-end run (data → calibrate → score → allocate → prune → evaluate) as a
+reusable session, shared by the CLI, the notebooks and the benchmarks.
+
+A ``Session`` loads the model once, keeps a copy of the dense block weights, and reuses one
+calibration set and one ``Statistics`` (so a sweep of allocations × sparsities runs the dense
+statistics pass once). ``session.run(...)`` restores the dense weights, prunes, evaluates and
+returns the JSON-ready record.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import utils
+from .allocate import SparsityPlan, allocate
+from .data import calibration_data
+from .errors import PrunekitError
+from .evaluate import perplexity
+from .models import DEFAULT_MODEL, layout, load_model
+from .prune import METRICS, parse_nm, prune_model
+from .score import Statistics
+
+# Workload profiles for notebooks and `make reports`: quick = CI, cpu = this laptop-class machine,
+# paper = the papers' settings on a GPU (ALGORITHMS.md §0.1: 128 × 2048 C4, full WikiText-2).
+PROFILES = {
+    "quick": dict(calib_samples=4, calib_seqlen=128, eval_seqlen=256, eval_windows=2, heldout_samples=2),
+    "cpu": dict(calib_samples=32, calib_seqlen=512, eval_seqlen=512, eval_windows=16, heldout_samples=8),
+    "paper": dict(calib_samples=128, calib_seqlen=2048, eval_seqlen=2048, eval_windows=None, heldout_samples=32),
+}
+
+
+def profile(name: str) -> dict:
+    if name not in PROFILES:
+        raise PrunekitError(f"unknown profile '{name}'; choose from {', '.join(PROFILES)}")
+    return dict(PROFILES[name])
+
+
+@dataclass
+class Session:
+    model_name: str = DEFAULT_MODEL
+    calib_dataset: str = "c4"
+    calib_samples: int = 32
+    calib_seqlen: int = 512
+    seed: int = 0
+    eval_datasets: tuple[str, ...] = ("wikitext2",)
+    eval_seqlen: int = 512
+    eval_windows: int | None = 16
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str | None = None
+    progress: bool = True
+    model: object = None
+    tokenizer: object = None
+    timings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        t0 = time.perf_counter()
+        if self.model is None:
+            self.model, self.tokenizer = load_model(self.model_name, self.device, self.dtype)
+        self.timings["load_s"] = time.perf_counter() - t0
+        self.layout = layout(self.model)
+        self._dense = {(i, n): m.weight.detach().to("cpu", copy=True)
+                       for i in range(self.layout.num_blocks) for n, m in self.layout.linears(i).items()}
+        t0 = time.perf_counter()
+        utils.seed_everything(self.seed)
+        self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
+                                      self.calib_seqlen, self.seed)
+        self.timings["data_s"] = time.perf_counter() - t0
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress)
+        self._dense_ppl: dict = {}
+
+    @classmethod
+    def from_profile(cls, name: str = "quick", **overrides) -> "Session":
+        p = profile(name)
+        p.pop("heldout_samples", None)
+        return cls(**{**p, **overrides})
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the dense block weights back (between runs of a sweep)."""
+        for (i, n), w in self._dense.items():
+            self.layout.linears(i)[n].weight.copy_(w)
+
+    def plan(self, allocation: str = "uniform", sparsity: float = 0.5, **options) -> SparsityPlan:
+        self.restore()
+        return allocate(allocation, self.stats, sparsity, **options)
+
+    def evaluate(self, datasets=None) -> dict:
+        out = {}
+        for d in datasets or self.eval_datasets:
+            out[d] = perplexity(self.model, self.tokenizer, d, self.eval_seqlen, self.eval_windows,
+                                progress=self.progress)
+        return out
+
+    def dense(self) -> dict:
+        """Dense perplexities (memoised)."""
+        key = (tuple(self.eval_datasets), self.eval_seqlen, self.eval_windows)
+        if key not in self._dense_ppl:
+            self.restore()
+            self._dense_ppl[key] = self.evaluate()
+        return {d: r["perplexity"] for d, r in self._dense_ppl[key].items()}
+
+    def run(self, allocation: str = "uniform", metric: str = "wanda", sparsity: float = 0.5,
+            nm: str | None = None, evaluate: bool = True, zero_shot: list[str] | None = None,
+            zero_shot_limit: int | None = None, **options) -> dict:
+        """Prune the dense model with ``allocation`` + ``metric`` at ``sparsity`` and evaluate it."""
+        if metric not in METRICS:
+            raise PrunekitError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
+        nmt = parse_nm(nm)
+        if nmt is not None:
+            if allocation != "uniform":
+                raise PrunekitError("N:M pruning is uniform by construction; use --allocation uniform")
+            sparsity = nmt[0] / nmt[1]
+        t = {}
+        t0 = time.perf_counter()
+        plan = self.plan(allocation, sparsity, **options)
+        t["allocate"] = time.perf_counter() - t0
+        self.restore()
+        rep = prune_model(self.model, self.calib.input_ids, plan, metric, nmt, self.batch_size,
+                          progress=self.progress)
+        t["calibrate_prune"] = rep.pop("prune_s")
+        rec = {"model": self.model_name, "metric": metric, "allocation": allocation,
+               "allocation_options": plan.options, "nm": nm, "target_sparsity": sparsity,
+               "planned_sparsity": plan.per_block.tolist(), **rep,
+               "calibration": {"dataset": self.calib_dataset, "samples": self.calib_samples,
+                               "seqlen": self.calib_seqlen},
+               "seed": self.seed, "plan_extras": plan.to_dict()["extras"]}
+        data_sha = {f"calib:{self.calib_dataset}": self.calib.data_sha256}
+        if evaluate:
+            t0 = time.perf_counter()
+            ev = self.evaluate()
+            t["eval"] = time.perf_counter() - t0
+            rec["perplexity"] = {d: r["perplexity"] for d, r in ev.items()}
+            rec["tokens_evaluated"] = {d: r["tokens"] for d, r in ev.items()}
+            rec["eval"] = {"seqlen": self.eval_seqlen, "windows": self.eval_windows}
+            data_sha.update({f"eval:{d}": r["data_sha256"] for d, r in ev.items()})
+        if zero_shot:
+            from .evaluate import zero_shot as zs
+            t0 = time.perf_counter()
+            rec["zero_shot"] = zs(self.model, self.tokenizer, zero_shot, limit=zero_shot_limit)
+            t["zero_shot"] = time.perf_counter() - t0
+        rec["timings_s"] = t
+        rec["data_sha256"] = data_sha
+        rec["versions"] = utils.versions()
+        return rec
