@@ -55,3 +55,9 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", seqlen: int = 2048,
     return {"dataset": dataset, "perplexity": perplexity_from_nlls(nlls, seqlen), "windows": len(nlls),
             "seqlen": seqlen, "tokens": tokens, "tokens_per_s": tokens / dt, "seconds": dt,
             "data_sha256": src.sha256, "data_origin": src.origin}
+
+
+def zero_shot(model, tokenizer, tasks, limit=None, batch_size=1, **kwargs) -> dict:
+    """Zero-shot accuracy with stock lm-eval on the in-memory model (see ``prunekit.zeroshot``)."""
+    from .zeroshot import zero_shot as _zero_shot
+    return _zero_shot(model, tokenizer, tasks, limit=limit, batch_size=batch_size, **kwargs)

@@ -70,6 +70,7 @@ class Session:
         self.timings["data_s"] = time.perf_counter() - t0
         self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress)
         self._dense_ppl: dict = {}
+        self._pruned = False  # weights differ from the dense copy (set by run)
 
     @classmethod
     def from_profile(cls, name: str = "quick", **overrides) -> "Session":
@@ -78,10 +79,13 @@ class Session:
         return cls(**{**p, **overrides})
 
     @torch.no_grad()
-    def restore(self) -> None:
-        """Put the dense block weights back (between runs of a sweep)."""
+    def restore(self, force: bool = False) -> None:
+        """Put the dense block weights back (between runs of a sweep); a no-op while dense."""
+        if not (self._pruned or force):
+            return
         for (i, n), w in self._dense.items():
             self.layout.linears(i)[n].weight.copy_(w)
+        self._pruned = False
 
     def plan(self, allocation: str = "uniform", sparsity: float = 0.5, **options) -> SparsityPlan:
         self.restore()
@@ -118,6 +122,7 @@ class Session:
         plan = self.plan(allocation, sparsity, **options)
         t["allocate"] = time.perf_counter() - t0
         self.restore()
+        self._pruned = True
         rep = prune_model(self.model, self.calib.input_ids, plan, metric, nmt, self.batch_size,
                           progress=self.progress)
         t["calibrate_prune"] = rep.pop("prune_s")

@@ -1,0 +1,87 @@
+"""Pipeline benchmark on smollm2-135m, ratios measured in one run.
+
+P1  = perplexity-eval tokens/s ÷ raw ``model(x)`` tokens/s on the same windows      (goal ≥ 0.95)
+P2  = Wanda prune wall time ÷ one dense forward over the same calibration tokens   (goal ≤ 2.2)
+RSS = peak RSS ÷ (fp32 model size + 2 × calibration activations)                   (goal ≤ 1.3)
+      reported raw and net of the interpreter + libraries baseline measured before loading.
+
+    python -m benchmarks.pipeline [--calib-samples 32 --calib-seqlen 512 --eval-windows 4]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--eval-seqlen", type=int, default=512)
+    ap.add_argument("--eval-windows", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    a = ap.parse_args(argv)
+
+    import torch
+    from prunekit.data import calibration_data, eval_tokens
+    from prunekit.evaluate import perplexity
+    from prunekit.models import load_model
+    from prunekit.prune import prune_model
+
+    import transformers  # noqa: F401  (baseline includes the libraries)
+    base = rss_mb()
+    model, tok = load_model(a.model)
+    calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, 0)
+    ids, _ = eval_tokens("wikitext2", tok, a.eval_seqlen)
+    n = min(a.eval_windows, ids.shape[1] // a.eval_seqlen)
+    windows = ids[0, : n * a.eval_seqlen].reshape(n, a.eval_seqlen)
+
+    # P1: raw forward vs the perplexity evaluator on the same windows (warm-up first)
+    with torch.no_grad():
+        model(input_ids=windows[:1], use_cache=False)
+        t0 = time.perf_counter()
+        for w in windows:
+            model(input_ids=w[None], use_cache=False)
+        raw = time.perf_counter() - t0
+    res = perplexity(model, tok, "wikitext2", a.eval_seqlen, n, progress=False)
+    p1 = (n * a.eval_seqlen / res["seconds"]) / (n * a.eval_seqlen / raw)
+
+    # P2: one dense forward over the calibration tokens vs a full Wanda prune
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for b in range(0, a.calib_samples, a.batch_size):
+            model(input_ids=calib.input_ids[b:b + a.batch_size], use_cache=False)
+        fwd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rep = prune_model(model, calib.input_ids, 0.5, "wanda", batch_size=a.batch_size, progress=False)
+    prune = time.perf_counter() - t0
+
+    params = {p.data_ptr(): p.numel() for p in model.parameters()}  # tied weights counted once
+    model_mb = sum(params.values()) * 4 / 2**20
+    acts_mb = a.calib_samples * a.calib_seqlen * model.config.hidden_size * 4 / 2**20
+    peak = peak_mb()
+    denom = model_mb + 2 * acts_mb
+    print(f"model {a.model}: {sum(params.values())/1e6:.1f} M params; calibration {a.calib_samples}x{a.calib_seqlen}; "
+          f"eval {n}x{a.eval_seqlen}; torch threads {torch.get_num_threads()}")
+    print(f"P1  eval tok/s / raw tok/s      = {p1:.3f}   (eval {res['tokens_per_s']:.0f} tok/s, raw {n*a.eval_seqlen/raw:.0f} tok/s; goal >= 0.95)")
+    print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; sparsity {rep['global_sparsity']:.4f})")
+    print(f"RSS peak / (model + 2 acts)     = {peak/denom:.3f} raw, {(peak-base)/denom:.3f} net of the {base:.0f} MB "
+          f"interpreter+libraries baseline   (peak {peak:.0f} MB; model {model_mb:.0f} MB, acts {acts_mb:.0f} MB; goal <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny randomly initialised models of each supported family, built from configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "PRUNEKIT_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["PRUNEKIT_DATA_DIR"] = str(SHARED_DATA)
+
+
+def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 256):
+    """A tiny random causal LM of family ``kind`` in eval mode, fp32."""
+    import transformers as tf
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=512)
+    if kind == "llama":
+        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                             num_key_value_heads=2, **common)
+    elif kind == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                             num_key_value_heads=2, **common)
+    elif kind == "gemma3":
+        cfg = tf.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                  layer_types=["sliding_attention", "full_attention"] * (layers // 2)
+                                  + ["sliding_attention"] * (layers % 2), **common)
+    elif kind == "opt":
+        cfg = tf.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_attention_heads=4,
+                           num_hidden_layers=layers, word_embed_proj_dim=64, max_position_embeddings=512)
+    else:
+        raise ValueError(kind)
+    cfg._attn_implementation = "eager"
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    model.config.use_cache = False
+    model.prunekit_name = f"tiny-{kind}-{seed}"
+    return model
+
+
+def tiny_calib(n: int = 6, seqlen: int = 32, vocab: int = 256, seed: int = 0):
+    from prunekit.data import Calibration
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, seqlen), generator=g)
+    return Calibration(ids, "synthetic", seed, "0" * 64, [(-1, i) for i in range(n)])
+
+
+class ByteTokenizer:
+    """Offline stand-in tokenizer: UTF-8 bytes, no special tokens."""
+    bos_token = None
+    backend_tokenizer = None
+
+    def __call__(self, text, return_tensors=None):
+        return {"input_ids": list(text.encode("utf-8"))}
+
+    def get_vocab(self):
+        return {str(i): i for i in range(256)}
+
+
+@pytest.fixture
+def byte_tokenizer():
+    return ByteTokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch, request):
+    # unit tests never touch the user's cache, except slow tests that reuse the dequantised model
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
