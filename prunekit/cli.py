@@ -141,6 +141,9 @@ def _validate(args) -> None:
             raise PrunekitError(f"unknown metric '{args.metric}'; choose from {', '.join(METRICS)}")
         if args.calib_dataset not in DATASETS:
             raise PrunekitError(f"unknown --calib-dataset '{args.calib_dataset}'; choose from {', '.join(DATASETS)}")
+        from .allocate import _REGISTRY
+        if args.allocation not in _REGISTRY:
+            raise PrunekitError(f"unknown allocation '{args.allocation}'; choose from {', '.join(sorted(_REGISTRY))}")
         nm = parse_nm(args.nm)
         if nm is not None:
             if args.sparsity is not None and abs(args.sparsity - nm[0] / nm[1]) > 1e-9:

@@ -31,6 +31,12 @@ PROFILES = {
 }
 
 
+def grid(profile_name: str, **axes: list) -> dict:
+    """Sweep axes for a profile: ``quick`` keeps only the last value of each list (CI-sized)."""
+    profile(profile_name)
+    return {k: (list(v)[-1:] if profile_name == "quick" else list(v)) for k, v in axes.items()}
+
+
 def profile(name: str) -> dict:
     if name not in PROFILES:
         raise PrunekitError(f"unknown profile '{name}'; choose from {', '.join(PROFILES)}")
@@ -105,6 +111,24 @@ class Session:
             self.restore()
             self._dense_ppl[key] = self.evaluate()
         return {d: r["perplexity"] for d, r in self._dense_ppl[key].items()}
+
+    def sweep(self, allocations, metrics, sparsities, options: dict | None = None, **run_kw):
+        """Every allocation × metric × sparsity; returns a DataFrame with one row per run.
+        ``options`` maps an allocation name to its keyword options."""
+        import pandas as pd
+        from tqdm.auto import tqdm
+        options = options or {}
+        rows = []
+        combos = [(a, m, s) for s in sparsities for m in metrics for a in allocations]
+        for a, m, s in tqdm(combos, desc="sweep", disable=not self.progress):
+            rec = self.run(a, m, s, **options.get(a, {}), **run_kw)
+            row = {"allocation": a, "metric": m, "sparsity": s, "global_sparsity": rec["global_sparsity"]}
+            row.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
+            if "zero_shot" in rec:
+                row["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
+            row["planned"] = rec["planned_sparsity"]
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def run(self, allocation: str = "uniform", metric: str = "wanda", sparsity: float = 0.5,
             nm: str | None = None, evaluate: bool = True, zero_shot: list[str] | None = None,

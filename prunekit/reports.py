@@ -71,8 +71,10 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
     name = nb.stem
     stage = Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
     executed = stage / f"{name}.ipynb"
-    env_before = os.environ.get("PRUNEKIT_REPORT_DIR")
-    os.environ["PRUNEKIT_REPORT_DIR"] = str(stage)
+    # the kernel inherits these: results JSON goes to staging; progress bars would flood the HTML
+    env = {"PRUNEKIT_REPORT_DIR": str(stage), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    env_before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     t0 = time.perf_counter()
     err = None
     try:
@@ -82,10 +84,11 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
     except Exception as e:  # papermill still wrote the executed notebook with the error in it
         err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     finally:
-        if env_before is None:
-            os.environ.pop("PRUNEKIT_REPORT_DIR", None)
-        else:
-            os.environ["PRUNEKIT_REPORT_DIR"] = env_before
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     secs = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     page = _to_html(executed) if executed.exists() else f"<pre>{html.escape(err or 'no output')}</pre>"
