@@ -32,9 +32,14 @@ PROFILES = {
 
 
 def grid(profile_name: str, **axes: list) -> dict:
-    """Sweep axes for a profile: ``quick`` keeps only the last value of each list (CI-sized)."""
+    """Sweep axes for a profile. ``quick`` (CI-sized) keeps one value per axis: the last of a
+    numeric axis (the highest sparsity, where methods differ most), the first of any other
+    (list the cheapest metric first: SparseGPT costs ~100 s per prune on a CPU)."""
     profile(profile_name)
-    return {k: (list(v)[-1:] if profile_name == "quick" else list(v)) for k, v in axes.items()}
+    if profile_name != "quick":
+        return {k: list(v) for k, v in axes.items()}
+    return {k: (list(v)[-1:] if all(isinstance(x, (int, float)) for x in v) else list(v)[:1])
+            for k, v in axes.items()}
 
 
 def profile(name: str) -> dict:
@@ -83,6 +88,16 @@ class Session:
         p = profile(name)
         p.pop("heldout_samples", None)
         return cls(**{**p, **overrides})
+
+    def reseed(self, seed: int) -> "Session":
+        """Draw a new calibration set with ``seed`` (model and dense copy reused); returns self."""
+        self.restore()
+        self.seed = seed
+        utils.seed_everything(seed)
+        self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
+                                      self.calib_seqlen, seed)
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress)
+        return self
 
     @torch.no_grad()
     def restore(self, force: bool = False) -> None:

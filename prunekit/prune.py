@@ -125,7 +125,6 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, s: float, nm=None, blocksize: in
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
@@ -137,14 +136,12 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, s: float, nm=None, blocksize: in
             if nm is not None and i % nm[1] == 0:
                 sc = W1[:, i:i + nm[1]] ** 2 / d[i:i + nm[1]].reshape(1, -1) ** 2
                 mask1.scatter_(1, i + torch.topk(sc, nm[0], dim=1, largest=False)[1], True)
-            w = W1[:, i]
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            m = mask1[:, i]
+            err = W1[:, i] * m / d[i]              # (w - q)/[H^-1]_ii with q = w·(1-mask)
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # OBS update; column i becomes q
+            W1[:, i].masked_fill_(m, 0)            # exact zeros despite rounding
             Err1[:, i] = err
-        W[:, i1:i2] = Q1
+        W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return W
 
