@@ -97,6 +97,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the JSON record here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -186,6 +187,9 @@ def run(argv=None) -> dict:
     if args.cmd == "demo":
         return demo(args.model, args.profile)
     _validate(args)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     from . import utils
     from .experiment import Session
     evals = tuple(filter(None, args.eval.split(",")))

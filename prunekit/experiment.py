@@ -79,7 +79,8 @@ class Session:
         self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
                                       self.calib_seqlen, self.seed)
         self.timings["data_s"] = time.perf_counter() - t0
-        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress)
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
+                                tokenizer=self.tokenizer)
         self._dense_ppl: dict = {}
         self._pruned = False  # weights differ from the dense copy (set by run)
 
@@ -96,7 +97,8 @@ class Session:
         utils.seed_everything(seed)
         self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
                                       self.calib_seqlen, seed)
-        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress)
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
+                                tokenizer=self.tokenizer)
         return self
 
     @torch.no_grad()

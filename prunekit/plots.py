@@ -187,3 +187,239 @@ def absorption_correction_effect(comparison, ax=None, title=None):
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- SV-NUP (prunekit.shapley)
+
+def svnup_shapley(values, stderr=None, ax=None, title="Shapley value per block"):
+    """Per-block Shapley values as bars, with ±1 standard-error bars when ``stderr`` is given
+    (Monte-Carlo); NaN stderrs are ignored. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = np.asarray(values, dtype=float).reshape(-1)
+    err = None
+    if stderr is not None:
+        e = np.asarray(stderr, dtype=float).reshape(-1)
+        err = None if np.all(np.isnan(e)) else np.nan_to_num(e)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3))
+    else:
+        fig = ax.figure
+    ax.bar(np.arange(y.size), y, yerr=err, capsize=2, color="tab:blue")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("block")
+    ax.set_ylabel("Shapley value (Δ −NLL)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def svnup_approximation(study, title="Shapley approximation vs cost"):
+    """Spearman ρ and relative error against the Monte-Carlo reference vs distinct coalition
+    evaluations (``prunekit.shapley.approximation_study`` DataFrame). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, col in zip(axes, ("spearman", "rel_error")):
+        for est, g in study.groupby("estimator", sort=False):
+            g = g.sort_values("evaluations")
+            if est == "monte_carlo":
+                ax.plot(g["evaluations"], g[col], marker="o", markersize=3, label="Monte-Carlo")
+            else:
+                ax.scatter(g["evaluations"], g[col], marker="s", zorder=3, label=est.replace("_", " "))
+                for _, r in g.iterrows():
+                    ax.annotate(r["setting"], (r["evaluations"], r[col]), fontsize="x-small",
+                                xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("distinct coalition evaluations")
+        ax.set_ylabel("Spearman ρ vs reference" if col == "spearman" else "‖φ − φ_ref‖ / ‖φ_ref‖")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def svnup_perplexity(table, dataset="wikitext2", title=None):
+    """Perplexity of each allocation (bars) per sparsity, one panel per pruning metric, log scale.
+    ``table``: rows with metric, allocation, sparsity and a ``dataset`` column. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    metrics = list(dict.fromkeys(df["metric"]))
+    allocs = list(dict.fromkeys(df["allocation"]))
+    sps = sorted(df["sparsity"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    width = 0.8 / max(len(allocs), 1)
+    for ax, m in zip(axes[0], metrics):
+        for k, a in enumerate(allocs):
+            sel = df[(df["metric"] == m) & (df["allocation"] == a)].set_index("sparsity")
+            y = [float(sel[dataset].get(s, np.nan)) for s in sps]
+            ax.bar(np.arange(len(sps)) + (k - (len(allocs) - 1) / 2) * width, y, width, label=a)
+        ax.set_xticks(np.arange(len(sps)), [f"{s:.0%}" for s in sps])
+        ax.set_yscale("log")
+        ax.set_xlabel("target sparsity")
+        ax.set_ylabel(f"{dataset} perplexity")
+        ax.set_title(m)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- grand comparison
+
+def comparison_heatmap(summary, value: str = "ppl_wikitext2_mean", title: str | None = None):
+    """Heat map of ``value`` (log scale colours): rows allocation, columns metric@sparsity."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+    t = summary.assign(setting=summary.metric + "@" + (summary.sparsity * 100).round().astype(int).astype(str) + "%")
+    piv = t.pivot_table(index="allocation", columns="setting", values=value)
+    fig, ax = plt.subplots(figsize=(1.6 * max(3, piv.shape[1]) + 2, 0.45 * piv.shape[0] + 1.5))
+    sns.heatmap(np.log10(piv), annot=piv.round(1), fmt="", cmap="viridis_r", ax=ax,
+                cbar_kws={"label": f"log10 {value}"})
+    ax.set_title(title or value)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_lines(summary, value: str = "ppl_wikitext2_mean", title: str | None = None):
+    """``value`` vs sparsity, one line per allocation, one panel per metric, ± std error bars."""
+    import matplotlib.pyplot as plt
+    metrics = list(dict.fromkeys(summary.metric))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    std = value.replace("_mean", "_std")
+    for ax, m in zip(axes[0], metrics):
+        sub = summary[summary.metric == m]
+        for a, g in sub.groupby("allocation"):
+            g = g.sort_values("sparsity")
+            ax.errorbar(g.sparsity, g[value], yerr=g[std] if std in g else None, marker="o", ms=4,
+                        capsize=3, label=a)
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity")
+        ax.set_title(m)
+    axes[0][0].set_ylabel(value)
+    axes[0][-1].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- MRP findings and MRP (issue 4)
+
+def mrp_lps(table, title=None):
+    """Layerwise pruning sensitivity (``analysis.layer_sensitivity`` / ``metric_dependency`` table):
+    LPS (Δ mean NLL) vs block, one line per sparsity, one panel per metric. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(table["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, mt in zip(axes[0], metrics):
+        sub = table[table["metric"] == mt]
+        for s, g in sub.groupby("sparsity"):
+            g = g.sort_values("block")
+            ax.plot(g["block"], g["lps"], marker="o", markersize=3, label=f"{s:.0%}")
+        ax.set_yscale("symlog", linthresh=1e-3)  # LPS spans decades and can be slightly negative
+        ax.set_xlabel("pruned block")
+        ax.set_title(mt)
+        ax.legend(fontsize="small", title="sparsity")
+    axes[0][0].set_ylabel("LPS: Δ mean NLL (nats, symlog)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def mrp_lps_ranks(table, sparsity, title=None):
+    """Sensitivity rank of every block (1 = most sensitive) under each metric at ``sparsity``:
+    crossing lines = the metric changes which blocks are fragile. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy.stats import rankdata
+
+    sub = table[np.isclose(table["sparsity"], sparsity)]
+    metrics = list(dict.fromkeys(sub["metric"]))
+    ranks = {mt: rankdata(-sub[sub["metric"] == mt].sort_values("block")["lps"].to_numpy()) for mt in metrics}
+    L = len(next(iter(ranks.values())))
+    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 3, 4))
+    cmap = plt.get_cmap("viridis")
+    for b in range(L):
+        ax.plot(range(len(metrics)), [ranks[mt][b] for mt in metrics], marker="o", markersize=3,
+                color=cmap(b / max(L - 1, 1)), linewidth=1)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.invert_yaxis()
+    ax.set_ylabel("sensitivity rank (1 = most sensitive)")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, L - 1))
+    fig.colorbar(sm, ax=ax, label="block")
+    ax.set_title(title or f"LPS rank per metric at {sparsity:.0%}")
+    fig.tight_layout()
+    return fig
+
+
+def mrp_redundancy_vs_ppl(table, x="nor_std", title=None):
+    """Spread of the blocks' redundancy levels in the pruned model (``x``) vs perplexity, one
+    point per allocation (``analysis.redundancy_uniformity`` table); named methods labelled,
+    random allocations grey. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rnd = table[table["kind"] == "random"]
+    ax.scatter(rnd[x], rnd["ppl"], color="grey", alpha=0.6, s=18, label="random (budget-exact)")
+    meth = table[table["kind"] != "random"]
+    ax.scatter(meth[x], meth["ppl"], color="tab:red", s=30, zorder=3, label="methods")
+    for _, r in meth.iterrows():
+        ax.annotate(r["allocation"], (r[x], r["ppl"]), fontsize="small", xytext=(3, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel({"nor_std": "std of block redundancy levels", "nor_range": "max − min block redundancy"}.get(x, x))
+    ax.set_ylabel("perplexity")
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def mrp_redundancy_levels(levels: dict, title=None, ax=None):
+    """Per-block redundancy level (non-outlier ratio), one line per label (e.g. dense / uniform /
+    MRP). ``levels``: dict label -> sequence. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+    else:
+        fig = ax.figure
+    for lab, v in levels.items():
+        v = np.asarray(v, dtype=float)
+        ax.plot(np.arange(v.size), v, marker="o", markersize=3, label=f"{lab} (std {v.std():.4f})")
+    ax.set_xlabel("block")
+    ax.set_ylabel("non-outlier ratio")
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def mrp_ablation(table, param, value="ppl", title=None):
+    """``value`` against an MRP option (``param`` column), one line per metric@sparsity, log y."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for (mt, s), g in table.groupby(["metric", "sparsity"]):
+        g = g.sort_values(param)
+        ax.plot(g[param].astype(str), g[value], marker="o", label=f"{mt} @ {s:.0%}")
+    ax.set_yscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel(value)
+    ax.legend(fontsize="small")
+    ax.set_title(title or f"MRP ablation: {param}")
+    fig.tight_layout()
+    return fig

@@ -81,8 +81,8 @@ class Statistics:
     calibration passes this object ran; a warm cache keeps it at 0)."""
 
     def __init__(self, model, calib: Calibration | None = None, *, cache: bool | StatsCache = True,
-                 batch_size: int = 8, progress: bool = True):
-        self.model, self.calib = model, calib
+                 batch_size: int = 8, progress: bool = True, tokenizer=None):
+        self.model, self.calib, self.tokenizer = model, calib, tokenizer
         self.layout = layout(model)
         self.sizes = np.asarray(self.layout.sizes(), dtype=float)
         self.linear_names = list(self.layout.linear_names)
