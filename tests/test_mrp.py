@@ -1,0 +1,287 @@
+"""MRP allocation and the MRP findings (prunekit.mrp, prunekit.analysis) on tiny random models.
+
+Every check compares against an independent computation: budget identities, brute-force masks from
+the solvers' own mask functions, a full-model forward pass of a pruned copy."""
+import numpy as np
+import pytest
+import torch
+
+from prunekit import analysis, mrp
+from prunekit.allocate import allocate
+from prunekit.data import Calibration
+from prunekit.evaluate import window_nlls
+from prunekit.models import layout
+from prunekit.prune import _global_mask, magnitude_mask, prune_model, wanda_mask
+from prunekit.score import Statistics
+
+L = 4
+
+
+def tiny_model(seed=0, blocks=L):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=blocks, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    model.config.use_cache = False
+    return model
+
+
+def calib(n=4, seqlen=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Calibration(input_ids=torch.randint(0, 256, (n, seqlen), generator=g), dataset="synthetic",
+                       seed=seed, data_sha256="x" * 64, picks=[])
+
+
+@torch.no_grad()
+def heterogeneous_model():
+    """Block 0 gets 3% heavy outlier weights (-> low NOR, should keep the lowest sparsity);
+    block 2's MLP input norm gets a few huge channels (Wanda-only outliers)."""
+    model = tiny_model()
+    lay = layout(model)
+    g = torch.Generator().manual_seed(1)
+    for lin in lay.linears(0).values():
+        pick = torch.rand(lin.weight.shape, generator=g) < 0.03
+        lin.weight[pick] *= 25
+    ln = lay.blocks[2].post_attention_layernorm.weight
+    ln[:4] = 40.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def het():
+    model = heterogeneous_model()
+    return Statistics(model, calib(), cache=False, progress=False)
+
+
+# ----------------------------------------------------------------------------- plans
+
+def test_plan_budget_exact_in_bounds_non_uniform(het):
+    for target in (0.5, 0.63, 0.8):
+        plan = allocate("mrp", het, target, delta=0.01)
+        assert abs(plan.global_sparsity - target) < 1e-9
+        assert (plan.values >= 0).all() and (plan.values <= 0.95 + 1e-12).all()
+        assert plan.per_block.max() - plan.per_block.min() > 0.05, plan.per_block
+        assert plan.is_blockwise
+        # MRP's own exactness, before allocate's fit_budget could hide a miss
+        raw = mrp.mrp(het, target)
+        assert abs(raw.global_sparsity - target) < 1e-9
+        assert raw.extras["steps"] >= round(target / 0.01) - 1
+        # direction (ALGORITHMS.md §8.3): under the weight-only score the outlier-heavy block 0 is the
+        # least redundant, so it is pruned least
+        mag = allocate("mrp", het, target, score="magnitude")
+        assert int(np.argmin(mag.per_block)) == 0, mag.per_block
+        assert mag.extras["nor_initial"].argmin() == 0
+
+
+def test_plan_respects_cap_and_bad_options(het):
+    plan = allocate("mrp", het, 0.8, delta=0.05, k=2, s_cap=0.85)
+    assert plan.values.max() <= 0.85 + 1e-12 and abs(plan.global_sparsity - 0.8) < 1e-9
+    from prunekit.errors import PrunekitError
+    for bad in ({"score": "x"}, {"threshold": "x"}, {"denominator": "x"}, {"delta": 0}, {"k": 0},
+                {"s0": 0.9}, {"s_cap": 0.5}, {"refresh": -1}):
+        with pytest.raises(PrunekitError):
+            allocate("mrp", het, 0.7, **bad)
+
+
+def test_redundancy_spread_smaller_than_uniform(het):
+    for metric in ("wanda", "magnitude", "sparsegpt"):
+        plan = allocate("mrp", het, 0.7, score=metric)
+        r_mrp = mrp.redundancy_levels(het, plan.per_block, metric)
+        r_uni = mrp.redundancy_levels(het, np.full(L, 0.7), metric)
+        assert r_mrp.std() < 0.5 * r_uni.std(), (metric, r_mrp, r_uni)
+        np.testing.assert_allclose(plan.extras["nor_final"], r_mrp, atol=1e-12)
+
+
+def test_metric_changes_plan(het):
+    a = allocate("mrp", het, 0.7, score="wanda").per_block
+    b = allocate("mrp", het, 0.7, score="magnitude").per_block
+    assert np.abs(a - b).max() > 0.02, (a, b)
+    # Wanda sees block 2's input-norm outliers, magnitude does not: block 2 keeps more weights under Wanda
+    assert a[2] < b[2] - 0.02
+
+
+def test_deterministic(het):
+    a = allocate("mrp", het, 0.6, k=2, threshold="current")
+    b = allocate("mrp", het, 0.6, k=2, threshold="current")
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+# ----------------------------------------------------------------------------- incremental == brute force
+
+def brute_force_nor(stats, i, s, metric, m, threshold, denominator, blocksize):
+    """NOR of block i at sparsity s from the solvers' own mask functions on the dense scores."""
+    A_all, alive_all = [], []
+    for n in stats.linear_names:
+        W = stats.weight(i, n).float()
+        if metric == "wanda":
+            norm = stats.wanda_norms()[i][n]
+            A = W.abs() * norm.reshape(1, -1)
+            pruned = wanda_mask(W, norm, s)
+        elif metric == "magnitude":
+            A = W.abs()
+            pruned = magnitude_mask(W, s)
+        else:
+            A = W.pow(2) / stats.hinv_diag()[i][n].reshape(1, -1).pow(2)
+            pruned = torch.zeros_like(A, dtype=torch.bool)
+            for c in range(0, A.shape[1], blocksize):
+                pruned[:, c:c + blocksize] = _global_mask(A[:, c:c + blocksize], s)
+        A_all.append(A.reshape(-1))
+        alive_all.append(~pruned.reshape(-1))
+    A, alive = torch.cat(A_all).double(), torch.cat(alive_all)
+    tau = m * (A.mean() if threshold == "dense" else A[alive].mean())
+    non = int((alive & (A <= tau)).sum())
+    den = int(alive.sum()) if denominator == "surviving" else A.numel()
+    return non / den
+
+
+@pytest.mark.parametrize("metric,threshold,denominator,m", [
+    ("wanda", "dense", "surviving", 1.0), ("wanda", "current", "dense", 3.0), ("magnitude", "dense", "dense", 1.0),
+    ("magnitude", "current", "surviving", 1.0), ("sparsegpt", "dense", "surviving", 1.0),
+    ("sparsegpt", "current", "surviving", 3.0), ("wanda", "dense", "dense", 5.0),
+    ("wanda", "current", "surviving", 0.5)])
+def test_incremental_nor_matches_brute_force(het, metric, threshold, denominator, m):
+    # m=1 makes ~40% of the weights outliers, so groups run out of non-outliers (k > c) before the
+    # target; column blocks of 32 give SparseGPT several groups per matrix
+    bsz = 32
+    tables = mrp.build_tables(het, metric, m, threshold, bsz)
+    seen, memo = [], {}
+
+    def brute(i, s):  # memoised on (block, sparsity): unchanged blocks are still compared every step
+        if (i, s) not in memo:
+            memo[i, s] = brute_force_nor(het, i, s, metric, m, threshold, denominator, bsz)
+        return memo[i, s]
+
+    def check(step, s, nor, tabs):
+        want = [brute(i, float(s[i])) for i in range(L)]
+        np.testing.assert_allclose(nor, want, rtol=0, atol=1e-12, err_msg=f"step {step}, s={s}")
+        seen.append(step)
+
+    out = mrp.greedy(tables, het.sizes.sum(1), 0.75, delta=0.04, k=1, denominator=denominator, on_step=check)
+    assert len(seen) == out["steps"] >= 70
+    assert abs((out["s"] * het.sizes.sum(1)).sum() / het.sizes.sum() - 0.75) < 1e-12
+
+
+def test_refresh_runs_and_restores(het):
+    before = mrp._snapshot(het)
+    plan = allocate("mrp", het, 0.6, delta=0.05, refresh=3)
+    assert plan.extras["refreshes"] >= 3
+    assert abs(plan.global_sparsity - 0.6) < 1e-9
+    after = mrp._snapshot(het)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_refresh_is_identity_for_magnitude(het):
+    """Magnitude scores do not depend on data and pruning only zeroes the lowest ones, so refreshed
+    tables must give the original NOR at every sparsity above the refresh state, and the plan
+    must not change."""
+    snap = mrp._snapshot(het)
+    s = np.array([0.3, 0.1, 0.45, 0.2])
+    fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "dense")
+    mrp._restore(het, snap)
+    orig = mrp.build_tables(het, "magnitude", 5.0, "dense")
+    for i in range(L):
+        for x in (s[i], s[i] + 0.07, 0.9):
+            assert fresh[i].nor(x) == pytest.approx(orig[i].nor(x), abs=1e-12)
+    a = allocate("mrp", het, 0.6, score="magnitude", delta=0.05)
+    b = allocate("mrp", het, 0.6, score="magnitude", delta=0.05, refresh=4)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- LPS
+
+@torch.no_grad()
+def fragile_model(block):
+    """Sharp head (lm_head ×30) and one block whose residual writes (o_proj, down_proj) are ×20: its
+    output dominates the residual stream, so pruning it moves the logits most."""
+    model = tiny_model(seed=3)
+    lay = layout(model)
+    model.lm_head.weight.mul_(30)
+    lay.blocks[block].self_attn.o_proj.weight.mul_(20)
+    lay.blocks[block].mlp.down_proj.weight.mul_(20)
+    return model
+
+
+@torch.no_grad()
+def greedy_ids(model, n=4, seqlen=16, seed=0):
+    """Evaluation text = the dense model's own greedy continuations, so the dense model sits at a
+    low loss and damage shows up as a loss increase (a random model has no "correct" text)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (n, 1), generator=g)
+    for _ in range(seqlen - 1):
+        ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("block,metric", [(1, "wanda"), (2, "magnitude")])
+def test_lps_ranks_fragile_block_first(block, metric):
+    model = fragile_model(block)
+    stats = Statistics(model, calib(), cache=False, progress=False)
+    res = analysis.layer_sensitivity(stats, metric, (0.5, 0.8), eval_ids=greedy_ids(model), progress=False)
+    for s in (0.5, 0.8):
+        v = res.vector(s)
+        assert int(np.argmax(v)) == block, v
+    assert res.cv.loc[0.8] > 0.5
+    assert "non-uniform" in analysis.lps_verdict(res, 0.8)
+
+
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt", "magnitude"])
+def test_lps_equals_full_forward_of_pruned_model(metric):
+    """LPS(l, s) = NLL(model with only block l pruned by prune_model) - NLL(dense), full forward."""
+    model = tiny_model(seed=5)
+    cal, ev = calib(seed=0), calib(n=3, seqlen=16, seed=9)
+    stats = Statistics(model, cal, cache=False, progress=False)
+    res = analysis.layer_sensitivity(stats, metric, (0.6,), eval_ids=ev.input_ids, blocks=[1, 3], progress=False)
+    dense_w = {k: v.weight.detach().clone() for k, v in model.named_modules() if isinstance(v, torch.nn.Linear)}
+    stream = ev.input_ids.reshape(1, -1)
+    base = float(window_nlls(model, stream, 16, progress=False).mean())
+    assert abs(res.base_loss - base) < 1e-5
+    for blk in (1, 3):
+        plan = np.zeros(L)
+        plan[blk] = 0.6
+        prune_model(model, cal.input_ids, plan, metric, progress=False)
+        want = float(window_nlls(model, stream, 16, progress=False).mean()) - base
+        got = res.table[(res.table.block == blk)].lps.item()
+        assert abs(got - want) < 1e-4, (blk, got, want)
+        with torch.no_grad():
+            for k, v in model.named_modules():
+                if k in dense_w:
+                    v.weight.copy_(dense_w[k])
+
+
+# ----------------------------------------------------------------------------- findings helpers
+
+def test_spearman_and_bootstrap():
+    x = np.arange(10.0)
+    assert analysis.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert analysis.spearman(x, -x) == pytest.approx(-1.0)
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    assert analysis.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    r1 = analysis.bootstrap_spearman(a, a + 0.1 * b, 300, seed=4)
+    assert r1 == analysis.bootstrap_spearman(a, a + 0.1 * b, 300, seed=4)
+    assert r1[1] <= r1[0] <= r1[2] and r1[1] > 0.8
+
+
+def test_random_allocations_budget_exact_and_seeded():
+    sizes = np.array([[10, 20]] * 6, dtype=float)
+    a = analysis.random_allocations(sizes, 0.6, 5, seed=3)
+    b = analysis.random_allocations(sizes, 0.6, 5, seed=3)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+        assert abs((u * sizes.sum(1)).sum() / sizes.sum() - 0.6) < 1e-9
+        assert (u >= 0).all() and (u <= 0.95).all()
+    assert np.std([u.std() for u in a]) > 0  # a range of non-uniformities
+
+
+def test_measured_redundancy_matches_simulation_for_one_shot_masks(het):
+    """On a model pruned with dense-statistics masks (no sequential drift), the measured redundancy
+    equals the table's simulated NOR."""
+    masks = analysis.nonoutlier_masks(het, "magnitude", 5.0)
+    snap = mrp._snapshot(het)
+    s = np.array([0.2, 0.5, 0.7, 0.4])
+    prune_model(het.model, None, s, "magnitude", progress=False)
+    got = analysis.measured_redundancy(het.model, masks)
+    mrp._restore(het, snap)
+    np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "magnitude", 5.0), atol=1e-12)
