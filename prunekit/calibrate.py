@@ -88,6 +88,33 @@ def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
     return out
 
 
+class _Replay(nn.Module):
+    """Stands in for a decoder block: the first returns the given hidden states, the rest pass
+    them through, so the model's own final norm, head and logit soft-capping apply."""
+    def __init__(self, out=None):
+        super().__init__()
+        self.out = out
+
+    def forward(self, hidden, *args, **kwargs):
+        return self.out if self.out is not None else hidden
+
+
+@torch.no_grad()
+def head_logits(model, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits from hidden states after the last block (any architecture: the blocks are swapped
+    for a replay and the model runs its own head; embeddings are recomputed, which is cheap)."""
+    lay = layout(model)
+    dev = next(model.parameters()).device
+    originals = list(lay.blocks)
+    try:
+        for i in range(lay.num_blocks):
+            lay.blocks[i] = _Replay(final_hidden.to(dev) if i == 0 else None)
+        return model(input_ids=input_ids.to(dev), use_cache=False).logits
+    finally:
+        for i, b in enumerate(originals):
+            lay.blocks[i] = b
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     out = block(hidden, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out

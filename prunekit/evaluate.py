@@ -16,6 +16,13 @@ from tqdm.auto import tqdm
 from .data import eval_tokens
 
 
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean cross-entropy of predicting ids[:, 1:] from logits[:, :-1] (fp32)."""
+    ids = ids.to(logits.device)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return ce.view(ids.shape[0], -1).mean(1)
+
+
 @torch.no_grad()
 def window_nlls(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
                 batch_size: int = 1, progress: bool = True, desc: str = "ppl") -> torch.Tensor:
@@ -31,9 +38,7 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, max_windows: int | None =
     bar = tqdm(total=n * seqlen, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
     for b in range(0, n, batch_size):
         x = windows[b:b + batch_size].to(dev)
-        logits = model(input_ids=x, use_cache=False).logits
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
-        out.append(ce.view(x.shape[0], -1).mean(1).cpu())
+        out.append(next_token_ce(model(input_ids=x, use_cache=False).logits, x).cpu())
         bar.update(x.numel())
     bar.close()
     return torch.cat(out)

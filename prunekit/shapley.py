@@ -32,13 +32,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from .allocate import SparsityPlan, register
-from .calibrate import BlockInputs, capture, run_block, sequential
+from .calibrate import BlockInputs, capture, head_logits, run_block, sequential
 from .data import Calibration
+from .evaluate import next_token_ce
 from .errors import PrunekitError
 from .models import layout
 from .prune import magnitude_mask, sparsegpt, wanda_mask
@@ -419,37 +418,20 @@ class LayerGame:
 
     @torch.no_grad()
     def _head_nll(self, final: list[torch.Tensor]) -> float:
-        """Final norm + LM head + CE, generically: run the model with its blocks replaced by a
-        replay of the final hidden states (embeddings are recomputed; cheap)."""
-        blocks = self.layout.blocks
-        originals = list(blocks)
-        total, count = 0.0, 0
-        dev = next(self.model.parameters()).device
-        try:
-            for j, h in enumerate(final):
-                for i in range(self.n):
-                    blocks[i] = _Replay(h if i == 0 else None)
-                x = self.heldout_ids[j * self.batch_size:(j + 1) * self.batch_size].to(dev)
-                logits = self.model(input_ids=x, use_cache=False).logits
-                ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum")
-                total += float(ce)
-                count += x[:, 1:].numel()
-        finally:
-            for i, b in enumerate(originals):
-                blocks[i] = b
-        return total / count
+        """Final norm + LM head + CE on the final hidden states (``calibrate.head_logits``)."""
+        nll = [next_token_ce(head_logits(self.model, h, x), x).cpu() for h, x in zip(final, self._batches())]
+        return float(torch.cat(nll).mean())
 
     @torch.no_grad()
     def plain_forward_nll(self) -> float:
         """One ordinary full forward over the held-out set with the current weights (reference cost)."""
         dev = next(self.model.parameters()).device
-        total, count = 0.0, 0
-        for j in range(0, self.heldout_ids.shape[0], self.batch_size):
-            x = self.heldout_ids[j:j + self.batch_size].to(dev)
-            logits = self.model(input_ids=x, use_cache=False).logits
-            total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"))
-            count += x[:, 1:].numel()
-        return total / count
+        nll = [next_token_ce(self.model(input_ids=x.to(dev), use_cache=False).logits, x).cpu()
+               for x in self._batches()]
+        return float(torch.cat(nll).mean())
+
+    def _batches(self) -> list[torch.Tensor]:
+        return [self.heldout_ids[j:j + self.batch_size] for j in range(0, self.heldout_ids.shape[0], self.batch_size)]
 
     def clear_cache(self) -> None:
         """Forget coalition values and cached hidden states (for honest timing of a new estimator)."""
@@ -457,19 +439,6 @@ class LayerGame:
         self._states.clear()
         self._state_bytes = 0
 
-
-class _Replay(nn.Module):
-    """Stands in for a decoder block: block 0 returns the given final hidden states, others pass through."""
-
-    def __init__(self, out):
-        super().__init__()
-        self.out = out
-
-    def forward(self, hidden, *args, **kwargs):
-        return self.out if self.out is not None else hidden
-
-
-# ============================================================================ data + SV-NUP allocation
 
 def _tokenizer(stats):
     tok = getattr(stats, "tokenizer", None)
