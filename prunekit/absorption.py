@@ -72,7 +72,7 @@ from .allocate import SparsityPlan, allocate, register
 from .calibrate import STATS, capture, run_block
 from .errors import PrunekitError
 from .models import layout
-from .prune import METRICS, _COLLECT, parse_nm, prune_block
+from .prune import METRICS, COLLECT, parse_nm, prune_block
 
 __all__ = ["Probe", "Trajectory", "coefficients", "absorption_coefficients", "eta_sweep",
            "transition_summary", "correction_signal", "absorption_correction", "absorption",
@@ -346,7 +346,7 @@ class Probe:
             raise PrunekitError(f"sparsity {sparsity} is outside [0, 1)")
         values = np.zeros((self.L, len(names)))
         values[layer] = row
-        stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in _COLLECT[metric]}
+        stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in COLLECT[metric]}
         if stats:  # dense statistics of block `layer` from its clean inputs (one extra block run)
             hooks = [m.register_forward_hook(_collector(stats, n)) for n, m in linears.items()]
             try:
@@ -688,10 +688,10 @@ def verdicts(r, sweep=None, comparison=None, r_prune=None, prune_label: str = ""
             f"{'decreases monotonically' if mono else 'does not decrease monotonically'} with eta.")
     if prune_trajectories:
         R0 = np.array([t.drift[0] for t in prune_trajectories])
+        top = f"; the sweep's largest eta is {sweep['eta'].max():g}" if sweep is not None and len(sweep) else ""
         out.append(
             f"Pruning scale: pruning one block ({prune_label}) injects a relative drift R_l of "
-            f"{np.median(R0):.3g} (median; range {R0.min():.3g}–{R0.max():.3g}), i.e. at or above the largest "
-            f"noise scale of the sweep" + (f"; fraction of blocks with r > 1: {(np.asarray(r_prune) > 1).mean():.0%} "
+            f"{np.median(R0):.3g} (median; range {R0.min():.3g}–{R0.max():.3g}){top}" + (f"; fraction of blocks with r > 1: {(np.asarray(r_prune) > 1).mean():.0%} "
                                            f"for pruning vs {(np.asarray(r) > 1).mean():.0%} for noise."
                                            if r_prune is not None else "."))
     if comparison is not None and len(comparison):
@@ -702,9 +702,11 @@ def verdicts(r, sweep=None, comparison=None, r_prune=None, prune_label: str = ""
             mean = float(c["rel_change"].mean())
             better = int((c["rel_change"] < 0).sum())
             close = mean < 0 and abs(mean - paper_change) < 0.05
+            word = ("SUPPORTED in direction" if mean < 0 and better == len(c)
+                    else "MIXED" if mean < 0 or better else "NOT SUPPORTED")
             out.append(
                 f"Claim 3 (correction lowers perplexity at 70%, paper {paper_change:+.2%}) with {v} coefficients: "
-                f"{'SUPPORTED in direction' if mean < 0 else 'NOT SUPPORTED'} — mean relative perplexity change "
+                f"{word} — mean relative perplexity change "
                 f"{mean:+.2%} over {len(c)} runs ({', '.join(sorted(set(c['base'])))}; {better}/{len(c)} improved)"
                 f"{'; magnitude comparable to the paper' if close else ''}.")
     return out

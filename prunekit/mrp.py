@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .allocate import SparsityPlan, register
 from .calibrate import sequential
 from .errors import PrunekitError
-from .prune import _COLLECT, hessian_inverse_cholesky, prune_block, wanda_score
+from .prune import COLLECT, hessian_inverse_cholesky, prune_block, wanda_score
 
 METRICS = ("wanda", "magnitude", "sparsegpt")
 THRESHOLDS = ("dense", "current")
@@ -278,7 +278,7 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
         for i in range(lay.num_blocks):
             on_block(i, lay.blocks[i], {})
     else:
-        sequential(stats.model, stats.calib.input_ids, collect=_COLLECT[metric], on_block=on_block,
+        sequential(stats.model, stats.calib.input_ids, collect=COLLECT[metric], on_block=on_block,
                    batch_size=stats.batch_size, desc="mrp refresh", progress=False)
     return tables
 

@@ -18,7 +18,7 @@ from .errors import PrunekitError
 from .models import layout
 
 METRICS = ("magnitude", "wanda", "sparsegpt")
-_COLLECT = {"magnitude": (), "wanda": ("wanda",), "sparsegpt": ("hessian",)}
+COLLECT = {"magnitude": (), "wanda": ("wanda",), "sparsegpt": ("hessian",)}
 
 
 def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -201,7 +201,7 @@ def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=
         prune_block(i, block, stats, values, metric, nm, lay.linear_names, blocksize, percdamp)
 
     if need_data:
-        sequential(model, calib_ids, collect=_COLLECT[metric], on_block=on_block,
+        sequential(model, calib_ids, collect=COLLECT[metric], on_block=on_block,
                    batch_size=batch_size, desc=f"prune[{metric}]", progress=progress)
     else:
         for i in range(lay.num_blocks):
