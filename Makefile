@@ -19,7 +19,7 @@ endif
 export HF_HUB_OFFLINE ?= $(if $(PRUNEKIT_DATA_DIR),1,0)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast reports benchmarks clean-reports strip-notebooks
+.PHONY: setup demo test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# renders every notebook with profile=quick and fails on any cell error (slow: ~1 h on 2 cores)
+test-notebooks: setup
+	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_notebooks.py
 
 reports: setup
 	$(BIN)/python -m prunekit.reports --profile $(PROFILE)

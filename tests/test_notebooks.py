@@ -21,6 +21,8 @@ def test_committed_stripped_with_parameters_cell(nb):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
+@pytest.mark.skipif(os.environ.get("PRUNEKIT_TEST_NOTEBOOKS") != "1",
+                    reason="renders take ~5-15 min each on 2 CPU cores; run `make test-notebooks`")
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_renders_quick(nb, tmp_path):
     from prunekit.reports import render
