@@ -119,9 +119,23 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, s: float, nm=None, blocksize: in
     ``blocksize`` over all rows jointly (score w²/[H⁻¹]_jj²), then column-wise error feedback
     W[:, j:] -= (w_j - q_j)/[H⁻¹]_jj · H⁻¹_{j, j:} with lazy updates of later blocks. fp32 inside."""
     W = W.detach().float().clone()
+    # Thousands of tiny sequential ops: on a CPU extra threads only add sync overhead (and
+    # collapse under contention: 15 s vs 1.2 s per 576x1536 matrix here); GPUs are unaffected.
+    threads = torch.get_num_threads()
+    if W.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        Hinv, dead = hessian_inverse_cholesky(H.float(), percdamp)
+        W[:, dead] = 0
+        _sparsegpt_columns(W, Hinv, s, nm, blocksize)
+    finally:
+        torch.set_num_threads(threads)
+    return W
+
+
+def _sparsegpt_columns(W: torch.Tensor, Hinv: torch.Tensor, s: float, nm, blocksize: int) -> None:
+    """In place: mask selection per column block + OBS error feedback (SparseGPT Alg. 1)."""
     rows, cols = W.shape
-    Hinv, dead = hessian_inverse_cholesky(H.float(), percdamp)
-    W[:, dead] = 0
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -143,7 +157,6 @@ def sparsegpt(W: torch.Tensor, H: torch.Tensor, s: float, nm=None, blocksize: in
             Err1[:, i] = err
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return W
 
 
 # ----------------------------------------------------------------------------- model-level pruning
