@@ -34,7 +34,7 @@ from .allocate import fit_budget, methods as registered_methods
 from .calibrate import BlockInputs, capture, run_block, sequential
 from .errors import PrunekitError
 from .models import layout
-from .prune import METRICS, prune_block, prune_model, wanda_score
+from .prune import METRICS, prune_block, prune_model
 from .score import Statistics
 
 
@@ -44,6 +44,7 @@ def _resolve(source, calib=None):
     """(model, stats, calib, batch_size, session) from a Session, a Statistics or a model."""
     from .experiment import Session
     if isinstance(source, Session):
+        source.restore()  # measurements start from the dense model
         return source.model, source.stats, source.calib, source.batch_size, source
     if isinstance(source, Statistics):
         return source.model, source, source.calib, source.batch_size, None

@@ -6,8 +6,9 @@ level) until the parameter-weighted budget is met exactly (the last step is part
 
 Definitions (the paper body was not reachable; every item below is [I] in the spec and an option):
 
-- score ``A`` of the solver that will prune (``metric``): Wanda ``|W|·||X_j||``, magnitude ``|W|``,
-  SparseGPT ``W²/[H⁻¹]_jj²``, from the dense calibration statistics;
+- score ``A`` of the solver that will prune (option ``score``, principle 2: set it to the pruning
+  metric): Wanda ``|W|·||X_j||``, magnitude ``|W|``, SparseGPT ``W²/[H⁻¹]_jj²``, from the dense
+  calibration statistics;
 - outlier threshold of block l: ``tau_l = m · mean(A over the block)`` (OWL's definition, §4),
   frozen at the dense value (``threshold="dense"``) or recomputed over the surviving weights of the
   current state (``threshold="current"``, ablation; not monotone);
@@ -27,8 +28,15 @@ non-outliers first, so a group with ``c`` non-outliers that lost its ``k`` lowes
 ``max(c-k, 0)`` of them. Per block we cache the sorted per-group counts ``c`` and their suffix sums
 ("prefix counts"); the NOR of a block at any sparsity is then one ``searchsorted`` per group size,
 and each greedy step recomputes only the blocks it changed. ``threshold="current"`` additionally
-keeps each group's sorted scores and their cumulative sums (memory ≈ one fp32 copy of the block
-weights), because the threshold moves with the surviving mean.
+keeps each group's sorted scores (fp32) and their cumulative sums (fp64) — about three fp32 copies
+of the block weights — because the threshold moves with the surviving mean.
+
+What the default converges to. With the frozen threshold and the surviving denominator, while a
+block still holds all its outliers (fraction ``o_l`` of its dense weights)
+``NOR_l = 1 - o_l / (1 - s_l)``: equal NOR means each block's density is proportional to its dense
+outlier fraction — the statistic OWL reads, but without OWL's ±λ band, so the spread can be wide.
+``s0 = S - band`` with ``s_cap = S + band`` confines MRP to an OWL-like band; with
+``denominator="dense"`` ``NOR_l ≈ 1 - s_l - o_l`` and MRP only tilts the uniform plan by ``o_l``.
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ from .errors import PrunekitError
 from .prune import COLLECT, hessian_inverse_cholesky, prune_block, wanda_score
 
 METRICS = ("wanda", "magnitude", "sparsegpt")
+_COLLECT = {"wanda": ("wanda",), "sparsegpt": ("hessian",)}  # statistics each solver needs
 THRESHOLDS = ("dense", "current")
 DENOMINATORS = ("surviving", "dense")
 
