@@ -8,6 +8,7 @@ returns the JSON-ready record.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -160,6 +161,11 @@ class Session:
             sparsity = nmt[0] / nmt[1]
         t = {}
         t0 = time.perf_counter()
+        from .allocate import _REGISTRY, _load_plugins
+        _load_plugins()
+        fn = _REGISTRY.get(allocation)
+        if fn is not None and "score" in inspect.signature(fn).parameters and "score" not in options:
+            options = {**options, "score": metric}  # metric-dependent allocations rank by the solver's score
         plan = self.plan(allocation, sparsity, **options)
         t["allocate"] = time.perf_counter() - t0
         self.restore()
