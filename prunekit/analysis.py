@@ -26,13 +26,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .allocate import fit_budget, methods as registered_methods
-from .calibrate import BlockInputs, capture, run_block, sequential
+from .calibrate import BlockInputs, capture, head_logits, run_block, sequential
 from .errors import PrunekitError
+from .evaluate import next_token_ce
 from .models import layout
 from .prune import METRICS, prune_block, prune_model
 from .score import Statistics
@@ -92,34 +92,11 @@ def dense_boundaries(model, ids: torch.Tensor, batch_size: int = 8) -> Boundarie
     return Boundaries(hidden, kw, [ids[s:s + batch_size] for s in range(0, ids.shape[0], batch_size)])
 
 
-class _Inject(nn.Module):
-    """Stands in for a decoder block: the first returns the injected final hidden state, the rest
-    pass it through, so the model's own final norm / head / soft-capping turn it into logits."""
-    def __init__(self, value=None):
-        super().__init__()
-        self.value = value
-
-    def forward(self, hidden, *args, **kwargs):
-        return self.value if self.value is not None else hidden
-
-
 @torch.no_grad()
 def head_nll(model, final_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per-window mean next-token CE from the hidden state after the last block (``window_nlls``'s
     convention: seqlen-1 predictions per window)."""
-    lay = layout(model)
-    dev = next(model.parameters()).device
-    originals = list(lay.blocks)
-    try:
-        for i in range(lay.num_blocks):
-            lay.blocks[i] = _Inject(final_hidden.to(dev) if i == 0 else None)
-        x = ids.to(dev)
-        logits = model(input_ids=x, use_cache=False).logits
-    finally:
-        for i, b in enumerate(originals):
-            lay.blocks[i] = b
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
-    return ce.view(x.shape[0], -1).mean(1).cpu()
+    return next_token_ce(head_logits(model, final_hidden, ids), ids).cpu()
 
 
 @torch.no_grad()
