@@ -48,13 +48,7 @@ def heterogeneous_model():
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one intra-op thread avoids oversubscription on a shared 2-core machine (3-5x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from prunekit.shapley import (LayerGame, exact, map_to_sparsity, monte_carlo, sh
                               sliding_window)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matmuls: OpenMP threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
 
 # ----------------------------------------------------------------------------- synthetic games

@@ -235,13 +235,7 @@ def _llama(tok, layers=4, seed=0):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models: thread hand-off costs more than it saves (and the CPU is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
 
 @pytest.fixture(scope="module")
