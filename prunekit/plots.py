@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 
+def _figure(ax, figsize):
+    """(fig, ax): a new figure of ``figsize`` unless an axis is given."""
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=figsize)
+
+
+def _finish(fig, ax, title=None):
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------- allocation profiles (baselines)
 
 def sparsity_profile(plans, ax=None, title=None):
@@ -14,10 +29,7 @@ def sparsity_profile(plans, ax=None, title=None):
     import numpy as np
 
     items = list(plans.items()) if isinstance(plans, dict) else [(p.method, p) for p in plans]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3.5))
     for label, plan in items:
         y = np.asarray(plan.per_block, dtype=float)
         ax.plot(np.arange(y.size), y, marker="o", markersize=3, label=str(label))
@@ -40,10 +52,7 @@ def block_metric(values, label, ax=None, kind="bar", title=None):
     import numpy as np
 
     y = np.asarray(values, dtype=float).reshape(-1)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3))
     x = np.arange(y.size)
     if kind == "line":
         ax.plot(x, y, marker="o", markersize=3)
@@ -51,10 +60,7 @@ def block_metric(values, label, ax=None, kind="bar", title=None):
         ax.bar(x, y)
     ax.set_xlabel("block")
     ax.set_ylabel(label)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def realised_sparsity(records: dict, ax=None, title: str = "Realised sparsity per block"):
@@ -82,10 +88,7 @@ def absorption_drift_curves(trajectories, quantity="drift", ax=None, title=None,
     import numpy as np
 
     trajectories = list(trajectories)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3.8))
     cmap = plt.get_cmap("viridis")
     last = max((t.layer for t in trajectories), default=1) or 1
     for t in trajectories:
@@ -152,19 +155,13 @@ def absorption_coefficients(r, ax=None, title=None):
     import numpy as np
 
     r = np.asarray(r, dtype=float).reshape(-1)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3))
     x = np.arange(r.size)
     ax.bar(x, np.log(r), color=np.where(r > 1, "tab:red", "tab:blue"))
     ax.axhline(0.0, color="grey", linewidth=1)
     ax.set_xlabel("block")
     ax.set_ylabel("log r_l  (>0 amplifies)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def absorption_correction_effect(comparison, ax=None, title=None):
@@ -173,20 +170,14 @@ def absorption_correction_effect(comparison, ax=None, title=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3.2))
     labels = [f"{b}\n{m} {s:.0%}" for b, m, s in zip(comparison["base"], comparison["metric"], comparison["sparsity"])]
     y = 100 * np.asarray(comparison["rel_change"], dtype=float)
     ax.bar(np.arange(len(y)), y, color=np.where(y < 0, "tab:green", "tab:red"))
     ax.axhline(0.0, color="grey", linewidth=1)
     ax.set_xticks(np.arange(len(y)), labels, fontsize="x-small")
     ax.set_ylabel("perplexity change (%)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 # ---------------------------------------------------------------- SV-NUP (prunekit.shapley)
@@ -202,18 +193,12 @@ def svnup_shapley(values, stderr=None, ax=None, title="Shapley value per block")
     if stderr is not None:
         e = np.asarray(stderr, dtype=float).reshape(-1)
         err = None if np.all(np.isnan(e)) else np.nan_to_num(e)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3))
     ax.bar(np.arange(y.size), y, yerr=err, capsize=2, color="tab:blue")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("block")
     ax.set_ylabel("Shapley value (Δ −NLL)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def svnup_approximation(study, title="Shapley approximation vs cost"):
@@ -380,10 +365,7 @@ def mrp_redundancy_vs_ppl(table, x="nor_std", title=None):
     ax.set_xlabel({"nor_std": "std of block redundancy levels", "nor_range": "max − min block redundancy"}.get(x, x))
     ax.set_ylabel("perplexity")
     ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def mrp_redundancy_levels(levels: dict, title=None, ax=None):
@@ -392,20 +374,14 @@ def mrp_redundancy_levels(levels: dict, title=None, ax=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.4))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (7, 3.4))
     for lab, v in levels.items():
         v = np.asarray(v, dtype=float)
         ax.plot(np.arange(v.size), v, marker="o", markersize=3, label=f"{lab} (std {v.std():.4f})")
     ax.set_xlabel("block")
     ax.set_ylabel("non-outlier ratio")
     ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def mrp_ablation(table, param, value="ppl", title=None):
