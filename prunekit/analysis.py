@@ -427,34 +427,28 @@ def findings_table(lps: LPSResult | None = None, dep: MetricDependency | None = 
 # ----------------------------------------------------------------------------- MRP vs baselines / ablations
 
 def compare_allocations(session, variants: dict, metrics=("wanda",), sparsities=(0.7,), *, m: float = 5.0,
-                        denominator: str = "surviving", progress: bool = True) -> pd.DataFrame:
-    """Run every variant (label -> (allocation, options)) × metric × sparsity through ``Session.run``
-    and measure, on each pruned model, the redundancy levels (non-outlier ratio under that metric's
-    dense score, multiplier ``m``). Variants whose allocation is not registered are skipped.
-    Columns: variant, allocation, metric, sparsity, ppl, nor_std, nor_range, nor_dense_std,
-    per_block, nor, nor_dense, allocate_s, options."""
-    avail = registered_methods()
-    masks: dict[str, list] = {}
-    rows = []
-    combos = [(lab, a, o, mt, s) for s in sparsities for mt in metrics for lab, (a, o) in variants.items()
-              if a in avail]
-    ds = session.eval_datasets[0]
-    for lab, alloc, opts, mt, s in tqdm(combos, desc="runs", disable=not progress, leave=False):
-        if mt not in masks:
-            session.restore()
-            masks[mt] = nonoutlier_masks(session.stats, mt, m)
-        opts = dict(opts)
-        if alloc == "mrp":
-            opts.setdefault("score", mt)  # principle 2: score with the metric that prunes
-        rec = session.run(alloc, mt, s, **opts)
-        nor = measured_redundancy(session.model, masks[mt], denominator)
-        nor_dense = np.array([sum(int(v.sum()) for v in blk.values()) / sum(v.numel() for v in blk.values())
-                              for blk in masks[mt]])  # redundancy level of the dense model ("before")
-        rows.append({"variant": lab, "allocation": alloc, "metric": mt, "sparsity": s,
-                     "ppl": rec["perplexity"][ds], "global_sparsity": rec["global_sparsity"],
-                     "nor_std": float(nor.std()), "nor_range": float(nor.max() - nor.min()),
-                     "nor_dense_std": float(nor_dense.std()), "per_block": rec["planned_sparsity"],
-                     "nor": nor.tolist(), "nor_dense": nor_dense.tolist(), "allocate_s": rec["timings_s"]["allocate"],
-                     "options": {k: v for k, v in opts.items()}})
+                        denominator: str = "surviving") -> pd.DataFrame:
+    """``Session.sweep`` over variants (label -> (allocation, options)) × metric × sparsity that also
+    measures, on each pruned model, the redundancy levels (non-outlier ratio under that metric's
+    dense score, multiplier ``m``). Unregistered allocations are skipped. Columns: variant,
+    allocation, metric, sparsity, ppl, nor_std, nor_range, nor_dense_std, per_block, nor, nor_dense,
+    allocate_s, options."""
     session.restore()
-    return pd.DataFrame(rows)
+    masks = {mt: nonoutlier_masks(session.stats, mt, m) for mt in metrics}  # dense scores
+    nor_dense = {mt: np.array([sum(int(v.sum()) for v in blk.values()) / sum(v.numel() for v in blk.values())
+                               for blk in masks[mt]]) for mt in metrics}  # "before" redundancy levels
+    ds = session.eval_datasets[0]
+
+    def measure(rec, row):
+        mt = row["metric"]
+        nor = measured_redundancy(session.model, masks[mt], denominator)
+        row.update(ppl=rec["perplexity"][ds], nor_std=float(nor.std()), nor_range=float(nor.max() - nor.min()),
+                   nor_dense_std=float(nor_dense[mt].std()), per_block=rec["planned_sparsity"],
+                   nor=nor.tolist(), nor_dense=nor_dense[mt].tolist(),
+                   options={**variants[row["allocation"]][1], **rec["allocation_options"]})
+
+    # principle 2 (the metric that prunes also scores) is Session.run's default for MRP
+    df = session.sweep(variants, metrics, sparsities, on_run=measure)
+    if df.empty:
+        return df
+    return df.rename(columns={"allocation": "variant", "method": "allocation"})

@@ -53,6 +53,13 @@ def _parse_value(text: str, default):
     return text
 
 
+def _metavar(prm) -> str:
+    if prm.default is not None:
+        return type(prm.default).__name__.upper()
+    ann = str(prm.annotation)  # a string under `from __future__ import annotations`
+    return next((v for k, v in (("dict", "JSON"), ("int", "INT"), ("float", "FLOAT")) if k in ann), "VALUE")
+
+
 def _add_method_flags(p: argparse.ArgumentParser) -> dict:
     from .allocate import _REGISTRY, _load_plugins
     _load_plugins()
@@ -64,7 +71,7 @@ def _add_method_flags(p: argparse.ArgumentParser) -> dict:
             if flag in table:
                 continue
             dest = f"opt__{name}__{prm.name}"
-            g.add_argument(flag, dest=dest, default=None, metavar=type(prm.default).__name__.upper(),
+            g.add_argument(flag, dest=dest, default=None, metavar=_metavar(prm),
                            help=f"{name}: {prm.name} (default {prm.default!r})")
             table[flag] = (name, prm)
     return table

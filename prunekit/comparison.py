@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .allocate import methods
 
@@ -33,29 +32,17 @@ def configurations(available: dict | None = None) -> list[tuple[str, str, dict]]
 
 def run_comparison(session, seeds, metrics, sparsities, configs=None, options: dict | None = None,
                    zero_shot_tasks=None, zero_shot_limit=None) -> pd.DataFrame:
-    """One row per (seed, allocation label, metric, sparsity) with perplexities and zero-shot mean.
-    ``options`` maps a registered method name to extra keyword options (e.g. faster SV-NUP)."""
-    configs = configs or configurations()
+    """``Session.sweep`` with one row per (seed, allocation label, metric, sparsity): perplexities and
+    zero-shot mean. ``options`` maps a registered method name to extra keyword options (e.g. faster
+    SV-NUP); the absorption wrapper passes its base method's options on."""
     options = options or {}
-    rows = []
-    jobs = [(seed, c, m, s) for seed in seeds for s in sparsities for m in metrics for c in configs]
-    current = None
-    for seed, (label, method, opts), metric, s in tqdm(jobs, desc="comparison", disable=not session.progress):
-        if seed != current:
-            session.reseed(seed)
-            current = seed
-        kw = {**options.get(method, {}), **opts}
+    variants = {}
+    for label, method, opts in configs or configurations():
         if method == "absorption":
-            kw.setdefault("base_options", options.get(opts["base"], {}))
-        rec = session.run(method, metric, s, zero_shot=list(zero_shot_tasks or []) or None,
-                          zero_shot_limit=zero_shot_limit, **kw)
-        row = {"seed": seed, "allocation": label, "metric": metric, "sparsity": s,
-               "global_sparsity": rec["global_sparsity"]}
-        row.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
-        if rec.get("zero_shot"):
-            row["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
-        rows.append(row)
-    return pd.DataFrame(rows)
+            opts = {"base_options": options.get(opts["base"], {}), **opts}
+        variants[label] = (method, opts)
+    return session.sweep(variants, metrics, sparsities, options, seeds=list(seeds),
+                         zero_shot=list(zero_shot_tasks or []) or None, zero_shot_limit=zero_shot_limit)
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:

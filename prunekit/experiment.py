@@ -130,23 +130,48 @@ class Session:
             self._dense_ppl[key] = self.evaluate()
         return {d: r["perplexity"] for d, r in self._dense_ppl[key].items()}
 
-    def sweep(self, allocations, metrics, sparsities, options: dict | None = None, **run_kw):
-        """Every allocation × metric × sparsity; returns a DataFrame with one row per run.
-        ``options`` maps an allocation name to its keyword options."""
+    def sweep(self, allocations, metrics, sparsities, options: dict | None = None, *, seeds=None,
+              on_run=None, **run_kw):
+        """The one experiment loop: every seed × sparsity × metric × allocation through ``run``.
+
+        ``allocations`` is a list of registered names or a dict ``label -> (method, options)`` (variants
+        of one method, e.g. an ablation); ``options`` maps a method name to default keyword options
+        (a variant's own options win). Methods that are not registered are skipped and listed in
+        ``df.attrs['skipped']``. ``seeds`` redraws the calibration set per seed (``reseed``).
+        ``on_run(rec, row)`` may add columns measured on the pruned model before it is restored.
+        One row per run: [seed,] allocation (the label), method, metric, sparsity, global_sparsity,
+        ppl_<dataset>, [zero_shot_mean,] planned, allocate_s, seconds."""
         import pandas as pd
         from tqdm.auto import tqdm
+        from .allocate import methods
         options = options or {}
+        variants = allocations if isinstance(allocations, dict) else {a: (a, {}) for a in allocations}
+        known = methods()
+        skipped = sorted({m for m, _ in variants.values() if m not in known})
+        jobs = [(seed, s, mt, lab) for seed in (seeds if seeds is not None else [None])
+                for s in sparsities for mt in metrics for lab, (m, _) in variants.items() if m in known]
         rows = []
-        combos = [(a, m, s) for s in sparsities for m in metrics for a in allocations]
-        for a, m, s in tqdm(combos, desc="sweep", disable=not self.progress):
-            rec = self.run(a, m, s, **options.get(a, {}), **run_kw)
-            row = {"allocation": a, "metric": m, "sparsity": s, "global_sparsity": rec["global_sparsity"]}
+        for seed, s, mt, lab in tqdm(jobs, desc="sweep", disable=not self.progress):
+            if seed is not None and seed != self.seed:
+                self.reseed(seed)
+            method, opts = variants[lab]
+            t0 = time.perf_counter()
+            rec = self.run(method, mt, s, **{**options.get(method, {}), **opts}, **run_kw)
+            row = {} if seed is None else {"seed": seed}
+            row.update({"allocation": lab, "method": method, "metric": mt, "sparsity": s,
+                        "global_sparsity": rec["global_sparsity"]})
             row.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
-            if "zero_shot" in rec:
+            if rec.get("zero_shot"):
                 row["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
-            row["planned"] = rec["planned_sparsity"]
+            row.update(planned=rec["planned_sparsity"], allocate_s=rec["timings_s"]["allocate"])
+            if on_run is not None:
+                on_run(rec, row)
+            row["seconds"] = time.perf_counter() - t0
             rows.append(row)
-        return pd.DataFrame(rows)
+        self.restore()
+        df = pd.DataFrame(rows)
+        df.attrs["skipped"] = skipped
+        return df
 
     def run(self, allocation: str = "uniform", metric: str = "wanda", sparsity: float = 0.5,
             nm: str | None = None, evaluate: bool = True, zero_shot: list[str] | None = None,

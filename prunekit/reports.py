@@ -104,7 +104,7 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
     shutil.rmtree(stage, ignore_errors=True)
     summary = _summary(out_dir / f"{name}.json")
     return {"name": name, "title": _title(nb), "ok": err is None, "seconds": secs, "error": err,
-            "summary": summary, "profile": profile}
+            "summary": summary, "profile": profile, "model": (extra or {}).get("model", "default")}
 
 
 def _summary(results: Path) -> str:
@@ -135,11 +135,11 @@ def write_index(out_dir: Path, runs: list[dict]) -> Path:
         ok = r["ok"]
         link = f'<a href="{name}.html">{html.escape(r["title"])}</a>' if (out_dir / f"{name}.html").exists() else html.escape(r["title"])
         status = "ok" if ok else f'<a href="{name}.failed.html">FAILED</a>: {html.escape(r["error"] or "")}'
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{r['profile']}</td>"
+        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{r['profile']}</td><td>{html.escape(str(r.get('model', 'default')))}</td>"
                     f"<td>{r['seconds']:.0f} s</td><td>{html.escape(r.get('summary') or '')}</td></tr>")
     page = ("<!doctype html><meta charset='utf-8'><title>prunekit reports</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}</style>"
-            "<h1>prunekit reports</h1><table><tr><th>notebook</th><th>status</th><th>profile</th><th>time</th>"
+            "<h1>prunekit reports</h1><table><tr><th>notebook</th><th>status</th><th>profile</th><th>model</th><th>time</th>"
             "<th>summary</th></tr>" + "".join(rows) + "</table>")
     atomic_write_text(state_file, json.dumps(list(state.values()), indent=1))
     return atomic_write_text(out_dir / "index.html", page)
@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--notebooks", default=str(ROOT / "notebooks"))
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--only", default="", help="comma-separated notebook name prefixes, e.g. 00,10")
+    ap.add_argument("--model", default=None,
+                    help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--strip", action="store_true", help="strip outputs of the notebooks in place and exit")
     a = ap.parse_args(argv)
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     runs = []
     for nb in nbs:
         print(f"[reports] {nb.name} (profile={a.profile}) ...", flush=True)
-        r = render(nb, Path(a.out), a.profile, a.timeout)
+        r = render(nb, Path(a.out), a.profile, a.timeout, extra={"model": a.model} if a.model else None)
         print(f"[reports] {nb.name}: {'ok' if r['ok'] else 'FAILED ' + str(r['error'])} in {r['seconds']:.0f} s", flush=True)
         runs.append(r)
     idx = write_index(Path(a.out), runs)

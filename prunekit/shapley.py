@@ -701,34 +701,28 @@ def notebook_defaults(profile: str = "quick", **overrides) -> dict:
 def compare_allocations(session, sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"),
                         allocations=("uniform", "owl", "alphapruning", "svnup"), svnup_options: dict | None = None,
                         game_metric: str = "wanda"):
-    """Prune + evaluate every (metric, allocation, sparsity) with ``session.run``; allocations that
-    are not registered are skipped (listed in ``df.attrs['skipped']``). SV-NUP plays its layer game
-    with ``game_metric`` ('same': the solver's metric). Returns a DataFrame: metric, allocation,
-    sparsity, global_sparsity, one perplexity column per evaluation dataset, seconds; the SV-NUP
-    plans' Shapley values are in ``df.attrs['shapley']`` keyed by 'metric@sparsity'."""
+    """``Session.sweep`` of every (metric, allocation, sparsity); unregistered allocations are skipped
+    (``df.attrs['skipped']``). SV-NUP plays its layer game with ``game_metric`` ('same': the solver's
+    metric). Columns: metric, allocation, sparsity, global_sparsity, one perplexity column per
+    evaluation dataset, seconds, shapley_evaluations; the SV-NUP plans' Shapley values are in
+    ``df.attrs['shapley']`` keyed by 'metric@sparsity'."""
     import pandas as pd
-    from .allocate import methods
-    known = methods()
-    skipped = [a for a in allocations if a not in known]
-    rows, shap = [], {}
-    for metric in metrics:
-        for s in sparsities:
-            for alloc in allocations:
-                if alloc in skipped:
-                    continue
-                opts = {}
-                if alloc == "svnup":
-                    opts = {**(svnup_options or {}), "base_metric": metric if game_metric in (None, "same") else game_metric}
-                t0 = time.perf_counter()
-                rec = session.run(alloc, metric, s, **opts)
-                row = {"metric": metric, "allocation": alloc, "sparsity": s,
-                       "global_sparsity": rec["global_sparsity"], **rec.get("perplexity", {}),
-                       "seconds": time.perf_counter() - t0}
-                if alloc == "svnup":
-                    shap[f"{metric}@{s}"] = rec["plan_extras"]["shapley"]
-                    row["shapley_evaluations"] = rec["plan_extras"]["shapley_evaluations"]
-                rows.append(row)
-    df = pd.DataFrame(rows)
-    df.attrs["skipped"] = skipped
-    df.attrs["shapley"] = shap
+    shap = {}
+
+    def record(rec, row):
+        if row["method"] == "svnup":
+            shap[f"{row['metric']}@{row['sparsity']}"] = rec["plan_extras"]["shapley"]
+            row["shapley_evaluations"] = rec["plan_extras"]["shapley_evaluations"]
+
+    parts = []
+    for metric in metrics:  # the game's metric may follow the solver's, so one sweep per metric
+        base = metric if game_metric in (None, "same") else game_metric
+        part = session.sweep(list(allocations), [metric], sparsities,
+                             {"svnup": {**(svnup_options or {}), "base_metric": base}}, on_run=record)
+        parts.append(part)
+    skipped = parts[0].attrs["skipped"] if parts else []
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    df = df.drop(columns=["method", "planned", "allocate_s"], errors="ignore")
+    df = df.rename(columns=lambda c: c[4:] if c.startswith("ppl_") else c)
+    df.attrs.update(skipped=skipped, shapley=shap)
     return df

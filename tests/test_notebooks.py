@@ -19,14 +19,16 @@ def test_committed_stripped_with_parameters_cell(nb):
     assert "profile" in "".join(code[0]["source"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # uses the real model cache (the tiny model borrows SmolLM2's tokenizer)
 @pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
-@pytest.mark.skipif(os.environ.get("PRUNEKIT_TEST_NOTEBOOKS") != "1",
-                    reason="renders take ~5-15 min each on 2 CPU cores; run `make test-notebooks`")
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_renders_quick(nb, tmp_path):
+    """CI renders every notebook with profile=quick. On the tiny random model by default (every cell
+    runs, in seconds); PRUNEKIT_TEST_NOTEBOOKS=1 (`make test-notebooks`) renders on the notebook's
+    own model instead (~1-15 min each on 2 CPU cores)."""
     from prunekit.reports import render
-    r = render(nb, tmp_path, "quick")
+    real = os.environ.get("PRUNEKIT_TEST_NOTEBOOKS") == "1"
+    r = render(nb, tmp_path, "quick", extra=None if real else {"model": "tiny-llama"})
     assert r["ok"], f"{nb.name} failed: {r['error']} (see {tmp_path / (nb.stem + '.failed.html')})"
     assert (tmp_path / f"{nb.stem}.html").exists()
     assert (tmp_path / f"{nb.stem}.json").exists(), "notebook did not save its results table"
