@@ -43,7 +43,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# renders every notebook with profile=quick and fails on any cell error (slow: ~1 h on 2 cores)
+# renders every notebook with profile=quick on its own model (SmolLM2), not the tiny one (~25 min)
 test-notebooks: setup
 	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_notebooks.py
 

@@ -130,6 +130,15 @@ class Session:
             self._dense_ppl[key] = self.evaluate()
         return {d: r["perplexity"] for d, r in self._dense_ppl[key].items()}
 
+    def dense_zero_shot(self, tasks, limit: int | None = None) -> dict:
+        """Zero-shot accuracy of the dense model (memoised): the reference row of a pruned run."""
+        from .evaluate import zero_shot
+        key = ("zero_shot", tuple(tasks), limit)
+        if key not in self._dense_ppl:
+            self.restore()
+            self._dense_ppl[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit)
+        return self._dense_ppl[key]
+
     def sweep(self, allocations, metrics, sparsities, options: dict | None = None, *, seeds=None,
               on_run=None, **run_kw):
         """The one experiment loop: every seed × sparsity × metric × allocation through ``run``.
