@@ -296,6 +296,8 @@ def test_approximation_study_and_claim_sentence():
     assert "-20.0 %" in paper_claim(table) and "reproduces" in paper_claim(table)
     table[1]["wikitext2"] = 21.0
     assert "does NOT reproduce" in paper_claim(table)
+    wanda = [dict(r, metric="wanda") for r in table]
+    assert "neither confirmed nor refuted" in paper_claim(wanda, metric="wanda")
 
 
 def test_sliding_window_backgrounds():
