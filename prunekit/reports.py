@@ -12,6 +12,7 @@ import argparse
 import html
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -59,9 +60,31 @@ def _title(path: Path) -> str:
     return path.stem
 
 
+_BAR = re.compile(r"\d+%\||(it|tok)/s\]|s/it\]")
+
+
+def _drop_progress_bars(nb) -> None:
+    """Keep stderr text (warnings, errors) but not progress-bar redraws: a sweep's bars would
+    bury the report. Each line keeps only its last carriage-return segment."""
+    for c in nb.cells:
+        outs = []
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                lines = [ln.split("\r")[-1] for ln in o.get("text", "").split("\n")]
+                o["text"] = "\n".join(ln for ln in lines if ln.strip() and not _BAR.search(ln))
+                if not o["text"]:
+                    continue
+            outs.append(o)
+        if c.cell_type == "code":
+            c.outputs = outs
+
+
 def _to_html(nb_path: Path) -> str:
+    import nbformat
     from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_filename(str(nb_path))
+    nb = nbformat.read(nb_path, as_version=4)
+    _drop_progress_bars(nb)
+    body, _ = HTMLExporter().from_notebook_node(nb)
     return body
 
 

@@ -34,3 +34,48 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     assert r["ok"], f"{nb.name} failed: {r['error']} (see {tmp_path / (nb.stem + '.failed.html')})"
     assert (tmp_path / f"{nb.stem}.html").exists()
     assert (tmp_path / f"{nb.stem}.json").exists(), "notebook did not save its results table"
+
+
+def test_report_html_drops_progress_bars_keeps_warnings():
+    import nbformat
+    from prunekit.reports import _drop_progress_bars
+    nb = nbformat.v4.new_notebook()
+    bars = "prune[wanda]:  50%|█████     | 15/30 [00:19<00:19,  1.3s/it]\rprune[wanda]: 100%|██████████| 30/30 [00:39<00:00,  1.41s/it]\n"
+    warn = "UserWarning: offline WikiText-2 calibration uses the test split\n"
+    c = nbformat.v4.new_code_cell("x")
+    c.outputs = [nbformat.v4.new_output("stream", name="stderr", text=bars),
+                 nbformat.v4.new_output("stream", name="stderr", text=bars + warn + "ppl: 12.0 tok/s]\n"),
+                 nbformat.v4.new_output("stream", name="stdout", text="dense perplexity 28.4\n")]
+    nb.cells = [c]
+    _drop_progress_bars(nb)
+    texts = [(o["name"], o["text"]) for o in nb.cells[0].outputs]
+    assert texts == [("stderr", warn.strip()), ("stdout", "dense perplexity 28.4\n")]
+
+
+def _toy_notebook(path: Path, body: str) -> None:
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell('profile = "quick"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem} title"), params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+def test_reports_failure_keeps_previous_good_report_and_exits_nonzero(tmp_path):
+    from prunekit.reports import main
+    nbs, out = tmp_path / "nbs", tmp_path / "out"
+    nbs.mkdir()
+    save = "from prunekit.report import save_results\nsave_results('{n}', {{'summary': 'fine {n}'}})"
+    _toy_notebook(nbs / "01_good.ipynb", save.format(n="01_good"))
+    _toy_notebook(nbs / "02_flaky.ipynb", save.format(n="02_flaky"))
+    assert main(["--notebooks", str(nbs), "--out", str(out)]) == 0
+    good_html = (out / "02_flaky.html").read_text()
+    assert json.loads((out / "02_flaky.json").read_text())["summary"] == "fine 02_flaky"
+    _toy_notebook(nbs / "02_flaky.ipynb", "raise RuntimeError('boom in cell')")
+    assert main(["--notebooks", str(nbs), "--out", str(out)]) == 1
+    assert (out / "02_flaky.html").read_text() == good_html  # the previous good report survives
+    assert "boom in cell" in (out / "02_flaky.failed.html").read_text()  # the error is visible
+    index = (out / "index.html").read_text()
+    assert "FAILED" in index and "02_flaky.failed.html" in index and "fine 01_good" in index
