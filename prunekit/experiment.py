@@ -25,6 +25,22 @@ from .score import Statistics
 
 # Workload profiles for notebooks and `make reports`: quick = CI, cpu = this laptop-class machine,
 # paper = the papers' settings on a GPU (ALGORITHMS.md §0.1: 128 × 2048 C4, full WikiText-2).
+def _with_solver_score(allocation: str, metric: str, options: dict, registry: dict) -> dict:
+    """Metric-dependent allocations (those with a ``score`` option, e.g. MRP) rank blocks by the
+    solver's own score (MRP principle 2), also when wrapped by the absorption correction."""
+    def params(name):
+        fn = registry.get(name)
+        return inspect.signature(fn).parameters if fn is not None else {}
+    if "score" in params(allocation) and "score" not in options:
+        options = {**options, "score": metric}
+    if "base" in params(allocation):
+        base = options.get("base", params(allocation)["base"].default)
+        inner = dict(options.get("base_options") or {})
+        if "score" in params(base) and "score" not in inner:
+            options = {**options, "base_options": {**inner, "score": metric}}
+    return options
+
+
 PROFILES = {
     "quick": dict(calib_samples=4, calib_seqlen=128, eval_seqlen=256, eval_windows=2, heldout_samples=2),
     "cpu": dict(calib_samples=32, calib_seqlen=512, eval_seqlen=512, eval_windows=16, heldout_samples=8),
@@ -197,9 +213,7 @@ class Session:
         t0 = time.perf_counter()
         from .allocate import _REGISTRY, _load_plugins
         _load_plugins()
-        fn = _REGISTRY.get(allocation)
-        if fn is not None and "score" in inspect.signature(fn).parameters and "score" not in options:
-            options = {**options, "score": metric}  # metric-dependent allocations rank by the solver's score
+        options = _with_solver_score(allocation, metric, options, _REGISTRY)
         plan = self.plan(allocation, sparsity, **options)
         t["allocate"] = time.perf_counter() - t0
         self.restore()
