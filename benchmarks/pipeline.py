@@ -84,6 +84,9 @@ def main(argv=None):
         for b in range(0, a.calib_samples, a.batch_size):
             model(input_ids=calib.input_ids[b:b + a.batch_size], use_cache=False)
         fwd = time.perf_counter() - t0
+    bench_peak = peak_mb()  # includes the reference forwards' full-vocabulary logits
+    gc.collect()
+    reset_peak()  # the goal is about the pruning pipeline, not the benchmark's own reference forwards
     t0 = time.perf_counter()
     rep = prune_model(model, calib.input_ids, 0.5, "wanda", batch_size=a.batch_size, progress=False)
     prune = time.perf_counter() - t0
@@ -99,7 +102,7 @@ def main(argv=None):
     print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; sparsity {rep['global_sparsity']:.4f})")
     print(f"RSS peak / (model + 2 acts)     = {peak/denom:.3f} raw, {(peak-base)/denom:.3f} net of the {base:.0f} MB "
           f"interpreter+libraries baseline   (peak {peak:.0f} MB {'after' if reset else 'including'} loading; "
-          f"load-time peak {load_peak:.0f} MB; model {model_mb:.0f} MB, acts {acts_mb:.0f} MB; goal <= 1.3)")
+          f"load-time peak {load_peak:.0f} MB; reference forwards' peak {bench_peak:.0f} MB; model {model_mb:.0f} MB, acts {acts_mb:.0f} MB; goal <= 1.3)")
 
 
 if __name__ == "__main__":
