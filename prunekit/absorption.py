@@ -60,6 +60,7 @@ Correction (``absorption_correction`` and the registered ``"absorption"`` alloca
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, fields
 from typing import Callable, Iterator
@@ -575,7 +576,7 @@ def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_G
                depth: str = "final", final_norm: bool = False, skip_first: bool = True,
                center: str = "mean", probe_samples: int = 0, probe_seqlen: int = 0,
                perturbation: str = "noise", prune_metric: str = "wanda",
-               base_options: dict | None = None) -> SparsityPlan:
+               base_options: dict | None = None, score: str | None = None) -> SparsityPlan:
     """Absorption-aware correction of a base allocation: s' = s_base + γΔ from absorption coefficients.
 
     ``base``: any registered allocation (``base_options`` are passed to it); ``gamma`` γ (default
@@ -584,7 +585,8 @@ def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_G
     ``skip_first`` (exclude position 0); ``center`` mean (spec) | none; ``probe_samples`` /
     ``probe_seqlen`` measure on the first windows / tokens of the calibration set only (0 = all);
     ``perturbation`` noise (spec) | prune ([I]: r of each block pruned alone at the target sparsity
-    with ``prune_metric``).
+    with ``prune_metric``). ``score``: the solver's metric, passed on to a base that ranks by it
+    (MRP principle 2) unless ``base_options`` sets its own.
     γ = 0 returns the base plan
     without measuring. Extras: ``absorption_r``, ``absorption_u``, ``absorption_delta``,
     ``base_per_block`` and the base method's extras prefixed ``base.``."""
@@ -594,6 +596,10 @@ def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_G
         import json
         base_options = json.loads(base_options)
     base_options = dict(base_options or {})
+    from .allocate import _REGISTRY, _load_plugins
+    _load_plugins()
+    if score is not None and base in _REGISTRY and "score" in inspect.signature(_REGISTRY[base]).parameters:
+        base_options.setdefault("score", score)
     base_plan = allocate(base, stats, target, **base_options)
     opts = {"base": base, "gamma": float(gamma), "eta": float(eta), "draws": int(draws), "clip": float(clip),
             "seed": int(seed), "reduction": reduction, "depth": depth, "final_norm": bool(final_norm),

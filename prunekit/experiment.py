@@ -25,22 +25,6 @@ from .score import Statistics
 
 # Workload profiles for notebooks and `make reports`: quick = CI, cpu = this laptop-class machine,
 # paper = the papers' settings on a GPU (ALGORITHMS.md §0.1: 128 × 2048 C4, full WikiText-2).
-def _with_solver_score(allocation: str, metric: str, options: dict, registry: dict) -> dict:
-    """Metric-dependent allocations (those with a ``score`` option, e.g. MRP) rank blocks by the
-    solver's own score (MRP principle 2), also when wrapped by the absorption correction."""
-    def params(name):
-        fn = registry.get(name)
-        return inspect.signature(fn).parameters if fn is not None else {}
-    if "score" in params(allocation) and "score" not in options:
-        options = {**options, "score": metric}
-    if "base" in params(allocation):
-        base = options.get("base", params(allocation)["base"].default)
-        inner = dict(options.get("base_options") or {})
-        if "score" in params(base) and "score" not in inner:
-            options = {**options, "base_options": {**inner, "score": metric}}
-    return options
-
-
 PROFILES = {
     "quick": dict(calib_samples=4, calib_seqlen=128, eval_seqlen=256, eval_windows=2, heldout_samples=2),
     "cpu": dict(calib_samples=32, calib_seqlen=512, eval_seqlen=512, eval_windows=16, heldout_samples=8),
@@ -98,7 +82,7 @@ class Session:
         self.timings["data_s"] = time.perf_counter() - t0
         self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
                                 tokenizer=self.tokenizer)
-        self._dense_ppl: dict = {}
+        self._dense_memo: dict = {}
         self._pruned = False  # weights differ from the dense copy (set by run)
 
     @classmethod
@@ -141,19 +125,19 @@ class Session:
     def dense(self) -> dict:
         """Dense perplexities (memoised)."""
         key = (tuple(self.eval_datasets), self.eval_seqlen, self.eval_windows)
-        if key not in self._dense_ppl:
+        if key not in self._dense_memo:
             self.restore()
-            self._dense_ppl[key] = self.evaluate()
-        return {d: r["perplexity"] for d, r in self._dense_ppl[key].items()}
+            self._dense_memo[key] = self.evaluate()
+        return {d: r["perplexity"] for d, r in self._dense_memo[key].items()}
 
     def dense_zero_shot(self, tasks, limit: int | None = None) -> dict:
         """Zero-shot accuracy of the dense model (memoised): the reference row of a pruned run."""
         from .evaluate import zero_shot
         key = ("zero_shot", tuple(tasks), limit)
-        if key not in self._dense_ppl:
+        if key not in self._dense_memo:
             self.restore()
-            self._dense_ppl[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit)
-        return self._dense_ppl[key]
+            self._dense_memo[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit)
+        return self._dense_memo[key]
 
     def sweep(self, allocations, metrics, sparsities, options: dict | None = None, *, seeds=None,
               on_run=None, **run_kw):
@@ -213,7 +197,10 @@ class Session:
         t0 = time.perf_counter()
         from .allocate import _REGISTRY, _load_plugins
         _load_plugins()
-        options = _with_solver_score(allocation, metric, options, _REGISTRY)
+        fn = _REGISTRY.get(allocation)
+        if fn is not None and "score" in inspect.signature(fn).parameters and "score" not in options:
+            options = {**options, "score": metric}  # metric-dependent allocations (MRP, and absorption
+            # passing it to such a base) rank by the solver's own score: MRP principle 2
         plan = self.plan(allocation, sparsity, **options)
         t["allocate"] = time.perf_counter() - t0
         self.restore()

@@ -60,16 +60,12 @@ def test_sweep_variants_and_seeds():
 def test_solver_score_reaches_metric_dependent_bases():
     """MRP principle 2: the solver's metric scores the allocation, also inside the absorption wrapper."""
     import numpy as np
-    from prunekit.allocate import _REGISTRY, methods
-    from prunekit.experiment import _with_solver_score
-    methods()
-    assert _with_solver_score("mrp", "sparsegpt", {}, _REGISTRY) == {"score": "sparsegpt"}
-    assert _with_solver_score("mrp", "sparsegpt", {"score": "wanda"}, _REGISTRY) == {"score": "wanda"}
-    assert _with_solver_score("owl", "sparsegpt", {}, _REGISTRY) == {}
-    got = _with_solver_score("absorption", "magnitude", {"base": "mrp", "base_options": {"delta": 0.02}}, _REGISTRY)
-    assert got["base_options"] == {"delta": 0.02, "score": "magnitude"}
-    assert "base_options" not in _with_solver_score("absorption", "magnitude", {"base": "owl"}, _REGISTRY)
     S = session()
     rec = S.run("absorption", "magnitude", 0.6, base="mrp", gamma=0.0, base_options={"delta": 0.02})
-    ref = S.plan("mrp", 0.6, delta=0.02, score="magnitude").per_block
-    np.testing.assert_allclose(rec["planned_sparsity"], ref, atol=1e-12)
+    assert rec["allocation_options"]["base_options"] == {"delta": 0.02, "score": "magnitude"}
+    np.testing.assert_allclose(rec["planned_sparsity"], S.plan("mrp", 0.6, delta=0.02, score="magnitude").per_block,
+                               atol=1e-12)
+    own = S.run("absorption", "magnitude", 0.6, base="mrp", gamma=0.0, base_options={"delta": 0.02, "score": "wanda"})
+    assert own["allocation_options"]["base_options"]["score"] == "wanda"  # an explicit choice wins
+    owl = S.run("absorption", "magnitude", 0.6, base="owl", gamma=0.0)
+    assert "score" not in owl["allocation_options"]["base_options"]  # OWL has no score option
