@@ -48,7 +48,7 @@ test-notebooks: setup
 	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_notebooks.py
 
 reports: setup
-	$(BIN)/python -m prunekit.reports --profile $(PROFILE)
+	$(BIN)/python -m prunekit.reporting --profile $(PROFILE)
 
 benchmarks: setup
 	$(BIN)/python -m benchmarks.pipeline
@@ -58,4 +58,4 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.absorption
 
 strip-notebooks: setup
-	$(BIN)/python -m prunekit.reports --strip
+	$(BIN)/python -m prunekit.reporting --strip

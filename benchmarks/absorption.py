@@ -26,9 +26,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2, help="dense forwards timed (median)")
     args = ap.parse_args(argv)
 
-    from prunekit.absorption import Probe
-    from prunekit.data import calibration_data
-    from prunekit.models import load_model
+    from prunekit.allocation.absorption.probe import Probe
+    from prunekit.core.data import calibration_data
+    from prunekit.core.models import load_model
 
     model, tok = load_model(args.model)
     ids = calibration_data("c4", tok, args.samples, args.seqlen, 0).input_ids

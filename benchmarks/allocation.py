@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from prunekit.experiment import Session
-from prunekit.score import Statistics
+from prunekit.experiments.session import Session
+from prunekit.scoring.statistics import Statistics
 
 METHODS = ("uniform", "owl", "alphapruning", "atp")
 

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from prunekit.allocate import allocate
-from prunekit.experiment import Session
-from prunekit.prune import prune_model
-from prunekit.score import Statistics
+from prunekit.allocation.registry import allocate
+from prunekit.experiments.session import Session
+from prunekit.scoring.statistics import Statistics
+from prunekit.solvers.prune import prune_model
 from prunekit.utils import atomic_write_json, versions
 
 

@@ -47,9 +47,10 @@ def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_siz
     """In a fresh process: (baseline MB, peak MB during prune_model, load-time peak MB)."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    from prunekit.data import calibration_data
-    from prunekit.models import load_model
-    from prunekit.prune import prune_model
+
+    from prunekit.core.data import calibration_data
+    from prunekit.core.models import load_model
+    from prunekit.solvers.prune import prune_model
     base = rss_mb()
     model, tok = load_model(model_name)
     load_peak = peak_mb()
@@ -71,10 +72,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     import torch
-    from prunekit.data import calibration_data, eval_tokens
-    from prunekit.evaluate import perplexity
-    from prunekit.models import load_model
-    from prunekit.prune import prune_model
+
+    from prunekit.core.data import calibration_data, eval_tokens
+    from prunekit.core.models import load_model
+    from prunekit.evaluation.perplexity import perplexity
+    from prunekit.solvers.prune import prune_model
 
     model, tok = load_model(a.model)
     calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, 0)

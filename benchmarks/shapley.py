@@ -45,11 +45,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-cache", action="store_true", help="recompute the Monte-Carlo reference")
     args = ap.parse_args(argv)
 
-    from prunekit.data import calibration_data
-    from prunekit.models import load_model
-    from prunekit.score import Statistics
-    from prunekit.shapley import (LayerGame, _spearman, evaluations_to_reach, heldout_data, monte_carlo,
-                                  sliding_window)
+    from prunekit.allocation.svnup.game import LayerGame, heldout_data
+    from prunekit.allocation.svnup.shapley import monte_carlo, sliding_window
+    from prunekit.core.data import calibration_data
+    from prunekit.core.models import load_model
+    from prunekit.experiments.svnup import _spearman, evaluations_to_reach
+    from prunekit.scoring.statistics import Statistics
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,12 +12,11 @@ Every failure is one line on stderr and exit code 2; the output file is written 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
 
-from .errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 PREFIX = {"alphapruning": "alpha", "absorption": "absorption"}
 RENAME = {"lam": "lambda"}  # python-safe parameter name -> flag word
@@ -25,11 +24,6 @@ RENAME = {"lam": "lambda"}  # python-safe parameter name -> flag word
 
 def _flag(method: str, param: str) -> str:
     return f"--{PREFIX.get(method, method)}-{RENAME.get(param, param).replace('_', '-')}"
-
-
-def _method_params(fn):
-    sig = inspect.signature(fn)
-    return [p for p in list(sig.parameters.values())[2:] if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
 
 
 def _parse_value(text: str, default):
@@ -53,27 +47,27 @@ def _parse_value(text: str, default):
     return text
 
 
-def _metavar(prm) -> str:
-    if prm.default is not None:
-        return type(prm.default).__name__.upper()
-    ann = str(prm.annotation)  # a string under `from __future__ import annotations`
-    return next((v for k, v in (("dict", "JSON"), ("int", "INT"), ("float", "FLOAT")) if k in ann), "VALUE")
+def _metavar(opt) -> str:
+    if opt.choices:
+        return "{" + ",".join(map(str, opt.choices)) + "}"
+    if opt.type is not None:
+        return {"dict": "JSON"}.get(opt.type.__name__, opt.type.__name__.upper())
+    return "VALUE"
 
 
 def _add_method_flags(p: argparse.ArgumentParser) -> dict:
-    from .allocate import _REGISTRY, _load_plugins
-    _load_plugins()
+    from prunekit.allocation import specs
     table = {}
     g = p.add_argument_group("allocation options (per method)")
-    for name, fn in sorted(_REGISTRY.items()):
-        for prm in _method_params(fn):
-            flag = _flag(name, prm.name)
+    for name, sp in sorted(specs().items()):
+        for opt in sp.options.values():
+            flag = _flag(name, opt.name)
             if flag in table:
                 continue
-            dest = f"opt__{name}__{prm.name}"
-            g.add_argument(flag, dest=dest, default=None, metavar=_metavar(prm),
-                           help=f"{name}: {prm.name} (default {prm.default!r})")
-            table[flag] = (name, prm)
+            dest = f"opt__{name}__{opt.name}"
+            g.add_argument(flag, dest=dest, default=None, metavar=_metavar(opt),
+                           help=f"{name}: {opt.name} (default {opt.default!r})")
+            table[flag] = (name, opt)
     return table
 
 
@@ -136,9 +130,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def _validate(args) -> None:
-    from .data import DATASETS
-    from .prune import METRICS, check_sparsity_value, parse_nm
-    from .utils import check_writable
+    from prunekit.core.data import DATASETS
+    from prunekit.solvers.masks import check_sparsity_value, parse_nm
+    from prunekit.solvers.prune import METRICS
+    from prunekit.utils import check_writable
     for d in filter(None, args.eval.split(",")):
         if d not in DATASETS:
             raise PrunekitError(f"unknown --eval dataset '{d}'; choose from {', '.join(DATASETS)}")
@@ -149,9 +144,8 @@ def _validate(args) -> None:
             raise PrunekitError(f"unknown metric '{args.metric}'; choose from {', '.join(METRICS)}")
         if args.calib_dataset not in DATASETS:
             raise PrunekitError(f"unknown --calib-dataset '{args.calib_dataset}'; choose from {', '.join(DATASETS)}")
-        from .allocate import _REGISTRY
-        if args.allocation not in _REGISTRY:
-            raise PrunekitError(f"unknown allocation '{args.allocation}'; choose from {', '.join(sorted(_REGISTRY))}")
+        from prunekit.allocation import spec
+        spec(args.allocation)
         nm = parse_nm(args.nm)
         if nm is not None:
             if args.sparsity is not None and abs(args.sparsity - nm[0] / nm[1]) > 1e-9:
@@ -187,7 +181,7 @@ def run(argv=None) -> dict:
     ap, table = build_parser()
     args = ap.parse_args(argv)
     if args.cmd == "methods":
-        from .allocate import methods
+        from prunekit.allocation import methods
         for name, doc in sorted(methods().items()):
             print(f"{name:<14} {doc}")
         return {}
@@ -197,17 +191,17 @@ def run(argv=None) -> dict:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from . import utils
-    from .experiment import Session
+    from prunekit import utils
+    from prunekit.experiments.session import Session
     evals = tuple(filter(None, args.eval.split(",")))
     zs = list(filter(None, args.zero_shot.split(","))) or None
     t0 = time.perf_counter()
     if args.cmd == "eval":
-        from .models import load_model
+        from prunekit.core.models import load_model
         model, tok = load_model(args.model, args.device, args.dtype)
         load_s = time.perf_counter() - t0
-        from .evaluate import perplexity
-        from .prune import measure_sparsity
+        from prunekit.evaluation.perplexity import perplexity
+        from prunekit.solvers.prune import measure_sparsity
         utils.seed_everything(args.seed)
         rec = {"model": args.model, **measure_sparsity(model), "seed": args.seed}
         t1 = time.perf_counter()
@@ -219,7 +213,7 @@ def run(argv=None) -> dict:
         rec["data_sha256"] = {f"eval:{d}": r["data_sha256"] for d, r in res.items()}
         rec["timings_s"] = {"load": load_s, "eval": time.perf_counter() - t1}
         if zs:
-            from .evaluate import zero_shot
+            from prunekit.evaluation.perplexity import zero_shot
             t2 = time.perf_counter()
             rec["zero_shot"] = zero_shot(model, tok, zs, limit=args.zero_shot_limit)
             rec["timings_s"]["zero_shot"] = time.perf_counter() - t2
@@ -231,6 +225,11 @@ def run(argv=None) -> dict:
         if args.absorption_correction:
             options = {**opts_by_method.get("absorption", {}), "base": args.allocation, "base_options": options}
             allocation = "absorption"
+        from prunekit.allocation import spec
+        options = spec(allocation).check_options(options)  # before the model loads
+        if allocation == "absorption":
+            base = options.get("base", spec("absorption").options["base"].default)
+            options["base_options"] = spec(base).check_options(options.get("base_options") or {})
         sess = Session(model_name=args.model, calib_dataset=args.calib_dataset,
                        calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                        eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
@@ -238,13 +237,13 @@ def run(argv=None) -> dict:
                        progress=not args.quiet)
         rec = sess.run(allocation, args.metric, args.sparsity, args.nm, evaluate=bool(evals),
                        zero_shot=zs, zero_shot_limit=args.zero_shot_limit, s_min=args.s_min,
-                       s_max=args.s_max, **options)
+                       s_max=args.s_max, options_=options)
         t = rec["timings_s"]
         rec["timings_s"] = {"load": sess.timings["load_s"], "calibrate": sess.timings["data_s"],
                             "allocate": t.get("allocate", 0.0), "prune": t["calibrate_prune"],
                             **{k: v for k, v in t.items() if k in ("eval", "zero_shot")}}
         if args.save_model:
-            from .models import save_model
+            from prunekit.core.models import save_model
             save_model(sess.model, sess.tokenizer, args.save_model)
             rec["saved_model"] = args.save_model
     rec["timings_s"]["total"] = time.perf_counter() - t0
@@ -256,7 +255,7 @@ def run(argv=None) -> dict:
 
 def demo(model: str = "smollm2-135m", profile: str = "quick") -> dict:
     """Dense vs 50 % magnitude / Wanda / SparseGPT on the default model: the README's first command."""
-    from .experiment import Session
+    from prunekit.experiments.session import Session
     sess = Session.from_profile(profile, model_name=model)
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")

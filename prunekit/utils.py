@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PrunekitError
+from prunekit.errors import PrunekitError
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -41,7 +41,7 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int =
 
 
 def tiny_calib(n: int = 6, seqlen: int = 32, vocab: int = 256, seed: int = 0):
-    from prunekit.data import Calibration
+    from prunekit.core.data import Calibration
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, seqlen), generator=g)
     return Calibration(ids, "synthetic", seed, "0" * 64, [(-1, i) for i in range(n)])

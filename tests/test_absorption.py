@@ -10,16 +10,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import tiny_calib, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from conftest import tiny_calib, tiny_model
-from prunekit import absorption as ab
-from prunekit.allocate import allocate, fit_budget
+from prunekit.allocation import absorption as ab
+from prunekit.allocation.plan import fit_budget
+from prunekit.allocation.registry import allocate
 from prunekit.errors import PrunekitError
-from prunekit.prune import prune_model
-from prunekit.score import Statistics
-
+from prunekit.scoring.statistics import Statistics
+from prunekit.solvers.prune import prune_model
 
 # ---------------------------------------------------------------- hand-built residual network
 
@@ -299,7 +300,8 @@ def test_eta_sweep_table_shape():
     assert list(df["eta"].unique()) == [1e-4, 1e-2] and len(df) == 6
     summ = ab.transition_summary(df)
     assert list(summ["blocks"]) == [3, 3]
-    lines = ab.verdicts(df[df.eta == 1e-2]["r"].to_numpy(), df)
+    from prunekit.experiments.absorption import verdicts
+    lines = verdicts(df[df.eta == 1e-2]["r"].to_numpy(), df)
     assert len(lines) == 2 and all(isinstance(x, str) for x in lines)
 
 

@@ -7,14 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from prunekit.allocate import SparsityPlan, allocate
-from prunekit.baselines import (alpha_mapping, atp_schedule, esd_alpha, hill_alpha_from_eigs,
-                                owl_mapping)
-from prunekit.data import Calibration
+from prunekit.allocation.alphapruning import alpha_mapping, esd_alpha, hill_alpha_from_eigs
+from prunekit.allocation.atp import atp_schedule
+from prunekit.allocation.owl import owl_mapping
+from prunekit.allocation.plan import SparsityPlan
+from prunekit.allocation.registry import allocate
+from prunekit.core.data import Calibration
 from prunekit.errors import PrunekitError
-from prunekit.score import Statistics, StatsCache
+from prunekit.scoring.statistics import Statistics, StatsCache
 
 # ---------------------------------------------------------------- golden vectors (§5, official data)
 GOLD_L2_7B_EPS03 = np.array([float(x) for x in """
@@ -250,7 +253,7 @@ def test_alphapruning_needs_no_calibration_and_caches(tmp_path, monkeypatch):
     p1 = allocate("alphapruning", s1, 0.5)
     assert s1.dense_passes == 0
     assert list(tmp_path.glob("*.safetensors"))
-    import prunekit.baselines as B
+    import prunekit.allocation.alphapruning as B
     monkeypatch.setattr(B, "esd_alpha", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     s2 = Statistics(model, None, cache=StatsCache(tmp_path), progress=False)
     p2 = allocate("alphapruning", s2, 0.5)
@@ -341,7 +344,7 @@ def test_owl_outlier_injection_lowers_that_blocks_sparsity():
 def test_plots_return_figures(stats):
     import matplotlib
     matplotlib.use("Agg")
-    from prunekit.plots import block_metric, sparsity_profile
+    from prunekit.reporting.plots import block_metric, sparsity_profile
     plans = {m: allocate(m, stats, 0.5) for m in ("uniform", "atp", "owl")}
     fig = sparsity_profile(plans, title="t")
     labels = [ln.get_label() for ln in fig.axes[0].lines]

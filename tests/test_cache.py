@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import tiny_calib, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,12 +15,12 @@ SPARSITIES = (0.5, 0.6, 0.7)
 
 
 def sweep(stats):
-    from prunekit.allocate import allocate
+    from prunekit.allocation.registry import allocate
     return {(m, s): allocate(m, stats, s).per_block for m in METHODS for s in SPARSITIES}
 
 
 def stats(cache, model, calib):
-    from prunekit.score import Statistics
+    from prunekit.scoring.statistics import Statistics
     return Statistics(model, calib, cache=cache, progress=False)
 
 
@@ -33,7 +32,7 @@ def assert_same(a, b):
 
 @pytest.fixture
 def setup(tmp_path):
-    from prunekit.score import StatsCache
+    from prunekit.scoring.statistics import StatsCache
     return StatsCache(tmp_path / "stats"), tiny_model("llama"), tiny_calib()
 
 

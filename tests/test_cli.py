@@ -43,7 +43,7 @@ def test_unwritable_out(capsys, tmp_path):
 
 def test_missing_data_dir(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_DATA_DIR", str(tmp_path / "nowhere"))
-    from prunekit.data import load_text
+    from prunekit.core.data import load_text
     from prunekit.errors import PrunekitError
     with pytest.raises(PrunekitError, match="does not exist"):
         load_text("wikitext2", "test")
@@ -53,7 +53,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from prunekit.data import load_text
+    from prunekit.core.data import load_text
     from prunekit.errors import PrunekitError
     with pytest.raises(PrunekitError) as e:
         load_text("ptb", "test")
@@ -85,7 +85,7 @@ def test_calibration_sampler_protocol(byte_tokenizer, tmp_path, monkeypatch):
     (tmp_path / "c4" / "c4-train.00000-of-01024.first1000.jsonl").write_text(
         "".join(json.dumps({"text": d}) + "\n" for d in docs))
     monkeypatch.setenv("PRUNEKIT_DATA_DIR", str(tmp_path))
-    from prunekit.data import calibration_data
+    from prunekit.core.data import calibration_data
     a = calibration_data("c4", byte_tokenizer, 6, 40, seed=3)
     b = calibration_data("c4", byte_tokenizer, 6, 40, seed=3)
     assert (a.input_ids == b.input_ids).all() and a.picks == b.picks

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from prunekit.comparison import CLAIMS, configurations, reproduction_table, summarise
+from prunekit.experiments.comparison import CLAIMS, configurations, reproduction_table, summarise
 
 
 def _df(ppl_owl, ppl_uniform):

@@ -6,7 +6,6 @@ import math
 import os
 
 import pytest
-
 from conftest import ByteTokenizer, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -16,7 +15,7 @@ KW = dict(calib_samples=4, calib_seqlen=32, eval_seqlen=64, eval_windows=2, batc
 
 
 def session(seed=0):
-    from prunekit.experiment import Session
+    from prunekit.experiments.session import Session
     return Session(model_name="tiny", model=tiny_model("llama"), tokenizer=ByteTokenizer(), seed=seed, **KW)
 
 

@@ -14,7 +14,7 @@ needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason=
 
 @pytest.fixture(scope="module")
 def session():
-    from prunekit.experiment import Session
+    from prunekit.experiments.session import Session
     return Session(model_name="smollm2-135m", calib_samples=8, calib_seqlen=256, eval_seqlen=512,
                    eval_windows=4, progress=False)
 

@@ -1,4 +1,4 @@
-"""MRP allocation and the MRP findings (prunekit.mrp, prunekit.analysis) on tiny random models.
+"""MRP allocation and the MRP findings (prunekit.allocation.mrp, prunekit.experiments.mrp_findings) on tiny random models.
 
 Every check compares against an independent computation: budget identities, brute-force masks from
 the solvers' own mask functions, a full-model forward pass of a pruned copy."""
@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit import analysis, mrp
-from prunekit.allocate import allocate
-from prunekit.data import Calibration
-from prunekit.evaluate import window_nlls
-from prunekit.models import layout
-from prunekit.prune import _global_mask, magnitude_mask, prune_model, wanda_mask
-from prunekit.score import Statistics
+from prunekit.allocation import mrp
+from prunekit.allocation.registry import allocate
+from prunekit.core.data import Calibration
+from prunekit.core.models import layout
+from prunekit.evaluation.perplexity import window_nlls
+from prunekit.experiments import mrp_findings as analysis
+from prunekit.scoring.statistics import Statistics
+from prunekit.solvers.masks import _global_mask, magnitude_mask, wanda_mask
+from prunekit.solvers.prune import prune_model
 
 L = 4
 

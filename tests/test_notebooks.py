@@ -26,7 +26,7 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     """CI renders every notebook with profile=quick. On the tiny random model by default (every cell
     runs, in seconds); PRUNEKIT_TEST_NOTEBOOKS=1 (`make test-notebooks`) renders on the notebook's
     own model instead (~1-15 min each on 2 CPU cores)."""
-    from prunekit.reports import render
+    from prunekit.reporting.render import render
     real = os.environ.get("PRUNEKIT_TEST_NOTEBOOKS") == "1"
     if not real:  # one intra-op thread: the tiny model's matmuls are too small to share (4-12x faster)
         monkeypatch.setenv("PRUNEKIT_THREADS", "1")
@@ -38,7 +38,8 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
 
 def test_report_html_drops_progress_bars_keeps_warnings():
     import nbformat
-    from prunekit.reports import _drop_progress_bars
+
+    from prunekit.reporting.render import _drop_progress_bars
     nb = nbformat.v4.new_notebook()
     bars = "prune[wanda]:  50%|█████     | 15/30 [00:19<00:19,  1.3s/it]\rprune[wanda]: 100%|██████████| 30/30 [00:39<00:00,  1.41s/it]\n"
     warn = "UserWarning: offline WikiText-2 calibration uses the test split\n"
@@ -64,10 +65,10 @@ def _toy_notebook(path: Path, body: str) -> None:
 
 
 def test_reports_failure_keeps_previous_good_report_and_exits_nonzero(tmp_path):
-    from prunekit.reports import main
+    from prunekit.reporting.render import main
     nbs, out = tmp_path / "nbs", tmp_path / "out"
     nbs.mkdir()
-    save = "from prunekit.report import save_results\nsave_results('{n}', {{'summary': 'fine {n}'}})"
+    save = "from prunekit.reporting.results import save_results\nsave_results('{n}', {{'summary': 'fine {n}'}})"
     _toy_notebook(nbs / "01_good.ipynb", save.format(n="01_good"))
     _toy_notebook(nbs / "02_flaky.ipynb", save.format(n="02_flaky"))
     assert main(["--notebooks", str(nbs), "--out", str(out)]) == 0

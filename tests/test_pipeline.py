@@ -7,17 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
-
 from conftest import tiny_calib, tiny_model
-from prunekit.allocate import fit_budget
-from prunekit.calibrate import capture, sequential
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunekit.allocation.plan import fit_budget
+from prunekit.core.engine import capture, sequential
+from prunekit.core.models import layout, load_model, save_model
 from prunekit.errors import PrunekitError
-from prunekit.evaluate import perplexity_from_nlls, window_nlls
-from prunekit.models import layout, load_model, save_model
-from prunekit.prune import (magnitude_mask, measure_sparsity, parse_nm, prune_model, sparsegpt,
-                            wanda_mask)
+from prunekit.evaluation.perplexity import perplexity_from_nlls, window_nlls
+from prunekit.solvers.masks import magnitude_mask, parse_nm, wanda_mask
+from prunekit.solvers.prune import measure_sparsity, prune_model
+from prunekit.solvers.sparsegpt import sparsegpt
 
 FAMILIES = ["llama", "qwen2", "gemma3", "opt"]
 
@@ -163,7 +164,7 @@ def test_later_blocks_are_calibrated_on_the_pruned_model():
 
     def grab(i, block, stats):
         norms.setdefault(i, stats["wanda"]["self_attn.q_proj"].norm.clone())
-        from prunekit.prune import prune_block
+        from prunekit.solvers.prune import prune_block
         prune_block(i, block, stats, np.full((4, 7), 0.9), "wanda", None, layout(m1).linear_names)
 
     sequential(m1, calib.input_ids, collect=("wanda",), on_block=grab, progress=False)

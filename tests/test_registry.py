@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_calib, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,7 +18,7 @@ CHEAP = {"svnup": lambda held: {"estimator": "exact", "heldout": held},
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from prunekit.score import Statistics, StatsCache
+    from prunekit.scoring.statistics import Statistics, StatsCache
     model = tiny_model("llama", layers=4, seed=5)
     calib = tiny_calib(n=4, seqlen=24, seed=0)
     held = tiny_calib(n=2, seqlen=24, seed=1).input_ids
@@ -28,18 +27,18 @@ def env(tmp_path_factory):
 
 
 def _bases():
-    from prunekit.allocate import methods
+    from prunekit.allocation.registry import methods
     return [m for m in methods() if m != "absorption"]
 
 
 def test_registry_has_the_papers_methods():
-    from prunekit.allocate import methods
+    from prunekit.allocation.registry import methods
     assert {"uniform", "owl", "alphapruning", "atp", "mrp", "svnup", "absorption"} <= set(methods())
 
 
 @pytest.mark.parametrize("method", _bases())
 def test_every_method_budget_exact_and_bounded(env, method):
-    from prunekit.allocate import allocate
+    from prunekit.allocation.registry import allocate
     model, stats, held = env
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for t in TARGETS:
@@ -54,7 +53,7 @@ def test_every_method_budget_exact_and_bounded(env, method):
 
 @pytest.mark.parametrize("base", _bases())
 def test_absorption_wraps_every_method(env, base):
-    from prunekit.allocate import allocate
+    from prunekit.allocation.registry import allocate
     _, stats, held = env
     opts = CHEAP.get(base, lambda h: {})(held)
     for t in TARGETS:

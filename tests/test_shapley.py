@@ -1,4 +1,4 @@
-"""SV-NUP (prunekit.shapley): Shapley estimators on synthetic games, the real layer game on a tiny
+"""SV-NUP (prunekit.allocation.svnup): Shapley estimators on synthetic games, the real layer game on a tiny
 Llama against a brute-force deep-copied model, and the budget-exact monotone allocation."""
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_calib, tiny_model
-from prunekit.allocate import allocate
-from prunekit.data import Calibration
-from prunekit.errors import PrunekitError
-from prunekit.models import layout
-from prunekit.prune import magnitude_mask, wanda_mask
-from prunekit.score import Statistics
-from prunekit.shapley import (LayerGame, exact, map_to_sparsity, monte_carlo, shapley_from_table,
-                              sliding_window)
 
+from prunekit.allocation.registry import allocate
+from prunekit.allocation.svnup import map_to_sparsity
+from prunekit.allocation.svnup.game import LayerGame
+from prunekit.allocation.svnup.shapley import exact, monte_carlo, sliding_window
+from prunekit.core.data import Calibration
+from prunekit.core.models import layout
+from prunekit.errors import PrunekitError
+from prunekit.scoring.statistics import Statistics
+from prunekit.solvers.masks import magnitude_mask, wanda_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
@@ -273,8 +273,8 @@ def test_layer_game_other_families(kind):
 
 
 def test_heldout_is_disjoint_from_pruning_samples(byte_tokenizer):
-    from prunekit.data import calibration_data
-    from prunekit.shapley import heldout_data
+    from prunekit.allocation.svnup.game import heldout_data
+    from prunekit.core.data import calibration_data
     calib = calibration_data("c4", byte_tokenizer, 6, 64, seed=0)
     stats = Statistics(tiny_model("llama", layers=2), calib, progress=False)
     stats.tokenizer = byte_tokenizer
@@ -284,7 +284,7 @@ def test_heldout_is_disjoint_from_pruning_samples(byte_tokenizer):
 
 
 def test_approximation_study_and_claim_sentence():
-    from prunekit.shapley import approximation_study, paper_claim
+    from prunekit.experiments.svnup import approximation_study, paper_claim
     w = np.linspace(-1, 2, 8)
     study = approximation_study(lambda m: float(sum(w[i] for i in range(8) if m >> i & 1)), 8,
                                 reference_permutations=3, mc_permutations=4, windows=(3,), disjoint=(False, True),

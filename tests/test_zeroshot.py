@@ -17,13 +17,13 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from prunekit.errors import PrunekitError  # noqa: E402
+from prunekit.errors import PrunekitError
 
 DATA = Path(os.environ.get("PRUNEKIT_DATA_DIR", "/work/shared/data"))
 if not (DATA / "boolq/val.jsonl").is_file():
     pytest.skip("offline zero-shot data not found (set PRUNEKIT_DATA_DIR)", allow_module_level=True)
 
-# Where lm-eval 0.4.13 keeps the stock tasks (written here independently of prunekit.tasks), and
+# Where lm-eval 0.4.13 keeps the stock tasks (written here independently of prunekit.evaluation.tasks), and
 # the split each stock task evaluates on.
 STOCK = {
     "arc_easy": ("arc/arc_easy.yaml", "test"),
@@ -92,7 +92,8 @@ def _gold_by_meaning(task, k):
 def offline_tasks(tmp_path_factory):
     """All nine offline twins, loaded once through an lm-eval TaskManager."""
     from lm_eval.tasks import TaskManager
-    from prunekit.tasks import write_task_configs
+
+    from prunekit.evaluation.tasks import write_task_configs
     d = tmp_path_factory.mktemp("tasks")
     names = write_task_configs(d, root=DATA)
     loaded = TaskManager(include_path=str(d), include_defaults=False).load(list(names.values()))
@@ -151,7 +152,8 @@ def test_first_docs_match_stock_task(task, offline_tasks):
 def test_offline_config_is_stock_config_plus_data_source(task, tmp_path):
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
-    from prunekit.tasks import write_task_configs
+
+    from prunekit.evaluation.tasks import write_task_configs
     name = write_task_configs(tmp_path, [task], root=DATA)[task]
     ours = load_yaml(tmp_path / f"{name}.yaml", resolve_func=False)
     stock = load_yaml(Path(lm_eval.__file__).parent / "tasks" / STOCK[task][0], resolve_func=False)
@@ -201,7 +203,7 @@ def test_derived_formats(offline_tasks):
 # ----------------------------------------------------------------------------- API errors
 
 def test_bad_task_name_and_fallback(tmp_path):
-    from prunekit.zeroshot import resolve_tasks, zero_shot
+    from prunekit.evaluation.zeroshot import resolve_tasks, zero_shot
     with pytest.raises(PrunekitError, match=r"unknown zero-shot task 'mmlu'.*boolq.*lambada_openai") as e:
         zero_shot(None, None, ["boolq", "mmlu"])
     assert "\n" not in str(e.value)
@@ -249,7 +251,7 @@ def _stderr(p, n):
 
 
 def test_random_tiny_llama_end_to_end(tok):
-    from prunekit.zeroshot import zero_shot
+    from prunekit.evaluation.zeroshot import zero_shot
     model = _llama(tok)
     model.train()
     r = zero_shot(model, tok, ["piqa", "arc_easy"], limit=10, batch_size=4)
@@ -292,7 +294,7 @@ def _forced_llama(tok, phrases, big=6.0):
 
 
 def test_forced_answer_model(tok, tmp_path):
-    from prunekit.zeroshot import zero_shot
+    from prunekit.evaluation.zeroshot import zero_shot
     model = _forced_llama(tok, [" yes", " True"])
     # documents filtered to gold = yes / True: the forced model must score exactly 1.0
     (tmp_path / "boolq").mkdir()

@@ -1,0 +1,250 @@
+"""Absorption: controlled perturbation experiments and the absorption-aware correction
+("Beyond Layer Importance in Layer-wise Sparsity: An Inter-Layer Perturbation-Absorption
+Perspective", arXiv 2606.15161; ALGORITHMS.md §3).
+
+Measurement (``Probe``)
+    A perturbation is injected at the output of decoder block ``l`` and the perturbed hidden
+    states are followed through blocks ``l+1 … L−1`` next to the clean run on the same calibration
+    tokens. At every depth ``k ≥ l`` (k = the block whose output is measured) and every token t:
+
+    * relative L2 drift   ``R_k = ‖h'_k − h_k‖ / ‖h_k‖``                                   (§3 [S])
+    * state alignment     ``cos_state_k = cos(h'_k, h_k)`` — 1 when the perturbed state points
+      along the clean trajectory ("direction realigning toward the unperturbed trajectory");
+    * drift direction     ``cos_drift_k = cos(h'_k − h_k, h_k)`` — the component of the drift
+      along the clean state (≈0 for isotropic noise; <0 when the block shrinks the perturbed
+      state back, >0 when the perturbation inflates the state's norm).
+
+    The same quantities are also measured once after the model's final norm (``*_norm`` fields).
+    Averages run over calibration tokens (position 0 of each window excluded by default —
+    ``skip_first``: its hidden state is an attention sink with an extreme norm) and noise draws.
+
+    Perturbations: Gaussian noise of relative size η per token (``‖δ_t‖ = η·‖h_{l,t}‖`` exactly,
+    direction uniform; ``relative_to="update"`` scales by the block's update ‖h_l − h_{l−1}‖
+    instead, [I]) or the real pruning perturbation (block l pruned at sparsity s with
+    magnitude/Wanda/SparseGPT via ``prune.prune_block``, statistics from the dense inputs of block
+    l, weights restored afterwards).
+
+Absorption coefficient
+    ``r_l = E[R_final / R_l]`` (``reduction="mean_of_ratios"``, §3 [S]) or ``E[R_final]/E[R_l]``
+    (``"ratio_of_means"``); ``depth="final"`` uses the last block's output (``final_norm=True``:
+    after the final norm), ``depth="mean"`` averages the ratio over all depths k > l. r > 1:
+    block l's perturbations are amplified downstream; r < 1: absorbed. For l = L−1 without the
+    final norm there is no later depth and r = 1 by definition.
+
+Clean run and memory / compute trade-off
+    The clean trajectory is computed ONCE (``calibrate.capture`` + ``calibrate.run_block``; no other
+    layer loop) and its block boundaries are kept (``store="cpu"`` or ``"device"``) every
+    ``checkpoint_every`` blocks. ``checkpoint_every=1`` (default) stores all L+1 boundaries:
+    memory (L+1)·N·T·d floats (SmolLM2-135M, 4×128 tokens: 37 MB), cost per noise draw
+    Σ_l (L−1−l) ≈ L²/2 block runs ≈ L/2 dense forwards for all coefficients. With
+    ``checkpoint_every=c`` only every c-th boundary is kept (memory ÷ c) and clean states in
+    between are recomputed next to the perturbed run (≤ 2× the block runs).
+
+Correction (``absorption_correction`` and the registered ``"absorption"`` allocation)
+    ``u = clip(log r, −c, c)``, ``Δ = −(u − mean u)``, ``s' = s_base + γΔ`` (broadcast per block to
+    every matrix), then ``allocate`` restores the budget and the bounds (§3 [S]). Defaults [I]:
+    c = log 3, γ = λ_corr / c with λ_corr = 0.04, η = 1e-2, 1 noise draw (each token already gets
+    its own draw; more draws only reduce variance). ``perturbation="prune"`` [I] takes r from the
+    real pruning perturbation instead (each block pruned alone at the target sparsity): on
+    SmolLM2-135M pruning one block at 70 % injects R_l ≈ 0.1–0.4, far above η = 1e-2, which is
+    why the η sweep (``ETAS``) extends to 0.3.
+
+    What the correction guarantees about amplifying blocks: before budget restoration
+    Δ is non-increasing in r, so a block with u_l ≥ mean(u) (r above the geometric mean, in
+    particular the most amplifying block) never gets more sparsity than the base plan gives it.
+    A block with r > 1 is guaranteed Δ ≤ 0 only if mean(u) ≤ 0 (the usual case at η = 1e-2,
+    where most blocks absorb) or with ``center="none"`` (Δ = −u). After restoration: with equal
+    block sizes Σ n_l Δ_l = 0, so when no value hits a bound the budget shift is 0 and the
+    statement carries over unchanged; clipping at s_min/s_max only adds a common shift to the
+    unclipped blocks, so the ordering of s' − s_base across blocks is preserved.
+"""
+from __future__ import annotations
+import inspect
+import math
+from dataclasses import dataclass, fields
+from typing import Literal, Callable, Iterator
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from prunekit.allocation.plan import SparsityPlan
+from prunekit.allocation.registry import allocate, register, with_solver_metric
+from prunekit.allocation.absorption.probe import (DEPTHS, REDUCTIONS, Probe, Trajectory, _check_choice, coefficients,
+                                                  prune_trajectories_from_stats, trajectories_from_stats)
+from prunekit.core.engine import STATS, capture, run_block
+from prunekit.errors import PrunekitError
+from prunekit.core.models import layout
+from prunekit.solvers.prune import METRICS, COLLECT, prune_block
+from prunekit.solvers.masks import parse_nm
+
+
+LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (ALGORITHMS.md §3)
+CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
+DEFAULT_GAMMA = LAMBDA_CORR / CLIP  # [I] γ = λ_corr / c
+ETAS = (1e-4, 1e-3, 1e-2, 5e-2, 1e-1, 3e-1)  # 0.3 ≈ the drift pruning one block injects
+CENTERS = ("mean", "none")
+
+
+def absorption_coefficients(model, input_ids, *, eta: float = 1e-2, draws: int = 1, seed: int = 0,
+                            reduction: str = "mean_of_ratios", depth: str = "final",
+                            final_norm: bool = False, skip_first: bool = True, batch_size: int = 8,
+                            progress: bool = True) -> np.ndarray:
+    """Convenience: one ``Probe`` and all L noise coefficients."""
+    probe = Probe(model, input_ids, batch_size=batch_size, skip_first=skip_first, progress=progress)
+    return probe.coefficients(eta, draws, seed, reduction=reduction, depth=depth, final_norm=final_norm)
+
+
+# ============================================================================ η sweep
+
+def sweep_table(trajectories_by_eta: dict, reduction: str = "mean_of_ratios", depth: str = "final",
+                final_norm: bool = False):
+    """Long table (pandas), one row per (η, injection block): r, injected drift R_l, final drift,
+    final cos_state, from ``{eta: [Trajectory, ...]}``."""
+    import pandas as pd
+    rows = []
+    for eta, trajs in sorted(trajectories_by_eta.items()):
+        for t in trajs:
+            rows.append({"eta": float(eta), "layer": t.layer,
+                         "r": t.coefficient(reduction, depth, final_norm),
+                         "R_inject": float(t.drift[0]), "R_final": float(t.drift[-1]),
+                         "cos_state_final": float(t.cos_state[-1])})
+    return pd.DataFrame(rows)
+
+
+def eta_sweep(source, etas=ETAS, draws: int = 1, seed: int = 0, reduction: str = "mean_of_ratios",
+              depth: str = "final", final_norm: bool = False, layers=None, **probe_options):
+    """η sweep as a ``sweep_table``. ``source``: a ``Probe`` (its clean run reused for every η;
+    ``layers`` may restrict the injection blocks; ``probe_options`` = relative_to) or a
+    ``Statistics`` (every block measured, cached per η through ``trajectories_from_stats`` with one
+    shared clean run; ``probe_options`` = relative_to, skip_first, probe_samples, probe_seqlen)."""
+    by_eta = {}
+    box: dict = {}
+    for eta in etas:
+        if isinstance(source, Probe):
+            by_eta[eta] = source.scan("noise", layers, desc=f"absorption: eta={eta:g}", eta=eta, draws=draws,
+                                      seed=seed, **probe_options)
+        else:
+            trajs = trajectories_from_stats(source, eta, draws, seed, _probe=box, **probe_options)
+            by_eta[eta] = trajs if layers is None else [trajs[l] for l in layers]
+    return sweep_table(by_eta, reduction, depth, final_norm)
+
+
+def transition_summary(sweep):
+    """Per η: how many blocks amplify (r > 1), geometric-mean / min / max r — the
+    amplification → absorption transition of finding 2."""
+    import pandas as pd
+    out = []
+    for eta, g in sweep.groupby("eta", sort=True):
+        r = g["r"].to_numpy(float)
+        out.append({"eta": eta, "blocks": len(r), "amplifying": int((r > 1).sum()),
+                    "frac_amplifying": float((r > 1).mean()), "geomean_r": float(np.exp(np.log(r).mean())),
+                    "min_r": float(r.min()), "max_r": float(r.max())})
+    return pd.DataFrame(out)
+
+
+# ============================================================================ correction
+
+def correction_signal(coefficients, clip: float = CLIP, center: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(u, Δ): ``u = clip(log r, −c, c)``; ``Δ = −(u − mean u)`` (``center="mean"``, §3 [S]) or
+    ``Δ = −u`` (``center="none"``, [I]). Amplifying blocks (large u) get Δ < 0 (protected)."""
+    r = np.asarray(coefficients, dtype=float).reshape(-1)
+    if r.size == 0 or not np.all(np.isfinite(r)) or (r <= 0).any():
+        raise PrunekitError("absorption coefficients must be finite and > 0 (was eta 0 or the "
+                            "calibration too short?); re-measure with eta > 0")
+    if not (clip > 0):
+        raise PrunekitError(f"clip must be > 0, got {clip}")
+    _check_choice("center", center, CENTERS)
+    u = np.clip(np.log(r), -clip, clip)
+    delta = -(u - u.mean()) if center == "mean" else -u
+    return u, delta
+
+
+def absorption_correction(plan, coefficients, gamma: float = DEFAULT_GAMMA, clip: float = CLIP,
+                          center: str = "mean") -> np.ndarray:
+    """Pure correction ``s' = s_base + γΔ`` (no budget restoration, no bounds).
+
+    ``plan``: SparsityPlan, per-block vector (L,) or (L, K) array; returns the same shape with the
+    block's Δ added to every matrix of that block."""
+    values = np.asarray(getattr(plan, "values", plan), dtype=float)
+    _, delta = correction_signal(coefficients, clip, center)
+    if values.shape[0] != delta.size:
+        raise PrunekitError(f"plan has {values.shape[0]} blocks but {delta.size} absorption coefficients")
+    if not math.isfinite(gamma):
+        raise PrunekitError(f"gamma must be finite, got {gamma}")
+    return values + gamma * (delta if values.ndim == 1 else delta[:, None])
+
+
+def coefficients_from_stats(stats, eta: float = 1e-2, draws: int = 1, seed: int = 0,
+                            relative_to: str = "state", skip_first: bool = True,
+                            reduction: str = "mean_of_ratios", depth: str = "final",
+                            final_norm: bool = False, probe_samples: int = 0,
+                            probe_seqlen: int = 0, perturbation: str = "noise", sparsity: float | None = None,
+                            prune_metric: str = "wanda") -> tuple[np.ndarray, list[Trajectory]]:
+    """(r, trajectories) of ``stats.model`` on ``stats.calib``; reduction/depth/final_norm are
+    applied to the cached trajectories, so they share one cache entry. ``perturbation="prune"``
+    [I]: r from the real pruning perturbation (each block pruned alone at ``sparsity`` with
+    ``prune_metric``) instead of Gaussian noise of size η."""
+    _check_choice("reduction", reduction, REDUCTIONS)
+    _check_choice("depth", depth, DEPTHS)
+    _check_choice("perturbation", perturbation, ("noise", "prune"))
+    if perturbation == "prune":
+        if sparsity is None:
+            raise PrunekitError("perturbation='prune' needs a sparsity")
+        trajs = prune_trajectories_from_stats(stats, sparsity, prune_metric, skip_first, probe_samples, probe_seqlen)
+    else:
+        trajs = trajectories_from_stats(stats, eta, draws, seed, relative_to, skip_first, probe_samples,
+                                        probe_seqlen)
+    return coefficients(trajs, reduction, depth, final_norm), trajs
+
+
+@register("absorption", wraps="base", solver_metric="score", reads=("model", "calibration"),
+          bounds={"gamma": (0.0, None), "eta": (0.0, None), "draws": (1, None), "clip": (0.0, None),
+                  "seed": (0, None), "probe_samples": (0, None), "probe_seqlen": (0, None)})
+def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_GAMMA, eta: float = 1e-2,
+               draws: int = 1, clip: float = CLIP, seed: int = 0,
+               reduction: Literal["mean_of_ratios", "ratio_of_means"] = "mean_of_ratios",
+               depth: Literal["final", "mean"] = "final", final_norm: bool = False, skip_first: bool = True,
+               center: Literal["mean", "none"] = "mean", probe_samples: int = 0, probe_seqlen: int = 0,
+               perturbation: Literal["noise", "prune"] = "noise",
+               prune_metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
+               base_options: dict | None = None, score: Literal["wanda", "magnitude", "sparsegpt"] | None = None) -> SparsityPlan:
+    """Absorption-aware correction of a base allocation: s' = s_base + γΔ from absorption coefficients.
+
+    ``base``: any registered allocation (``base_options`` are passed to it); ``gamma`` γ (default
+    λ_corr/c = 0.04/log 3, [I]); ``eta`` noise scale; ``draws`` noise draws; ``clip`` c; ``seed``;
+    ``reduction`` mean_of_ratios | ratio_of_means; ``depth`` final | mean; ``final_norm``;
+    ``skip_first`` (exclude position 0); ``center`` mean (spec) | none; ``probe_samples`` /
+    ``probe_seqlen`` measure on the first windows / tokens of the calibration set only (0 = all);
+    ``perturbation`` noise (spec) | prune ([I]: r of each block pruned alone at the target sparsity
+    with ``prune_metric``). ``score``: the solver's metric, passed on to a base that ranks by it
+    (MRP principle 2) unless ``base_options`` sets its own.
+    γ = 0 returns the base plan
+    without measuring. Extras: ``absorption_r``, ``absorption_u``, ``absorption_delta``,
+    ``base_per_block`` and the base method's extras prefixed ``base.``."""
+    if base == "absorption":
+        raise PrunekitError("absorption cannot wrap itself; pass base=owl|alphapruning|uniform|...")
+    base_options = dict(base_options or {})
+    if score is not None:  # the solver's metric reaches a base that declared it wants it
+        base_options = with_solver_metric(base, base_options, score)
+    base_plan = allocate(base, stats, target, **base_options)
+    opts = {"base": base, "gamma": float(gamma), "eta": float(eta), "draws": int(draws), "clip": float(clip),
+            "seed": int(seed), "reduction": reduction, "depth": depth, "final_norm": bool(final_norm),
+            "skip_first": bool(skip_first), "center": center, "probe_samples": int(probe_samples),
+            "probe_seqlen": int(probe_seqlen), "perturbation": perturbation, "prune_metric": prune_metric,
+            "base_options": base_options}
+    extras = {f"base.{k}": v for k, v in base_plan.extras.items()}
+    extras["base_per_block"] = base_plan.per_block.copy()
+    if gamma == 0:
+        return SparsityPlan(base_plan.values.copy(), base_plan.sizes, target, "absorption", opts,
+                            list(base_plan.linear_names), extras)
+    r, _ = coefficients_from_stats(stats, eta, draws, seed, skip_first=skip_first, reduction=reduction,
+                                   depth=depth, final_norm=final_norm, probe_samples=probe_samples,
+                                   probe_seqlen=probe_seqlen, perturbation=perturbation, sparsity=target,
+                                   prune_metric=prune_metric)
+    u, delta = correction_signal(r, clip, center)
+    values = absorption_correction(base_plan.values, r, gamma, clip, center)
+    extras.update({"absorption_r": r, "absorption_u": u, "absorption_delta": delta,
+                   "pre_budget_per_block": (values * base_plan.sizes).sum(1) / base_plan.sizes.sum(1)})
+    return SparsityPlan(values, base_plan.sizes, target, "absorption", opts, list(base_plan.linear_names), extras)
+
+
+# ============================================================================ experiments / verdicts

@@ -1,0 +1,198 @@
+"""The allocation registry: every method declares how it is called and what it reads.
+
+    method(stats: Statistics, target: float, **options) -> SparsityPlan | np.ndarray
+
+``stats`` (``prunekit.scoring.Statistics``) lazily provides what a method needs (Wanda norms,
+outlier ratios, ESD alphas, the model itself) with on-disk caching. A method registers with
+``@register(name, ...)`` and a ``MethodSpec`` records its contract:
+
+* ``solver_metric``: the name of the option that receives the pruning solver's metric when the
+  caller did not set it (MRP ranks by the solver's own score, its principle 2); ``None`` for
+  methods that do not depend on the solver.
+* ``reads``: the statistics the method reads (documentation and cache planning).
+* ``exact``: the method's raw output already meets the budget (``fit_budget`` is then a no-op,
+  which the registry-wide test asserts); other methods rely on ``allocate``'s budget fit.
+* ``wraps``: the option naming another registered method it wraps (absorption's ``base``).
+* ``options``: typed options derived from the signature (``Literal`` gives the choices) plus the
+  declared ``bounds``; ``check_options`` validates a dict of options against them before any work.
+
+``allocate`` runs a method and returns its budget-exact, clipped plan: the parameter-weighted mean
+sparsity over all pruned linears equals ``target`` within 1e-6, and every value lies in
+[s_min, s_max] (docs/methods.md §8.1).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from prunekit.allocation.plan import SparsityPlan, fit_budget
+from prunekit.errors import PrunekitError
+
+Method = Callable[..., "SparsityPlan | np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a method: its default, type, allowed choices and bounds."""
+    name: str
+    default: Any
+    type: type | None = None
+    choices: tuple | None = None
+    low: float | None = None           # inclusive lower bound
+    high: float | None = None          # inclusive upper bound
+    nullable: bool = False
+
+    def check(self, method: str, value):
+        """The value converted to the option's type, or a one-line PrunekitError."""
+        where = f"{method} option '{self.name}'"
+        if value is None:
+            if self.nullable or self.default is None:
+                return None
+            raise PrunekitError(f"{where} must not be empty")
+        if self.choices is not None:
+            if value not in self.choices:
+                raise PrunekitError(f"{where}: '{value}' is not one of {', '.join(map(str, self.choices))}")
+            return value
+        t = self.type
+        try:
+            if t is bool:
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(value)
+                    value = value.lower() in ("true", "1", "yes")
+                value = bool(value)
+            elif t is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                value = int(value)
+            elif t is float:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise PrunekitError(f"{where} must be a finite number, got {value}")
+        except (TypeError, ValueError):
+            raise PrunekitError(f"{where} must be of type {t.__name__}, got {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.low is not None and value < self.low:
+                raise PrunekitError(f"{where} must be >= {self.low}, got {value}")
+            if self.high is not None and value > self.high:
+                raise PrunekitError(f"{where} must be <= {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: Method
+    summary: str
+    options: dict[str, Option] = field(default_factory=dict)
+    solver_metric: str | None = None
+    reads: tuple[str, ...] = ()
+    exact: bool = False
+    wraps: str | None = None
+
+    def check_options(self, options: dict) -> dict:
+        """Validate and convert ``options`` (unknown names, types, choices, bounds): one-line errors."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise PrunekitError(f"{self.name} has no option {', '.join(map(repr, unknown))}; "
+                                f"options: {', '.join(self.options) or 'none'}")
+        out = {k: self.options[k].check(self.name, v) for k, v in options.items()}
+        if self.wraps and self.wraps in out and out[self.wraps] not in _REGISTRY:
+            raise PrunekitError(f"{self.name} option '{self.wraps}': unknown allocation '{out[self.wraps]}'; "
+                                f"choose from {', '.join(sorted(_REGISTRY))}")
+        return out
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def _options(fn: Method, bounds: dict) -> dict[str, Option]:
+    hints = typing.get_type_hints(fn)
+    out = {}
+    for p in list(inspect.signature(fn).parameters.values())[2:]:  # after (stats, target)
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name.startswith("_"):
+            continue
+        hint = hints.get(p.name)
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        base = [a for a in args if a is not type(None)] if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+        choices = None
+        t = base[0] if len(base) == 1 else None
+        if typing.get_origin(t) is typing.Literal:
+            choices, t = typing.get_args(t), None
+        lo, hi = bounds.get(p.name, (None, None))
+        out[p.name] = Option(p.name, p.default, t if isinstance(t, type) else None, choices, lo, hi, nullable)
+    return out
+
+
+def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, ...] = (), exact: bool = False,
+             wraps: str | None = None, bounds: dict | None = None):
+    """Decorator: ``@register("owl", reads=("wanda",), bounds={"lam": (0, 0.5)})`` makes
+    ``allocate("owl", ...)`` and ``--allocation owl`` work; see the module docstring for the fields."""
+    def deco(fn: Method) -> Method:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise PrunekitError(f"allocation '{name}' is registered twice")
+        opts = _options(fn, bounds or {})
+        for k in (solver_metric, wraps, *(bounds or {})):
+            if k is not None and k not in opts:
+                raise PrunekitError(f"register('{name}'): '{k}' is not an option of {fn.__name__}")
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _REGISTRY[name] = MethodSpec(name, fn, summary, opts, solver_metric, tuple(reads), exact, wraps)
+        return fn
+    return deco
+
+
+def spec(name: str) -> MethodSpec:
+    """The registered contract of allocation ``name`` (one-line error for an unknown name)."""
+    if name not in _REGISTRY:
+        raise PrunekitError(f"unknown allocation '{name}'; choose from {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def specs() -> dict[str, MethodSpec]:
+    """Every registered method's contract, by name."""
+    return dict(_REGISTRY)
+
+
+def methods() -> dict[str, str]:
+    """Registered method names with their one-line summaries."""
+    return {k: v.summary for k, v in _REGISTRY.items()}
+
+
+def with_solver_metric(method: str, options: dict, metric: str) -> dict:
+    """``options`` plus the solver's metric under the option the method declared for it (if any,
+    and unless the caller set it)."""
+    opt = spec(method).solver_metric
+    if opt is None or opt in options:
+        return dict(options)
+    return {**options, opt: metric}
+
+
+def allocate(method: str, stats, target: float, s_min: float = 0.0, s_max: float = 0.99,
+             **options) -> SparsityPlan:
+    """Run a registered method and return its budget-exact, clipped plan."""
+    sp = spec(method)
+    if not (0.0 <= target < 1.0):
+        raise PrunekitError(f"sparsity {target} is outside [0, 1)")
+    options = sp.check_options(options)
+    out = sp.fn(stats, target, **options)
+    sizes = np.asarray(stats.sizes, dtype=float)
+    if isinstance(out, SparsityPlan):
+        plan = out
+    else:
+        vals = np.asarray(out, dtype=float)
+        if vals.ndim == 1:
+            vals = np.repeat(vals[:, None], sizes.shape[1], axis=1)
+        plan = SparsityPlan(vals, sizes, target, method, dict(options), list(stats.linear_names))
+    plan.extras.setdefault("raw_global", float((plan.values * sizes).sum() / sizes.sum()))
+    plan.values = fit_budget(plan.values, sizes, target, s_min, s_max)
+    plan.sizes, plan.target, plan.method = sizes, target, method
+    plan.options = {**dict(options), **plan.options, "s_min": s_min, "s_max": s_max}
+    plan.linear_names = list(stats.linear_names)
+    return plan

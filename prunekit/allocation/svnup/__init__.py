@@ -1,0 +1,150 @@
+"""SV-NUP: Shapley-value-based non-uniform layer sparsity (Sun et al., arXiv 2505.01731; ALGORITHMS.md §2).
+
+Three parts:
+
+1. ``LayerGame`` — the cooperative game whose players are the decoder blocks [I]. In the default
+   ``game="dense_coalition"`` a coalition C is the set of blocks kept dense, every other block is
+   pruned one-shot at the uniform target with the base metric, and ``v(C) = -mean NLL`` on a small
+   held-out set disjoint from the pruning samples. ``game="pruned_coalition"`` takes C as the set of
+   *pruned* blocks and ``v(C) = +mean NLL``; in both games a larger Shapley value means "pruning
+   this block hurts more" → less sparsity. The pruned weights of every block are computed ONCE
+   from dense-model activations (``calibrate.sequential(..., modifies=False)``), so any coalition
+   is assembled by copying cached dense / pruned tensors into the Linear weights in place.
+   Hidden states entering block k are cached per prefix configuration (blocks < k), so an
+   evaluation only runs the blocks from the first one that differs from a cached prefix on.
+2. Estimators with one interface, ``fn(v, n, ...) -> ShapleyResult``: ``exact`` (enumeration,
+   ≤ 16 players), ``monte_carlo`` (permutation sampling with a running standard error) and
+   ``sliding_window`` (SWSV [I]: exact Shapley of each player inside a window of w neighbours,
+   players outside the window held at the background state = absent from the coalition).
+   ``v`` is called with an int bitmask (bit i = player i) or, with ``keys="set"``, a frozenset.
+   Every estimator memoises coalition values; ``evaluations`` counts distinct coalitions.
+3. The ``svnup`` allocation: Shapley values → per-block sparsity (bounded linear map with λ as OWL,
+   or rank / softmax), registered with ``@register("svnup")``.
+"""
+from __future__ import annotations
+import itertools
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, Callable
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from prunekit.allocation.plan import SparsityPlan
+from prunekit.allocation.registry import register
+from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game
+from prunekit.allocation.svnup.shapley import ESTIMATORS, EXACT_MAX_PLAYERS, estimate
+from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, sequential
+from prunekit.core.data import Calibration
+from prunekit.core.engine import next_token_ce
+from prunekit.errors import PrunekitError
+from prunekit.core.models import layout
+from prunekit.solvers.masks import magnitude_mask, wanda_mask
+from prunekit.solvers.sparsegpt import sparsegpt
+
+
+MAPPINGS = ("linear", "rank", "softmax")
+
+
+# ============================================================================ estimators
+
+def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam: float = 0.08,
+                    temperature: float = 1.0) -> np.ndarray:
+    """Per-block sparsity from Shapley values; larger φ → lower sparsity (before budget fitting).
+
+    linear [I, OWL-style]: z = minmax(φ), s = S + λ − 2λz (all-equal φ → uniform);
+    rank: z = rank(φ)/(L−1) (ties averaged), same formula;
+    softmax [I]: s ∝ softmax(−φ̃/T), φ̃ = standardised φ, scaled to the budget (T → ∞ gives uniform)."""
+    phi = np.asarray(phi, dtype=float).reshape(-1)
+    L = phi.size
+    if not np.all(np.isfinite(phi)):
+        raise PrunekitError("Shapley values contain NaN/inf; the layer game diverged — lower the target sparsity")
+    if mapping in ("linear", "rank"):
+        if lam < 0:
+            raise PrunekitError(f"lam must be >= 0, got {lam}")
+        if mapping == "linear":
+            span = phi.max() - phi.min()
+            z = (phi - phi.min()) / span if span > 0 else np.full(L, 0.5)
+        else:
+            from scipy.stats import rankdata
+            z = (rankdata(phi) - 1) / (L - 1) if L > 1 else np.full(L, 0.5)
+        return target + lam - 2 * lam * z
+    if mapping == "softmax":
+        if not temperature > 0:
+            raise PrunekitError(f"temperature must be > 0, got {temperature}")
+        sd = phi.std()
+        zt = (phi - phi.mean()) / sd if sd > 0 else np.zeros(L)
+        p = np.exp(-(zt - zt.min()) / temperature)
+        p /= p.sum()
+        n = np.ones(L) if sizes is None else np.asarray(sizes, dtype=float).reshape(L, -1).sum(1)
+        return p * target * n.sum() / (n * p).sum()
+    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+
+
+@register("svnup", reads=("wanda", "hessian", "calibration"),
+          bounds={"window": (1, None), "lam": (0.0, 1.0), "heldout_samples": (1, None),
+                  "n_permutations": (1, None), "seed": (0, None), "temperature": (1e-12, None),
+                  "heldout_seqlen": (2, None)})
+def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carlo", "exact"] = "sliding_window",
+          window: int = 5, lam: float = 0.08, mapping: Literal["linear", "rank", "softmax"] = "linear",
+          base_metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
+          game: Literal["dense_coalition", "pruned_coalition"] = "dense_coalition",
+          heldout_samples: int = 8, n_permutations: int = 100, seed: int = 0, temperature: float = 1.0,
+          disjoint: bool = False, background: Literal["absent", "present", "both"] = "absent",
+          heldout_seqlen: int | None = None, heldout: str | None = None) -> SparsityPlan:
+    """SV-NUP: blocks' Shapley values in a keep-dense/prune layer game → per-block sparsity (Sun et al. 2025).
+
+    ``background`` (sliding window): blocks outside the window 'absent' from the coalition (the
+    spec; pruned in the default game), 'present', or 'both' (mean of the two; [I], about twice the
+    evaluations, markedly closer to the Monte-Carlo reference on SmolLM2 — see the benchmark).
+    ``heldout``: dataset name for the held-out value set (default: the calibration dataset), or a
+    Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
+    option that affects them."""
+    target = float(target)
+    if not (0.0 < target < 1.0):
+        raise PrunekitError(f"sparsity {target} must lie in (0, 1) for SV-NUP")
+    if estimator not in ESTIMATORS:
+        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
+    if mapping not in MAPPINGS:
+        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    if estimator == "exact" and stats.num_blocks > EXACT_MAX_PLAYERS:
+        raise PrunekitError(f"exact Shapley over {stats.num_blocks} blocks needs 2^{stats.num_blocks} evaluations; "
+                            "use estimator='sliding_window' or 'monte_carlo'")
+    ids, hkey = _resolve_heldout(stats, heldout, heldout_samples, heldout_seqlen)
+    est_opts = {"exact": {}, "monte_carlo": {"n_permutations": int(n_permutations), "seed": int(seed)},
+                "sliding_window": {"window": int(window), "disjoint": bool(disjoint),
+                                   "background": background}}[estimator]
+    params = dict(target=round(target, 9), estimator=estimator, base_metric=base_metric, game=game,
+                  heldout=hkey, **est_opts)
+
+    def compute():
+        g = layer_game(stats, target, base_metric, game, heldout=ids, progress=stats.progress)
+        with g:
+            res = estimate(g, g.n, estimator, progress=stats.progress, **est_opts)
+            v_empty, v_full = g(0), g(g.full)
+        se = res.stderr if res.stderr is not None else np.full(g.n, np.nan)
+        return {"values": torch.tensor(res.values, dtype=torch.float64),
+                "stderr": torch.tensor(se, dtype=torch.float64),
+                "evaluations": torch.tensor([res.evaluations], dtype=torch.int64),
+                "seconds": torch.tensor([res.seconds + g.build_seconds], dtype=torch.float64),
+                "v_empty_full": torch.tensor([v_empty, v_full], dtype=torch.float64)}
+
+    out = stats.cached("svnup_shapley", compute, **params)
+    phi = out["values"].numpy().astype(float)
+    sizes = np.asarray(stats.sizes, dtype=float)
+    per_block = map_to_sparsity(phi, target, sizes, mapping, lam, temperature)
+    values = np.repeat(per_block[:, None], sizes.shape[1], axis=1)
+    extras = {"shapley": phi, "shapley_stderr": out["stderr"].numpy().astype(float),
+              "shapley_evaluations": int(out["evaluations"][0]), "shapley_seconds": float(out["seconds"][0]),
+              "v_empty": float(out["v_empty_full"][0]), "v_full": float(out["v_empty_full"][1]),
+              "heldout": hkey}
+    options = dict(estimator=estimator, window=window, lam=lam, mapping=mapping, base_metric=base_metric,
+                   game=game, heldout_samples=heldout_samples, n_permutations=n_permutations, seed=seed,
+                   temperature=temperature, disjoint=disjoint, background=background,
+                   heldout_seqlen=heldout_seqlen,
+                   heldout=heldout if heldout is None or isinstance(heldout, str) else hkey)
+    return SparsityPlan(values, sizes, target, "svnup", options, list(stats.linear_names), extras)
+
+
+# ============================================================================ studies (notebook / benchmark)

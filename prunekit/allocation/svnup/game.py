@@ -1,0 +1,247 @@
+"""The SV-NUP layer game: players are decoder blocks, v(C) = -mean held-out NLL (docs/methods.md §2)."""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import torch
+
+from prunekit.core.data import Calibration
+from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
+from prunekit.core.models import layout
+from prunekit.errors import PrunekitError
+from prunekit.solvers.masks import magnitude_mask, wanda_mask
+from prunekit.solvers.sparsegpt import sparsegpt
+
+BASE_METRICS = ("wanda", "magnitude", "sparsegpt")
+GAMES = ("dense_coalition", "pruned_coalition")
+class LayerGame:
+    """Players = decoder blocks of ``model``; ``game(mask)`` is the value of coalition ``mask``.
+
+    ``calib_ids``: pruning samples (n, seqlen) from which each block's pruned weights are computed
+    one-shot on dense activations. ``heldout_ids``: the value set (tensor or Calibration).
+    The model's weights are swapped in place while the game is used; ``restore()`` (or leaving a
+    ``with`` block) puts the dense weights back; build the game on the dense model. ``store``:
+    'weights' keeps each block's pruned weights (a swap is one copy per linear) or 'masks' keeps
+    boolean masks (magnitude / Wanda; 1 byte per weight, slower swap) for large models.
+    ``value_cache`` memoises coalition values; hidden states entering block k are kept per prefix
+    configuration (LRU, up to ``state_cache_mb``), so an evaluation runs only the blocks from the
+    first one that differs from a cached prefix (≈ half the blocks for sliding window and MC)."""
+
+    def __init__(self, model, calib_ids: torch.Tensor | None, heldout_ids, target: float,
+                 base_metric: str = "wanda", game: str = "dense_coalition", batch_size: int = 8,
+                 state_cache_mb: float = 512.0, blocksize: int = 128, percdamp: float = 0.01,
+                 store: str = "weights", progress: bool = True):
+        if base_metric not in BASE_METRICS:
+            raise PrunekitError(f"unknown base metric '{base_metric}'; choose from {', '.join(BASE_METRICS)}")
+        if game not in GAMES:
+            raise PrunekitError(f"unknown game '{game}'; choose from {', '.join(GAMES)}")
+        if not (0.0 < float(target) < 1.0):
+            raise PrunekitError(f"target sparsity {target} must lie in (0, 1)")
+        if store not in ("weights", "masks"):
+            raise PrunekitError(f"store must be 'weights' or 'masks', got '{store}'")
+        if base_metric != "magnitude" and calib_ids is None:
+            raise PrunekitError(f"base metric '{base_metric}' needs calibration samples (calib_ids)")
+        ids = heldout_ids.input_ids if isinstance(heldout_ids, Calibration) else heldout_ids
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
+            raise PrunekitError("held-out set must be a (samples, seqlen >= 2) token tensor or a Calibration")
+        self.model, self.target, self.base_metric, self.game = model, float(target), base_metric, game
+        self.layout = layout(model)
+        self.n = self.layout.num_blocks
+        self.full = (1 << self.n) - 1
+        self.batch_size, self.progress, self.store = batch_size, progress, store
+        self.heldout_ids = ids
+        self._state_budget = int(state_cache_mb * 2 ** 20)
+        t0 = time.perf_counter()
+        self._dense: list[dict[str, torch.Tensor]] = [
+            {k: m.weight.detach().clone() for k, m in self.layout.linears(i).items()} for i in range(self.n)]
+        self._pruned = self._build_pruned(calib_ids, blocksize, percdamp)
+        self.build_seconds = time.perf_counter() - t0
+        self._is_dense = [True] * self.n
+        p0 = next(model.parameters())
+        self._zero = torch.zeros((), dtype=p0.dtype, device=p0.device)
+        self._inputs: BlockInputs = capture(model, ids, batch_size)  # embeddings: shared by every coalition
+        self._states: OrderedDict[tuple[int, int], list[torch.Tensor]] = OrderedDict()
+        self._state_bytes = 0
+        self.value_cache: dict[int, float] = {}
+        self.blocks_run = 0     # block forwards spent (cost accounting: L per plain forward)
+        self.forwards = 0       # coalition evaluations actually computed
+
+    # ---- pruned weights, one-shot per block on dense activations
+    @torch.no_grad()
+    def _build_pruned(self, calib_ids, blocksize, percdamp) -> list[dict[str, torch.Tensor]]:
+        """Per block and linear: the pruned weight (``store='weights'``: a swap is one copy) or, for
+        magnitude / Wanda with ``store='masks'``, a boolean mask (True = pruned; 1 byte per weight
+        but a slower swap). SparseGPT always stores weights (it updates surviving weights).
+        The model is not modified."""
+        s, out = self.target, [dict() for _ in range(self.n)]
+
+        def keep(i, block, stats):
+            for name, lin in self.layout.linears(i).items():
+                W = lin.weight.detach()
+                if self.base_metric in ("magnitude", "wanda"):
+                    mask = magnitude_mask(W, s) if self.base_metric == "magnitude" else \
+                        wanda_mask(W, stats["wanda"][name].norm, s)
+                    out[i][name] = mask if self.store == "masks" else W.masked_fill(mask, 0)
+                else:
+                    out[i][name] = sparsegpt(W, stats["hessian"][name].H, s, None, blocksize, percdamp).to(W.dtype)
+
+        if self.base_metric == "magnitude":
+            for i in range(self.n):
+                keep(i, self.layout.blocks[i], {})
+        else:
+            collect = ("wanda",) if self.base_metric == "wanda" else ("hessian",)
+            sequential(self.model, calib_ids, collect=collect, on_block=keep, modifies=False,
+                       batch_size=self.batch_size, desc=f"SV-NUP pruned blocks [{self.base_metric}]",
+                       progress=self.progress)
+        return out
+
+    # ---- weight swapping
+    @torch.no_grad()
+    def _set_block(self, i: int, dense: bool) -> None:
+        if self._is_dense[i] == dense:
+            return
+        for name, lin in self.layout.linears(i).items():
+            W, p = lin.weight, self._pruned[i][name]
+            if dense:
+                W.copy_(self._dense[i][name])
+            elif p.dtype == torch.bool:  # one fused pass: W = dense with the mask zeroed
+                torch.where(p, self._zero, self._dense[i][name], out=W)
+            else:
+                W.copy_(p)
+        self._is_dense[i] = dense
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put every block's dense weights back."""
+        for i in range(self.n):
+            self._set_block(i, True)
+
+    def __enter__(self) -> "LayerGame":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def pruned_weight(self, i: int, name: str) -> torch.Tensor:
+        """Block i's pruned weight for linear ``name`` (for checks)."""
+        p = self._pruned[i][name]
+        return self._dense[i][name].masked_fill(p, 0) if p.dtype == torch.bool else p.clone()
+
+    # ---- evaluation
+    def dense_set(self, coalition: int) -> int:
+        """Bitmask of blocks kept dense for a coalition of this game."""
+        return coalition if self.game == "dense_coalition" else self.full & ~coalition
+
+    def __call__(self, coalition) -> float:
+        if isinstance(coalition, (set, frozenset, list, tuple)):
+            coalition = sum(1 << int(i) for i in set(coalition))
+        coalition = int(coalition)
+        if not (0 <= coalition <= self.full):
+            raise PrunekitError(f"coalition bitmask {coalition} is outside [0, 2^{self.n})")
+        if coalition not in self.value_cache:
+            nll = self.nll(self.dense_set(coalition))
+            self.value_cache[coalition] = -nll if self.game == "dense_coalition" else nll
+        return self.value_cache[coalition]
+
+    def _store(self, key, states) -> None:
+        size = sum(h.numel() * h.element_size() for h in states)
+        if size > self._state_budget:
+            return
+        while self._state_bytes + size > self._state_budget and self._states:
+            _, old = self._states.popitem(last=False)
+            self._state_bytes -= sum(h.numel() * h.element_size() for h in old)
+        self._states[key] = states
+        self._state_bytes += size
+
+    @torch.no_grad()
+    def nll(self, dense_mask: int) -> float:
+        """Mean next-token NLL on the held-out set of the model whose blocks in ``dense_mask`` are
+        dense and the others pruned. Starts from the longest cached prefix of hidden states."""
+        start, states = 0, self._inputs.hidden
+        for k in range(self.n - 1, 0, -1):
+            key = (k, dense_mask & ((1 << k) - 1))
+            if key in self._states:
+                self._states.move_to_end(key)
+                start, states = k, self._states[key]
+                break
+        for i in range(start, self.n):
+            self._set_block(i, bool(dense_mask >> i & 1))
+            block = self.layout.blocks[i]
+            states = [run_block(block, h, self._inputs.block_kwargs(i, j)) for j, h in enumerate(states)]
+            self.blocks_run += 1
+            if i + 1 < self.n:
+                self._store((i + 1, dense_mask & ((1 << (i + 1)) - 1)), states)
+        self.forwards += 1
+        return self._head_nll(states)
+
+    @torch.no_grad()
+    def _head_nll(self, final: list[torch.Tensor]) -> float:
+        """Final norm + LM head + CE on the final hidden states (``calibrate.head_logits``)."""
+        nll = [next_token_ce(head_logits(self.model, h, x), x).cpu() for h, x in zip(final, self._batches())]
+        return float(torch.cat(nll).mean())
+
+    @torch.no_grad()
+    def plain_forward_nll(self) -> float:
+        """One ordinary full forward over the held-out set with the current weights (reference cost)."""
+        dev = next(self.model.parameters()).device
+        nll = [next_token_ce(self.model(input_ids=x.to(dev), use_cache=False).logits, x).cpu()
+               for x in self._batches()]
+        return float(torch.cat(nll).mean())
+
+    def _batches(self) -> list[torch.Tensor]:
+        return [self.heldout_ids[j:j + self.batch_size] for j in range(0, self.heldout_ids.shape[0], self.batch_size)]
+
+    def clear_cache(self) -> None:
+        """Forget coalition values and cached hidden states (for honest timing of a new estimator)."""
+        self.value_cache.clear()
+        self._states.clear()
+        self._state_bytes = 0
+
+
+def _tokenizer(stats):
+    tok = getattr(stats, "tokenizer", None)
+    if tok is not None:
+        return tok
+    from transformers import AutoTokenizer
+    path = getattr(stats.model, "name_or_path", None) or getattr(stats.model.config, "_name_or_path", None)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise PrunekitError(f"SV-NUP needs a tokenizer for its held-out set and none was found at '{path}'; "
+                            "pass heldout=<Calibration or token tensor>") from e
+
+
+def heldout_data(stats, nsamples: int = 8, seqlen: int | None = None, dataset: str | None = None) -> Calibration:
+    """Held-out value set: ``nsamples`` windows of the calibration dataset drawn with seed
+    calib.seed + 1, excluding the pruning samples (disjoint by construction)."""
+    from prunekit.core.data import calibration_data
+    if stats.calib is None:
+        raise PrunekitError("SV-NUP needs calibration data to draw a disjoint held-out set; pass calib= to Statistics")
+    if nsamples < 1:
+        raise PrunekitError(f"heldout_samples must be >= 1, got {nsamples}")
+    return calibration_data(dataset or stats.calib.dataset, _tokenizer(stats), nsamples,
+                            seqlen or stats.calib.seqlen, stats.calib.seed + 1, exclude=stats.calib)
+
+
+def _resolve_heldout(stats, heldout, nsamples, seqlen) -> tuple[torch.Tensor, str]:
+    if isinstance(heldout, Calibration):
+        return heldout.input_ids, heldout.key()
+    if isinstance(heldout, torch.Tensor):
+        import hashlib
+        return heldout, "tensor-" + hashlib.sha256(heldout.cpu().numpy().tobytes()).hexdigest()[:16]
+    if heldout is None or isinstance(heldout, str):
+        cal = heldout_data(stats, nsamples, seqlen, heldout)
+        return cal.input_ids, cal.key()
+    raise PrunekitError("heldout must be a dataset name, a Calibration or a (samples, seqlen) token tensor")
+
+
+def layer_game(stats, target: float, base_metric: str = "wanda", game: str = "dense_coalition",
+               heldout=None, heldout_samples: int = 8, heldout_seqlen: int | None = None,
+               progress: bool = True, **kw) -> LayerGame:
+    """The SV-NUP layer game for ``stats.model`` pruned at ``target`` (see ``LayerGame``)."""
+    ids, _ = _resolve_heldout(stats, heldout, heldout_samples, heldout_seqlen)
+    calib_ids = stats.calib.input_ids if stats.calib is not None else None
+    stats.dense_passes += base_metric != "magnitude"
+    return LayerGame(stats.model, calib_ids, ids, target, base_metric, game,
+                     batch_size=getattr(stats, "batch_size", 8), progress=progress, **kw)

@@ -1,0 +1,246 @@
+"""Data: WikiText-2, C4 and PTB text, the calibration sampler and the evaluation token stream.
+
+Sources, in order: the directory named by ``PRUNEKIT_DATA_DIR`` (layout of ``shared/data``:
+``wikitext-2-raw/wiki.test.raw``, ``c4/c4-train.00000-of-01024.first1000.jsonl``,
+``ptb/ptb.{valid,test}.txt``), then Hugging Face ``datasets`` online.
+
+Local-file deviations from the reference protocol (documented in the README):
+- wikitext2: the local file has no blank rows and CRLF endings, so the joined text differs slightly
+  from ``"\\n\\n".join(hf_rows)``; only the test split exists, so calibrating on wikitext2 offline
+  uses the test split (a warning is printed).
+- c4: only the first 1000 train documents exist; documents [0, 900) form the calibration pool and
+  [900, 1000) the evaluation text (the reference evaluates on the validation shard).
+- ptb: calibration uses the valid split (the reference uses train, which is not available).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunekit.core.models import cache_dir
+from prunekit.errors import PrunekitError
+
+DATASETS = ("wikitext2", "c4", "ptb")
+C4_LOCAL_CALIB_DOCS = 900  # local c4 docs [0, 900) calibrate, [900, 1000) evaluate
+C4_EVAL_WINDOWS = 256      # reference: first 256*seqlen tokens of the validation text
+
+_LOCAL = {
+    ("wikitext2", "test"): "wikitext-2-raw/wiki.test.raw",
+    ("wikitext2", "calib"): "wikitext-2-raw/wiki.test.raw",
+    ("c4", "calib"): "c4/c4-train.00000-of-01024.first1000.jsonl",
+    ("c4", "test"): "c4/c4-train.00000-of-01024.first1000.jsonl",
+    ("ptb", "test"): "ptb/ptb.test.txt",
+    ("ptb", "calib"): "ptb/ptb.valid.txt",
+}
+
+
+@dataclass
+class Text:
+    """A dataset split as either one joined string (``text``) or a list of documents (``docs``)."""
+    name: str
+    split: str
+    origin: str
+    sha256: str
+    text: str | None = None
+    docs: list[str] | None = field(default=None, repr=False)
+
+
+def data_dir() -> Path | None:
+    d = os.environ.get("PRUNEKIT_DATA_DIR")
+    return Path(d) if d else None
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise PrunekitError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+
+
+def _read_local(name: str, split: str, path: Path) -> Text:
+    raw = path.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    s = raw.decode("utf-8")
+    if name == "wikitext2":
+        lines = [ln for ln in s.replace("\r\n", "\n").split("\n") if ln.strip()]
+        # HF rows keep their trailing "\n"; the reference joins rows with "\n\n"
+        return Text(name, split, str(path), sha, text="\n\n".join(ln + "\n" for ln in lines))
+    if name == "ptb":
+        # HF ptb_text_only 'sentence' = stripped line; the reference joins sentences with " "
+        return Text(name, split, str(path), sha, text=" ".join(ln.strip() for ln in s.splitlines()))
+    docs = [json.loads(ln)["text"] for ln in s.splitlines() if ln.strip()]
+    if split == "calib":
+        return Text(name, split, str(path), sha, docs=docs[:C4_LOCAL_CALIB_DOCS])
+    return Text(name, split, str(path), sha, text=" ".join(docs[C4_LOCAL_CALIB_DOCS:]))
+
+
+def _read_hf(name: str, split: str) -> Text:
+    from datasets import load_dataset
+    if name == "wikitext2":
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="train" if split == "calib" else "test")
+        text = "\n\n".join(ds["text"])
+        return Text(name, split, "hf:wikitext-2-raw-v1", _sha(text), text=text)
+    if name == "ptb":
+        ds = load_dataset("ptb_text_only", "penn_treebank", split="train" if split == "calib" else "test")
+        text = " ".join(ds["sentence"])
+        return Text(name, split, "hf:ptb_text_only", _sha(text), text=text)
+    if split == "calib":
+        ds = load_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
+                          split="train")
+        docs = list(ds["text"])
+        return Text(name, split, "hf:allenai/c4 train.00000", _sha("\x00".join(docs)), docs=docs)
+    ds = load_dataset("allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
+                      split="validation")
+    text = " ".join(ds[:1100]["text"])
+    return Text(name, split, "hf:allenai/c4 validation.00000[:1100]", _sha(text), text=text)
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def load_text(name: str, split: str) -> Text:
+    """``split`` is 'calib' or 'test'. Local directory first, then HF datasets."""
+    _check_name(name)
+    d = data_dir()
+    rel = _LOCAL[(name, split)]
+    if d is not None:
+        if not d.is_dir():
+            raise PrunekitError(f"PRUNEKIT_DATA_DIR={d} does not exist; point it at a copy of shared/data")
+        if (d / rel).is_file():
+            if name == "wikitext2" and split == "calib":
+                warnings.warn("offline wikitext2 has only the test split: calibrating on it", stacklevel=2)
+            return _read_local(name, split, d / rel)
+    try:
+        return _read_hf(name, split)
+    except Exception as e:
+        looked = f"{d / rel}" if d is not None else "PRUNEKIT_DATA_DIR (unset)"
+        raise PrunekitError(
+            f"dataset '{name}' not found: looked in {looked} and HF datasets "
+            f"({type(e).__name__}); set PRUNEKIT_DATA_DIR to a copy of shared/data or go online") from e
+
+
+# ----------------------------------------------------------------------------- tokenisation cache
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(str(tokenizer.bos_token).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached_tokens(key: str, make) -> np.ndarray | list[np.ndarray]:
+    path = cache_dir() / "tokens" / f"{key}.npz"
+    if path.is_file():
+        try:
+            z = np.load(path)
+            if "offsets" in z:
+                flat, off = z["flat"], z["offsets"]
+                return [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+            return z["ids"]
+        except Exception:
+            path.unlink(missing_ok=True)  # corrupt cache entry: recompute
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    if isinstance(out, list):
+        off = np.cumsum([0] + [len(a) for a in out])
+        np.savez(tmp, flat=np.concatenate(out) if out else np.zeros(0, np.int64), offsets=off)
+    else:
+        np.savez(tmp, ids=out)
+    os.replace(tmp, path)
+    return out
+
+
+def _encode(tokenizer, text: str) -> np.ndarray:
+    # default special tokens, as the reference (LLaMA: one BOS at the very start)
+    return np.asarray(tokenizer(text, return_tensors=None)["input_ids"], dtype=np.int64)
+
+
+def token_stream(name: str, split: str, tokenizer) -> tuple[torch.Tensor, Text]:
+    """The whole split tokenised once as a single sequence, shape (1, N)."""
+    src = load_text(name, split)
+    if src.text is None:
+        raise PrunekitError(f"{name}/{split} is a document pool, not a text stream")
+    ids = _cached_tokens(f"{name}-{split}-{src.sha256[:16]}-{tokenizer_fingerprint(tokenizer)}",
+                         lambda: _encode(tokenizer, src.text))
+    return torch.from_numpy(np.asarray(ids)).unsqueeze(0), src
+
+
+@dataclass
+class Calibration:
+    """Calibration token windows (n, seqlen) plus what made them."""
+    input_ids: torch.Tensor
+    dataset: str
+    seed: int
+    data_sha256: str
+    picks: list[tuple[int, int]]  # (doc or -1, start) of every sample, for disjointness checks
+
+    @property
+    def nsamples(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seqlen(self) -> int:
+        return self.input_ids.shape[1]
+
+    def key(self) -> str:
+        return f"{self.dataset}-n{self.nsamples}-L{self.seqlen}-s{self.seed}-{self.data_sha256[:12]}"
+
+
+def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+                     exclude: Calibration | None = None) -> Calibration:
+    """Wanda/SparseGPT sampler: python ``random.seed(seed)``; C4 draws random documents until one
+    tokenises to > seqlen tokens, then a random window; text streams draw a random window.
+    ``exclude`` rejects windows already used by another Calibration (held-out sets)."""
+    if nsamples < 1 or seqlen < 2:
+        raise PrunekitError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples}, {seqlen}")
+    src = load_text(name, "calib")
+    rng = random.Random(seed)
+    taken = set(exclude.picks) if exclude is not None else set()
+    picks, rows = [], []
+    if src.docs is not None:
+        docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tokenizer_fingerprint(tokenizer)}",
+                              lambda: [_encode(tokenizer, t) for t in src.docs])
+        if not any(len(d) > seqlen for d in docs):
+            raise PrunekitError(f"no {name} document is longer than seqlen={seqlen} tokens; lower --calib-seqlen")
+        while len(rows) < nsamples:
+            while True:
+                i = rng.randint(0, len(docs) - 1)
+                if len(docs[i]) > seqlen:
+                    break
+            start = rng.randint(0, len(docs[i]) - seqlen - 1)
+            if (i, start) in taken:
+                continue
+            taken.add((i, start))
+            picks.append((i, start))
+            rows.append(docs[i][start:start + seqlen])
+    else:
+        ids, _ = token_stream(name, "calib", tokenizer)
+        ids = ids[0].numpy()
+        if len(ids) <= seqlen + 1:
+            raise PrunekitError(f"{name} has only {len(ids)} tokens; lower --calib-seqlen")
+        while len(rows) < nsamples:
+            start = rng.randint(0, len(ids) - seqlen - 1)
+            if (-1, start) in taken:
+                continue
+            taken.add((-1, start))
+            picks.append((-1, start))
+            rows.append(ids[start:start + seqlen])
+    x = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return Calibration(x, name, seed, src.sha256, picks)
+
+
+def eval_tokens(name: str, tokenizer, seqlen: int) -> tuple[torch.Tensor, Text]:
+    """Evaluation stream for the perplexity protocol; C4 is cut to the reference 256 windows."""
+    ids, src = token_stream(name, "test", tokenizer)
+    if name == "c4":
+        ids = ids[:, : C4_EVAL_WINDOWS * seqlen]
+    return ids, src

@@ -1,0 +1,224 @@
+"""Calibrate: the one sequential block-by-block engine every metric and analysis reuses.
+
+1. ``capture``: run the embeddings once per batch with every decoder block swapped for a recorder,
+   keeping the hidden states entering block 0 and the kwargs each block receives (rotary
+   ``position_embeddings``, masks, positions: Gemma3 gives sliding/full blocks different ones).
+2. ``sequential``: for block i, forward hooks on its linears accumulate statistics from the *dense*
+   block ("sequential across blocks, parallel within a block", ALGORITHMS.md §0.2); a callback may
+   prune it; the (pruned) block is re-run and its outputs overwrite its inputs in place, so memory
+   holds one block boundary of activations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunekit.core.models import layout
+
+_DROP = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    def __init__(self, idx: int, last: int, sink: dict):
+        super().__init__()
+        self.idx, self.last, self.sink = idx, last, sink
+
+    def forward(self, hidden, *args, **kwargs):
+        if self.idx == 0:
+            self.sink["hidden"] = hidden
+        if args:
+            raise RuntimeError("decoder block received positional extras; cannot replay generically")
+        kw = {k: v for k, v in kwargs.items() if k not in _DROP}
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        self.sink["kwargs"].append(kw)
+        if self.idx == self.last:
+            raise _StopForward
+        return hidden  # transformers>=5 blocks return a tensor; only kwargs matter downstream
+
+
+@dataclass
+class BlockInputs:
+    """Activations at one block boundary: ``hidden[j]`` is batch j; ``kwargs[b][i]`` are the
+    keyword arguments block i receives for a batch of size b (they do not depend on content)."""
+    hidden: list[torch.Tensor]
+    kwargs: dict[int, list[dict]] = field(default_factory=dict)
+
+    def block_kwargs(self, i: int, j: int) -> dict:
+        return self.kwargs[self.hidden[j].shape[0]][i]
+
+    @property
+    def ntokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+    def clone(self) -> "BlockInputs":
+        return BlockInputs([h.clone() for h in self.hidden], self.kwargs)
+
+
+@torch.no_grad()
+def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
+    """Hidden states entering block 0 and every block's kwargs, for ``input_ids`` (n, seqlen)."""
+    lay = layout(model)
+    dev = next(model.parameters()).device
+    originals = list(lay.blocks)
+    out = BlockInputs([])
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            x = input_ids[start:start + batch_size].to(dev)
+            sink = {"kwargs": []}
+            for i in range(lay.num_blocks):
+                lay.blocks[i] = _Recorder(i, lay.num_blocks - 1, sink)
+            try:
+                model(input_ids=x, use_cache=False)
+            except _StopForward:
+                pass
+            out.hidden.append(sink["hidden"])
+            out.kwargs.setdefault(x.shape[0], sink["kwargs"])
+    finally:
+        for i, b in enumerate(originals):
+            lay.blocks[i] = b
+    return out
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder block: the first returns the given hidden states, the rest pass
+    them through, so the model's own final norm, head and logit soft-capping apply."""
+    def __init__(self, out=None):
+        super().__init__()
+        self.out = out
+
+    def forward(self, hidden, *args, **kwargs):
+        return self.out if self.out is not None else hidden
+
+
+@torch.no_grad()
+def head_logits(model, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits from hidden states after the last block (any architecture: the blocks are swapped
+    for a replay and the model runs its own head; embeddings are recomputed, which is cheap)."""
+    lay = layout(model)
+    dev = next(model.parameters()).device
+    originals = list(lay.blocks)
+    try:
+        for i in range(lay.num_blocks):
+            lay.blocks[i] = _Replay(final_hidden.to(dev) if i == 0 else None)
+        return model(input_ids=input_ids.to(dev), use_cache=False).logits
+    finally:
+        for i, b in enumerate(originals):
+            lay.blocks[i] = b
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+class Stat:
+    """Accumulates a per-linear statistic from that linear's inputs (any leading dims)."""
+    def __init__(self, linear: nn.Linear):
+        self.nseq = 0
+        self.d_in = linear.in_features
+
+    def add(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class WandaNorm(Stat):
+    """scaler_row_j = (1/N_seq) Σ_seq Σ_t x_{t,j}^2 (Wanda layerwrapper; N counts sequences)."""
+    def __init__(self, linear):
+        super().__init__(linear)
+        self.sum = torch.zeros(self.d_in, dtype=torch.float32, device=linear.weight.device)
+
+    def add(self, x):
+        self.nseq += x.shape[0] if x.dim() == 3 else 1
+        self.sum += x.reshape(-1, self.d_in).float().pow(2).sum(0)
+
+    @property
+    def scaler_row(self) -> torch.Tensor:
+        return self.sum / max(self.nseq, 1)
+
+    @property
+    def norm(self) -> torch.Tensor:  # ||X_j||_2 up to the constant 1/sqrt(N_seq)
+        return self.scaler_row.sqrt()
+
+
+class Hessian(Stat):
+    """H = (2/N_seq) Σ X^T X over all calibration tokens (SparseGPT add_batch), fp32."""
+    def __init__(self, linear):
+        super().__init__(linear)
+        self.sum = torch.zeros(self.d_in, self.d_in, dtype=torch.float32, device=linear.weight.device)
+
+    def add(self, x):
+        self.nseq += x.shape[0] if x.dim() == 3 else 1
+        x = x.reshape(-1, self.d_in).float()
+        self.sum.addmm_(x.t(), x)
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.sum * (2.0 / max(self.nseq, 1))
+
+
+STATS: dict[str, type[Stat]] = {"wanda": WandaNorm, "hessian": Hessian}
+
+# on_block(i, block, stats): sees block i and its statistics; may prune the block in place
+BlockCallback = Callable[[int, nn.Module, dict[str, dict[str, Stat]]], None]
+
+
+@torch.no_grad()
+def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInputs | None = None,
+               collect: tuple[str, ...] = ("wanda",), on_block: BlockCallback | None = None,
+               modifies: bool = True, batch_size: int = 8, desc: str = "calibrate",
+               progress: bool = True) -> BlockInputs:
+    """Walk the decoder blocks in order; return the activations after the last block.
+
+    ``collect`` names the statistics accumulated per linear (keys of ``STATS``); they reach
+    ``on_block`` as ``stats[kind][linear_name]``. ``modifies=False`` declares a read-only
+    callback (a dense statistics pass): each block then runs once instead of twice."""
+    lay = layout(model)
+    acts = inputs if inputs is not None else capture(model, input_ids, batch_size)
+    for i in tqdm(range(lay.num_blocks), desc=desc, disable=not progress, leave=False):
+        block = lay.blocks[i]
+        linears = lay.linears(i)
+        stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
+        handles = [m.register_forward_hook(_collector(stats, n)) for n, m in linears.items()] if collect else []
+        dense_run_is_final = not modifies or on_block is None
+        try:
+            if collect or dense_run_is_final:
+                for j, h in enumerate(acts.hidden):
+                    out = run_block(block, h, acts.block_kwargs(i, j))
+                    if dense_run_is_final:
+                        acts.hidden[j] = out
+        finally:
+            for hd in handles:
+                hd.remove()
+        if on_block is not None:
+            on_block(i, block, stats)
+        if not dense_run_is_final:  # re-run the pruned block: later blocks see the pruned model
+            for j, h in enumerate(acts.hidden):
+                acts.hidden[j] = run_block(block, h, acts.block_kwargs(i, j))
+        del stats
+    return acts
+
+
+def _collector(stats: dict, name: str):
+    def hook(mod, inp, out):
+        for per_kind in stats.values():
+            per_kind[name].add(inp[0])
+    return hook
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean cross-entropy of predicting ids[:, 1:] from logits[:, :-1] (fp32)."""
+    ids = ids.to(logits.device)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return ce.view(ids.shape[0], -1).mean(1)

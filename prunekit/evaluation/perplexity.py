@@ -1,0 +1,61 @@
+"""Evaluate: perplexity with the Wanda/SparseGPT/OWL protocol (ALGORITHMS.md §0.3), zero-shot via lm-eval.
+
+Perplexity: the split tokenised once as one sequence; ``n = numel // seqlen`` non-overlapping
+windows (tail dropped, no BOS re-inserted); per window the mean CE over its ``seqlen-1`` predicted
+tokens is weighted by ``seqlen``; ``ppl = exp(Σ nll / (n·seqlen))``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from prunekit.core.data import eval_tokens
+from prunekit.core.engine import next_token_ce
+
+
+@torch.no_grad()
+def window_nlls(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+                batch_size: int = 1, progress: bool = True, desc: str = "ppl") -> torch.Tensor:
+    """Mean next-token CE of each non-overlapping ``seqlen`` window of ``ids`` (1, N)."""
+    n = ids.shape[1] // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ValueError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}")
+    dev = next(model.parameters()).device
+    windows = ids[0, : n * seqlen].reshape(n, seqlen)
+    out = []
+    bar = tqdm(total=n * seqlen, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    for b in range(0, n, batch_size):
+        x = windows[b:b + batch_size].to(dev)
+        out.append(next_token_ce(model(input_ids=x, use_cache=False).logits, x).cpu())
+        bar.update(x.numel())
+    bar.close()
+    return torch.cat(out)
+
+
+def perplexity_from_nlls(nlls: torch.Tensor, seqlen: int) -> float:
+    """exp(Σ_i nll_i·seqlen / (n·seqlen)) — the reference's seqlen weighting cancels to a mean."""
+    return math.exp(float((nlls.double() * seqlen).sum() / (len(nlls) * seqlen)))
+
+
+def perplexity(model, tokenizer, dataset: str = "wikitext2", seqlen: int = 2048,
+               max_windows: int | None = None, batch_size: int = 1, progress: bool = True) -> dict:
+    """Perplexity on ``dataset`` ('wikitext2', 'c4', 'ptb'); returns ppl, tokens, tokens/s, sha256."""
+    ids, src = eval_tokens(dataset, tokenizer, seqlen)
+    t0 = time.perf_counter()
+    nlls = window_nlls(model, ids, seqlen, max_windows, batch_size, progress, desc=f"ppl[{dataset}]")
+    dt = time.perf_counter() - t0
+    tokens = len(nlls) * seqlen
+    return {"dataset": dataset, "perplexity": perplexity_from_nlls(nlls, seqlen), "windows": len(nlls),
+            "seqlen": seqlen, "tokens": tokens, "tokens_per_s": tokens / dt, "seconds": dt,
+            "data_sha256": src.sha256, "data_origin": src.origin}
+
+
+def zero_shot(model, tokenizer, tasks, limit=None, batch_size=1, **kwargs) -> dict:
+    """Zero-shot accuracy with stock lm-eval on the in-memory model (see ``prunekit.evaluation.zeroshot``)."""
+    from prunekit.evaluation.zeroshot import zero_shot as _zero_shot
+    return _zero_shot(model, tokenizer, tasks, limit=limit, batch_size=batch_size, **kwargs)

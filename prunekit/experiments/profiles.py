@@ -1,0 +1,87 @@
+"""Every workload profile (quick / cpu / paper) in one place."""
+from __future__ import annotations
+
+from prunekit.allocation.absorption import ETAS
+from prunekit.errors import PrunekitError
+
+BASES = ("uniform", "owl", "alphapruning", "atp")  # allocations the absorption study corrects
+
+# Session sizes: quick = CI on a shared CPU, cpu = this 2-core machine, paper = the papers' settings
+# on a GPU (docs/methods.md §0.1: 128 × 2048 C4, full WikiText-2).
+PROFILES = {
+    "quick": dict(calib_samples=4, calib_seqlen=128, eval_seqlen=256, eval_windows=2, heldout_samples=2),
+    "cpu": dict(calib_samples=32, calib_seqlen=512, eval_seqlen=512, eval_windows=16, heldout_samples=8),
+    "paper": dict(calib_samples=128, calib_seqlen=2048, eval_seqlen=2048, eval_windows=None, heldout_samples=32),
+}
+
+
+def grid(profile_name: str, **axes: list) -> dict:
+    """Sweep axes for a profile. ``quick`` (CI-sized) keeps one value per axis: the last of a
+    numeric axis (the highest sparsity, where methods differ most), the first of any other
+    (list the cheapest metric first: SparseGPT costs ~100 s per prune on a CPU)."""
+    profile(profile_name)
+    if profile_name != "quick":
+        return {k: list(v) for k, v in axes.items()}
+    return {k: (list(v)[-1:] if all(isinstance(x, (int, float)) for x in v) else list(v)[:1])
+            for k, v in axes.items()}
+
+
+def profile(name: str) -> dict:
+    if name not in PROFILES:
+        raise PrunekitError(f"unknown profile '{name}'; choose from {', '.join(PROFILES)}")
+    return dict(PROFILES[name])
+
+
+# ---------------------------------------------------------------- per-notebook workloads
+
+# Workloads of the comparison notebook. cpu is sized for < 90 min on 2 CPU cores (48 prune+eval
+# runs of ~1.5 min each); paper is the papers' protocol on a GPU.
+COMPARISON = {
+    "quick": dict(seeds=[0, 1, 2], metrics=["wanda"], sparsities=[0.7], eval_datasets=["wikitext2"],
+                  calib_samples=4, calib_seqlen=128, eval_seqlen=256, eval_windows=2,
+                  zero_shot_tasks=["arc_easy"], zero_shot_limit=8),
+    "cpu": dict(seeds=[0, 1, 2], metrics=["wanda", "sparsegpt"], sparsities=[0.7],
+                eval_datasets=["wikitext2", "ptb", "c4"], calib_samples=8, calib_seqlen=256,
+                eval_seqlen=512, eval_windows=2, zero_shot_tasks=["arc_easy", "piqa"], zero_shot_limit=16),
+    "paper": dict(seeds=[0, 1, 2], metrics=["magnitude", "wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7, 0.8],
+                  eval_datasets=["wikitext2", "ptb", "c4"], calib_samples=128, calib_seqlen=2048,
+                  eval_seqlen=2048, eval_windows=None,
+                  zero_shot_tasks=["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
+                                   "openbookqa"], zero_shot_limit=None),
+}
+
+
+# Cheaper statistics for the expensive methods on CPU profiles (documented in the notebook).
+COMPARISON_METHOD_OPTIONS = {
+    "quick": {"svnup": dict(estimator="sliding_window", window=3, heldout_samples=2, heldout_seqlen=64)},
+    "cpu": {"svnup": dict(estimator="sliding_window", window=3, heldout_samples=4, heldout_seqlen=128)},
+    "paper": {},
+}
+
+
+SVNUP = {
+    # held-out value set and estimator sizes per profile; quick = CI rendering on a shared CPU
+    "quick": dict(heldout_samples=1, heldout_seqlen=32, window=3, reference_permutations=4, mc_permutations=3,
+                  study_windows=(3,), study_backgrounds=("absent",), sparsities=(0.7,),
+                  metrics=("wanda",), game_metric="wanda"),  # SparseGPT costs ~100 s a prune on CPU
+    "cpu": dict(heldout_samples=8, heldout_seqlen=128, window=5, reference_permutations=100, mc_permutations=60,
+                study_windows=(3, 5), study_backgrounds=("absent", "both"), sparsities=(0.6, 0.7),
+                metrics=("sparsegpt", "wanda"), game_metric="wanda"),
+    "paper": dict(heldout_samples=32, heldout_seqlen=None, window=5, reference_permutations=400,
+                  mc_permutations=200, study_windows=(3, 5, 7), study_backgrounds=("absent", "both"),
+                  sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"), game_metric="same"),
+}
+
+
+ABSORPTION = {
+    # quick: CI-sized (a few minutes on an idle 2-core CPU); cpu / paper: the issue's full grid
+    "quick": dict(models=["smollm2-135m"], etas=[1e-4, 1e-2, 1e-1, 3e-1], sparsities=[0.7], metrics=["wanda"],
+                  bases=["owl", "alphapruning"], variants=["noise", "prune"],
+                  probe_samples=2, probe_seqlen=64, sweep_every=3),
+    "cpu": dict(models=["smollm2-135m", "gemma3-270m"], etas=list(ETAS), sparsities=[0.6, 0.7],
+                metrics=["wanda", "sparsegpt"], bases=list(BASES), variants=["noise", "prune"],
+                probe_samples=8, probe_seqlen=256, sweep_every=1),
+    "paper": dict(models=["smollm2-135m", "gemma3-270m"], etas=list(ETAS), sparsities=[0.6, 0.7],
+                  metrics=["wanda", "sparsegpt"], bases=list(BASES), variants=["noise", "prune"],
+                  probe_samples=32, probe_seqlen=0, sweep_every=1),
+}

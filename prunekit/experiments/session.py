@@ -1,0 +1,210 @@
+"""Experiment: the end-to-end run (data → calibrate → score → allocate → prune → evaluate) as a
+reusable session, shared by the CLI, the notebooks and the benchmarks.
+
+A ``Session`` loads the model once, keeps a copy of the dense block weights, and reuses one
+calibration set and one ``Statistics`` (so a sweep of allocations × sparsities runs the dense
+statistics pass once). ``session.run(...)`` restores the dense weights, prunes, evaluates and
+returns the JSON-ready record.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from prunekit import utils
+from prunekit.allocation import allocate, with_solver_metric
+from prunekit.allocation.plan import SparsityPlan
+from prunekit.core.data import calibration_data
+from prunekit.core.models import DEFAULT_MODEL, layout, load_model
+from prunekit.errors import PrunekitError
+from prunekit.evaluation.perplexity import perplexity
+from prunekit.experiments.profiles import profile
+from prunekit.scoring.statistics import Statistics
+from prunekit.solvers.masks import parse_nm
+from prunekit.solvers.prune import METRICS, prune_model
+
+
+@dataclass
+class Session:
+    model_name: str = DEFAULT_MODEL
+    calib_dataset: str = "c4"
+    calib_samples: int = 32
+    calib_seqlen: int = 512
+    seed: int = 0
+    eval_datasets: tuple[str, ...] = ("wikitext2",)
+    eval_seqlen: int = 512
+    eval_windows: int | None = 16
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str | None = None
+    progress: bool = True
+    model: object = None
+    tokenizer: object = None
+    timings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        t0 = time.perf_counter()
+        if self.model is None:
+            self.model, self.tokenizer = load_model(self.model_name, self.device, self.dtype)
+        self.timings["load_s"] = time.perf_counter() - t0
+        self.layout = layout(self.model)
+        self._dense = {(i, n): m.weight.detach().to("cpu", copy=True)
+                       for i in range(self.layout.num_blocks) for n, m in self.layout.linears(i).items()}
+        t0 = time.perf_counter()
+        utils.seed_everything(self.seed)
+        self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
+                                      self.calib_seqlen, self.seed)
+        self.timings["data_s"] = time.perf_counter() - t0
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
+                                tokenizer=self.tokenizer)
+        self._dense_memo: dict = {}
+        self._pruned = False  # weights differ from the dense copy (set by run)
+
+    @classmethod
+    def from_profile(cls, name: str = "quick", **overrides) -> "Session":
+        p = profile(name)
+        p.pop("heldout_samples", None)
+        return cls(**{**p, **overrides})
+
+    def reseed(self, seed: int) -> "Session":
+        """Draw a new calibration set with ``seed`` (model and dense copy reused); returns self."""
+        self.restore()
+        self.seed = seed
+        utils.seed_everything(seed)
+        self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
+                                      self.calib_seqlen, seed)
+        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
+                                tokenizer=self.tokenizer)
+        return self
+
+    @torch.no_grad()
+    def restore(self, force: bool = False) -> None:
+        """Put the dense block weights back (between runs of a sweep); a no-op while dense."""
+        if not (self._pruned or force):
+            return
+        for (i, n), w in self._dense.items():
+            self.layout.linears(i)[n].weight.copy_(w)
+        self._pruned = False
+
+    def plan(self, allocation: str = "uniform", sparsity: float = 0.5, **options) -> SparsityPlan:
+        self.restore()
+        return allocate(allocation, self.stats, sparsity, **options)
+
+    def evaluate(self, datasets=None) -> dict:
+        out = {}
+        for d in datasets or self.eval_datasets:
+            out[d] = perplexity(self.model, self.tokenizer, d, self.eval_seqlen, self.eval_windows,
+                                progress=self.progress)
+        return out
+
+    def dense(self) -> dict:
+        """Dense perplexities (memoised)."""
+        key = (tuple(self.eval_datasets), self.eval_seqlen, self.eval_windows)
+        if key not in self._dense_memo:
+            self.restore()
+            self._dense_memo[key] = self.evaluate()
+        return {d: r["perplexity"] for d, r in self._dense_memo[key].items()}
+
+    def dense_zero_shot(self, tasks, limit: int | None = None) -> dict:
+        """Zero-shot accuracy of the dense model (memoised): the reference row of a pruned run."""
+        from prunekit.evaluation.perplexity import zero_shot
+        key = ("zero_shot", tuple(tasks), limit)
+        if key not in self._dense_memo:
+            self.restore()
+            self._dense_memo[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit)
+        return self._dense_memo[key]
+
+    def sweep(self, allocations, metrics, sparsities, options: dict | None = None, *, seeds=None,
+              on_run=None, **run_kw):
+        """The one experiment loop: every seed × sparsity × metric × allocation through ``run``.
+
+        ``allocations`` is a list of registered names or a dict ``label -> (method, options)`` (variants
+        of one method, e.g. an ablation); ``options`` maps a method name to default keyword options
+        (a variant's own options win). Methods that are not registered are skipped and listed in
+        ``df.attrs['skipped']``. ``seeds`` redraws the calibration set per seed (``reseed``).
+        ``on_run(rec, row)`` may add columns measured on the pruned model before it is restored.
+        One row per run: [seed,] allocation (the label), method, metric, sparsity, global_sparsity,
+        ppl_<dataset>, [zero_shot_mean,] planned, allocate_s, seconds."""
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from prunekit.allocation.registry import methods
+        options = options or {}
+        variants = allocations if isinstance(allocations, dict) else {a: (a, {}) for a in allocations}
+        known = methods()
+        skipped = sorted({m for m, _ in variants.values() if m not in known})
+        jobs = [(seed, s, mt, lab) for seed in (seeds if seeds is not None else [None])
+                for s in sparsities for mt in metrics for lab, (m, _) in variants.items() if m in known]
+        rows = []
+        for seed, s, mt, lab in tqdm(jobs, desc="sweep", disable=not self.progress):
+            if seed is not None and seed != self.seed:
+                self.reseed(seed)
+            method, opts = variants[lab]
+            t0 = time.perf_counter()
+            rec = self.run(method, mt, s, **{**options.get(method, {}), **opts}, **run_kw)
+            row = {} if seed is None else {"seed": seed}
+            row.update({"allocation": lab, "method": method, "metric": mt, "sparsity": s,
+                        "global_sparsity": rec["global_sparsity"]})
+            row.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
+            if rec.get("zero_shot"):
+                row["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
+            row.update(planned=rec["planned_sparsity"], allocate_s=rec["timings_s"]["allocate"])
+            if on_run is not None:
+                on_run(rec, row)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+        self.restore()
+        df = pd.DataFrame(rows)
+        df.attrs["skipped"] = skipped
+        return df
+
+    def run(self, allocation: str = "uniform", metric: str = "wanda", sparsity: float = 0.5,
+            nm: str | None = None, evaluate: bool = True, zero_shot: list[str] | None = None,
+            zero_shot_limit: int | None = None, *, options_: dict | None = None, **options) -> dict:
+        """Prune the dense model with ``allocation`` + ``metric`` at ``sparsity`` and evaluate it.
+        Method options come as keywords or, when one is named like a parameter of ``run`` itself
+        (OWL's ``metric``), in the ``options_`` dict."""
+        if metric not in METRICS:
+            raise PrunekitError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
+        nmt = parse_nm(nm)
+        if nmt is not None:
+            if allocation != "uniform":
+                raise PrunekitError("N:M pruning is uniform by construction; use --allocation uniform")
+            sparsity = nmt[0] / nmt[1]
+        t = {}
+        t0 = time.perf_counter()
+        # metric-dependent allocations (MRP, absorption around it) rank by the solver's own score
+        options = with_solver_metric(allocation, {**(options_ or {}), **options}, metric)
+        plan = self.plan(allocation, sparsity, **options)
+        t["allocate"] = time.perf_counter() - t0
+        self.restore()
+        self._pruned = True
+        rep = prune_model(self.model, self.calib.input_ids, plan, metric, nmt, self.batch_size,
+                          progress=self.progress)
+        t["calibrate_prune"] = rep.pop("prune_s")
+        rec = {"model": self.model_name, "metric": metric, "allocation": allocation,
+               "allocation_options": plan.options, "nm": nm, "target_sparsity": sparsity,
+               "planned_sparsity": plan.per_block.tolist(), **rep,
+               "calibration": {"dataset": self.calib_dataset, "samples": self.calib_samples,
+                               "seqlen": self.calib_seqlen},
+               "seed": self.seed, "plan_extras": plan.to_dict()["extras"]}
+        data_sha = {f"calib:{self.calib_dataset}": self.calib.data_sha256}
+        if evaluate:
+            t0 = time.perf_counter()
+            ev = self.evaluate()
+            t["eval"] = time.perf_counter() - t0
+            rec["perplexity"] = {d: r["perplexity"] for d, r in ev.items()}
+            rec["tokens_evaluated"] = {d: r["tokens"] for d, r in ev.items()}
+            rec["eval"] = {"seqlen": self.eval_seqlen, "windows": self.eval_windows}
+            data_sha.update({f"eval:{d}": r["data_sha256"] for d, r in ev.items()})
+        if zero_shot:
+            from prunekit.evaluation.perplexity import zero_shot as zs
+            t0 = time.perf_counter()
+            rec["zero_shot"] = zs(self.model, self.tokenizer, zero_shot, limit=zero_shot_limit)
+            t["zero_shot"] = time.perf_counter() - t0
+        rec["timings_s"] = t
+        rec["data_sha256"] = data_sha
+        rec["versions"] = utils.versions()
+        return rec

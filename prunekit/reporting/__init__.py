@@ -1,0 +1,1 @@
+"""Reporting: results files, notebook rendering (``python -m prunekit.reporting``) and figures."""

@@ -1,0 +1,5 @@
+import sys
+
+from prunekit.reporting.render import main
+
+sys.exit(main())

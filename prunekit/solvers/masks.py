@@ -1,0 +1,79 @@
+"""Masks: magnitude and Wanda scores, per-row / N:M / global mask selection (docs/methods.md §0.2, §0.4)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prunekit.errors import PrunekitError
+
+
+def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4): N of every M consecutive input weights are pruned."""
+    if nm in (None, "", "none"):
+        return None
+    if isinstance(nm, tuple):
+        n, m = nm
+    else:
+        try:
+            n, m = (int(v) for v in str(nm).split(":"))
+        except ValueError:
+            raise PrunekitError(f"bad N:M pattern '{nm}'; write it like 2:4") from None
+    if not (0 < n < m):
+        raise PrunekitError(f"N:M pattern {n}:{m} needs 0 < N < M (N weights pruned of every M)")
+    return n, m
+
+
+def check_sparsity_value(s: float) -> None:
+    if not (0.0 <= s < 1.0) or math.isnan(s):
+        raise PrunekitError(f"sparsity {s} is outside [0, 1)")
+
+
+def _check_nm_width(nm, d_in: int, name: str) -> None:
+    if nm is not None and d_in % nm[1]:
+        raise PrunekitError(f"N:M with M={nm[1]} does not divide the input width {d_in} of {name}")
+
+
+# ----------------------------------------------------------------------------- masks (True = prune)
+
+def _row_mask(score: torch.Tensor, s: float) -> torch.Tensor:
+    """Prune the int(d_in*s) lowest scores of every row (Wanda's comparison group)."""
+    k = int(score.shape[1] * s)
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k > 0:
+        idx = torch.sort(score, dim=1, stable=True)[1][:, :k]
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Per row, in every group of m consecutive columns, prune the n lowest scores."""
+    rows, cols = score.shape
+    g = score.reshape(rows, cols // m, m)
+    idx = torch.topk(g, n, dim=2, largest=False)[1]
+    mask = torch.zeros_like(g, dtype=torch.bool).scatter_(2, idx, True)
+    return mask.reshape(rows, cols)
+
+
+def _global_mask(score: torch.Tensor, s: float) -> torch.Tensor:
+    """Prune the int(numel*s) lowest scores of the whole tensor (magnitude's comparison group)."""
+    k = int(score.numel() * s)
+    mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if k > 0:
+        mask[torch.topk(score.reshape(-1), k, largest=False)[1]] = True
+    return mask.reshape(score.shape)
+
+
+def magnitude_mask(W: torch.Tensor, s: float, nm=None) -> torch.Tensor:
+    score = W.abs().float()
+    return _nm_mask(score, *nm) if nm else _global_mask(score, s)
+
+
+def wanda_score(W: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """A_ij = |W_ij| * ||X_j||_2 (Wanda, eq. 1)."""
+    return W.abs().float() * norm.reshape(1, -1)
+
+
+def wanda_mask(W: torch.Tensor, norm: torch.Tensor, s: float, nm=None) -> torch.Tensor:
+    score = wanda_score(W, norm)
+    return _nm_mask(score, *nm) if nm else _row_mask(score, s)
