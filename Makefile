@@ -18,8 +18,10 @@ endif
 endif
 export HF_HUB_OFFLINE ?= $(if $(PRUNEKIT_DATA_DIR),1,0)
 export TOKENIZERS_PARALLELISM := false
+export PRUNEKIT_CACHE ?= $(HOME)/.cache/prunekit
+LAB_PORT ?= 8888
 
-.PHONY: setup demo test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks
+.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks
 
 setup: $(STAMP)
 
@@ -36,6 +38,13 @@ $(STAMP): pyproject.toml requirements.txt
 
 demo: setup
 	$(BIN)/prunekit demo
+
+# JupyterLab on notebooks/ with the project kernel (the venv's python3, registered by setup) and the
+# data/cache variables above; `make lab LAB_PORT=8890 LAB_ARGS=--no-browser` for a remote machine
+lab: setup
+	@echo "PRUNEKIT_DATA_DIR=$${PRUNEKIT_DATA_DIR:-<unset: online datasets>} PRUNEKIT_CACHE=$$PRUNEKIT_CACHE"
+	cd notebooks && $(abspath $(BIN))/jupyter lab --port=$(LAB_PORT) --MultiKernelManager.default_kernel_name=python3 \
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q
