@@ -80,6 +80,10 @@ def _read_local(name: str, split: str, path: Path) -> Text:
     return Text(name, split, str(path), sha, text=" ".join(docs[C4_LOCAL_CALIB_DOCS:]))
 
 
+PTB_PARQUET = ("hf://datasets/ptb-text-only/ptb_text_only@refs%2Fconvert%2Fparquet/"
+               "penn_treebank/{split}/0000.parquet")
+
+
 def _read_hf(name: str, split: str) -> Text:
     from datasets import load_dataset
     if name == "wikitext2":
@@ -87,9 +91,12 @@ def _read_hf(name: str, split: str) -> Text:
         text = "\n\n".join(ds["text"])
         return Text(name, split, "hf:wikitext-2-raw-v1", _sha(text), text=text)
     if name == "ptb":
-        ds = load_dataset("ptb_text_only", "penn_treebank", split="train" if split == "calib" else "test")
+        # the hub's parquet conversion of ptb_text_only: current `datasets` no longer runs the
+        # dataset's loading script, the parquet branch needs none
+        hf_split = "train" if split == "calib" else "test"
+        ds = load_dataset("parquet", data_files={hf_split: PTB_PARQUET.format(split=hf_split)}, split=hf_split)
         text = " ".join(ds["sentence"])
-        return Text(name, split, "hf:ptb_text_only", _sha(text), text=text)
+        return Text(name, split, "hf:ptb_text_only (parquet)", _sha(text), text=text)
     if split == "calib":
         ds = load_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
                           split="train")

