@@ -88,3 +88,13 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def tqdm(*args, **kwargs):
+    """``tqdm.auto`` (a widget in Jupyter, text in a terminal) that also honours ``TQDM_DISABLE``
+    when the caller passes ``disable=`` itself (tqdm reads the variable only as a default); the
+    report renderer sets it so papermill runs stay silent."""
+    from tqdm.auto import tqdm as _tqdm
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on"):
+        kwargs["disable"] = True
+    return _tqdm(*args, **kwargs)

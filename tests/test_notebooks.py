@@ -34,6 +34,12 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     assert r["ok"], f"{nb.name} failed: {r['error']} (see {tmp_path / (nb.stem + '.failed.html')})"
     assert (tmp_path / f"{nb.stem}.html").exists()
     assert (tmp_path / f"{nb.stem}.json").exists(), "notebook did not save its results table"
+    import jsonschema
+    from prunekit.reporting.results import RESULTS_SCHEMA
+    doc = json.loads((tmp_path / f"{nb.stem}.json").read_text())
+    jsonschema.validate(doc, RESULTS_SCHEMA)  # one schema for every notebook
+    assert doc["provenance"]["models"], "no model in the provenance"
+    assert (tmp_path / f"{nb.stem}.ipynb").exists(), "executed notebook not kept beside the HTML"
 
 
 def test_report_html_drops_progress_bars_keeps_warnings():

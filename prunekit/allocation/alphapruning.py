@@ -104,7 +104,7 @@ def model_alphas(stats, estimator: str = "xmin_peak", fix_lower_bound: bool = Fa
     """Per-(block, linear) ESD alphas of the dense model, shape (L, K), cached on disk via
     ``stats.cached('esd_alpha', ..., data=False)`` (weights only, no calibration data)."""
     def compute():
-        from tqdm.auto import tqdm
+        from prunekit.utils import tqdm
         L, names = stats.num_blocks, list(stats.linear_names)
         out = torch.zeros(L, len(names), dtype=torch.float64)
         for i in tqdm(range(L), desc="ESD alphas", disable=not getattr(stats, "progress", True)):

@@ -46,7 +46,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register

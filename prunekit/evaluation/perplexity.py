@@ -10,7 +10,7 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.core.data import eval_tokens
 from prunekit.core.engine import next_token_ce

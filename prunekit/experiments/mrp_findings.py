@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.allocation.plan import fit_budget
 from prunekit.allocation.registry import methods as registered_methods

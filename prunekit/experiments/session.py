@@ -128,7 +128,7 @@ class Session:
         One row per run: [seed,] allocation (the label), method, metric, sparsity, global_sparsity,
         ppl_<dataset>, [zero_shot_mean,] planned, allocate_s, seconds."""
         import pandas as pd
-        from tqdm.auto import tqdm
+        from prunekit.utils import tqdm
 
         from prunekit.allocation.registry import methods
         options = options or {}

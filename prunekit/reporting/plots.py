@@ -77,6 +77,31 @@ def realised_sparsity(records: dict, ax=None, title: str = "Realised sparsity pe
 
 # ---------------------------------------------------------------- absorption (issue 6)
 
+def perplexity_bars(table, value="wikitext2_ppl", label="metric", dense_label="dense", ax=None,
+                    title="WikiText-2 perplexity, dense vs pruned"):
+    """Perplexity per run as bars (log scale when the values span > 10x), the dense model as a
+    dashed reference line, each bar annotated with its value. ``table``: a DataFrame with columns
+    ``label`` and ``value`` (the dense row, if present, becomes the line). Returns the Figure."""
+    import numpy as np
+
+    rows = table[table[label] != dense_label]
+    dense = table.loc[table[label] == dense_label, value]
+    fig, ax = _figure(ax, (6, 3.2))
+    y = rows[value].to_numpy(dtype=float)
+    bars = ax.bar(rows[label].astype(str), y, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.4g}" for v in y], fontsize="small")
+    if len(dense):
+        ax.axhline(float(dense.iloc[0]), color="grey", linestyle="--", linewidth=1,
+                   label=f"dense {float(dense.iloc[0]):.4g}")
+        ax.legend(fontsize="small")
+    vals = np.concatenate([y, dense.to_numpy(dtype=float)])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if vals.size and vals.max() / vals.min() > 10:
+        ax.set_yscale("log")
+    ax.set_ylabel("perplexity")
+    return _finish(fig, ax, title)
+
+
 def absorption_drift_curves(trajectories, quantity="drift", ax=None, title=None, logy=True):
     """Perturbation response vs depth, one line per injection block (``absorption.Trajectory``).
 

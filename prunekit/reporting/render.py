@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prunekit.utils import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (notebooks/, reports/)
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -61,47 +61,86 @@ def _title(path: Path) -> str:
 
 
 _BAR = re.compile(r"\d+%\||(it|tok)/s\]|s/it\]")
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")  # CSI (colours, cursor moves) and 2-byte escapes
+_NOISE = re.compile(r"TqdmWarning|IProgress not found|ipywidgets")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def _drop_progress_bars(nb) -> None:
-    """Keep stderr text (warnings, errors) but not progress-bar redraws: a sweep's bars would
-    bury the report. Each line keeps only its last carriage-return segment."""
+    """Keep stderr text (warnings, errors) but not progress-bar redraws, terminal control codes or
+    widget placeholders: a sweep's bars would bury the report (and `\x1b[A` leaves blank blocks).
+    Each line keeps only its last carriage-return segment."""
     for c in nb.cells:
         outs = []
         for o in c.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stderr":
-                lines = [ln.split("\r")[-1] for ln in o.get("text", "").split("\n")]
-                o["text"] = "\n".join(ln for ln in lines if ln.strip() and not _BAR.search(ln))
-                if not o["text"]:
+            if o.get("output_type") == "stream":
+                text = _ANSI.sub("", o.get("text", ""))
+                if o.get("name") == "stderr":
+                    lines = [ln.split("\r")[-1] for ln in text.split("\n")]
+                    text = "\n".join(ln for ln in lines if ln.strip() and not _BAR.search(ln)
+                                      and not _NOISE.search(ln))
+                o["text"] = text
+                if not text.strip():
                     continue
+            elif o.get("output_type") in ("display_data", "execute_result") and _WIDGET in o.get("data", {}):
+                continue  # a live progress widget: nothing to show in a static page
             outs.append(o)
         if c.cell_type == "code":
             c.outputs = outs
 
 
-def _to_html(nb_path: Path) -> str:
+def _results(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _to_html(nb_path: Path, title: str, prov: dict | None = None) -> str:
     import nbformat
     from nbconvert import HTMLExporter
+
+    from prunekit.reporting.provenance import to_html
     nb = nbformat.read(nb_path, as_version=4)
     _drop_progress_bars(nb)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    nb.metadata["title"] = title
+    body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
+    if prov:  # the provenance block first thing in the page body
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + "<div style='margin:1em 2em'>" + to_html(prov) + "</div>",
+                      body, count=1)
     return body
 
 
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+
+
 def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, extra: dict | None = None) -> dict:
-    """Run one notebook; returns {name, ok, seconds, error, summary}."""
+    """Run one notebook; returns {name, title, ok, seconds, error, summary, profile, model}. The
+    executed notebook is kept beside its HTML (``<name>.ipynb``, or ``<name>.failed.ipynb``)."""
     import papermill as pm
+
+    from prunekit.reporting.provenance import PARAMETERS_ENV, provenance
     name = nb.stem
+    params = {"profile": profile, **(extra or {})}
     stage = Path(tempfile.mkdtemp(prefix=f"prunekit-{name}-"))
     executed = stage / f"{name}.ipynb"
-    # the kernel inherits these: results JSON goes to staging; progress bars would flood the HTML
-    env = {"PRUNEKIT_REPORT_DIR": str(stage), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
+    # the kernel inherits these: results JSON goes to staging; its parameters go into provenance;
+    # progress bars (prunekit's and the libraries') stay silent in a non-interactive run
+    env = {"PRUNEKIT_REPORT_DIR": str(stage), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", PARAMETERS_ENV: json.dumps(params, sort_keys=True),
+           # the kernel imports the prunekit that renders (this checkout), not another install
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.perf_counter()
     err = None
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, **(extra or {})},
+        pm.execute_notebook(str(nb), str(executed), parameters=params,
                             cwd=str(nb.parent), kernel_name="python3", progress_bar=False,
                             execution_timeout=timeout)
     except Exception as e:  # papermill still wrote the executed notebook with the error in it
@@ -114,20 +153,27 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
                 os.environ[k] = v
     secs = time.perf_counter() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = _to_html(executed) if executed.exists() else f"<pre>{html.escape(err or 'no output')}</pre>"
+    title = _title(nb)
+    res = _results(stage / f"{name}.json")
+    prov = res.get("provenance") or provenance(models=[], profile=profile, parameters=params)
+    page = (_to_html(executed, title, prov) if executed.exists()
+            else f"<pre>{html.escape(err or 'no output')}</pre>")
     if err is None:
         atomic_write_text(out_dir / f"{name}.html", page)
         for js in stage.glob("*.json"):
-            tmp = out_dir / f".{js.name}.tmp"
-            shutil.copyfile(js, tmp)
-            os.replace(tmp, out_dir / js.name)
+            _copy(js, out_dir / js.name)
+        _copy(executed, out_dir / f"{name}.ipynb")
         (out_dir / f"{name}.failed.html").unlink(missing_ok=True)
+        (out_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
     else:
         atomic_write_text(out_dir / f"{name}.failed.html", page)
+        if executed.exists():
+            _copy(executed, out_dir / f"{name}.failed.ipynb")
     shutil.rmtree(stage, ignore_errors=True)
     summary = _summary(out_dir / f"{name}.json")
-    return {"name": name, "title": _title(nb), "ok": err is None, "seconds": secs, "error": err,
-            "summary": summary, "profile": profile, "model": (extra or {}).get("model", "default")}
+    models = [m["id"] for m in prov.get("models") or []] or [params.get("model") or "(notebook default)"]
+    return {"name": name, "title": title, "ok": err is None, "seconds": secs, "error": err,
+            "summary": summary, "profile": profile, "model": ", ".join(models)}
 
 
 def _summary(results: Path) -> str:
@@ -156,13 +202,18 @@ def write_index(out_dir: Path, runs: list[dict]) -> Path:
     rows = []
     for name, r in sorted(state.items()):
         ok = r["ok"]
-        link = f'<a href="{name}.html">{html.escape(r["title"])}</a>' if (out_dir / f"{name}.html").exists() else html.escape(r["title"])
-        status = "ok" if ok else f'<a href="{name}.failed.html">FAILED</a>: {html.escape(r["error"] or "")}'
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{r['profile']}</td><td>{html.escape(str(r.get('model', 'default')))}</td>"
+        files = [f'<a href="{n}">{label}</a>' for n, label in
+                 ((f"{name}.html", "HTML"), (f"{name}.ipynb", "notebook")) if (out_dir / n).exists()]
+        title = html.escape(r["title"])
+        link = f'<a href="{name}.html">{title}</a>' if (out_dir / f"{name}.html").exists() else title
+        status = "ok" if ok else (f'<a href="{name}.failed.html">FAILED</a> (<a href="{name}.failed.ipynb">notebook</a>): '
+                                  f'{html.escape(r["error"] or "")}')
+        rows.append(f"<tr><td>{link}</td><td>{' · '.join(files)}</td><td>{status}</td><td>{r['profile']}</td>"
+                    f"<td>{html.escape(str(r.get('model') or ''))}</td>"
                     f"<td>{r['seconds']:.0f} s</td><td>{html.escape(r.get('summary') or '')}</td></tr>")
     page = ("<!doctype html><meta charset='utf-8'><title>prunekit reports</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}</style>"
-            "<h1>prunekit reports</h1><table><tr><th>notebook</th><th>status</th><th>profile</th><th>model</th><th>time</th>"
+            "<h1>prunekit reports</h1><table><tr><th>notebook</th><th>files</th><th>status</th><th>profile</th><th>model</th><th>time</th>"
             "<th>summary</th></tr>" + "".join(rows) + "</table>")
     atomic_write_text(state_file, json.dumps(list(state.values()), indent=1))
     return atomic_write_text(out_dir / "index.html", page)

@@ -65,7 +65,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, Callable, Iterator
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import allocate, register, with_solver_metric
 from prunekit.allocation.absorption.probe import (DEPTHS, REDUCTIONS, Probe, Trajectory, _check_choice, coefficients,

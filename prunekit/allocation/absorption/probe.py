@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.core.engine import STATS, capture, run_block
 from prunekit.core.models import layout

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Callable
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
 from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.errors import PrunekitError
 
