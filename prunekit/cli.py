@@ -127,6 +127,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     ev = sub.add_parser("eval", help="evaluate a (dense or saved) model")
     _common(ev)
     sub.add_parser("methods", help="list the registered allocation methods")
+    tk = sub.add_parser("tasks", help="list / write prunekit's offline lm-eval task twins")
+    tk.add_argument("--write", default=None, metavar="DIR",
+                    help="render the twins' YAMLs into DIR and print the stock `lm_eval` command")
+    tk.add_argument("--tasks", default="", help="comma-separated stock task names (default: all with local data)")
+    tk.add_argument("--model", default="PRUNED_MODEL_DIR", help="model directory shown in the printed command")
     dm = sub.add_parser("demo", help="quick dense vs pruned table on the default model")
     dm.add_argument("--model", default="smollm2-135m")
     dm.add_argument("--profile", default="quick", help="quick, cpu or paper")
@@ -199,6 +204,8 @@ def run(argv=None) -> dict:
         return {}
     if args.cmd == "demo":
         return demo(args.model, args.profile)
+    if args.cmd == "tasks":
+        return tasks_command(args.write, args.tasks, args.model)
     _validate(args)
     if args.threads:
         import torch
@@ -274,6 +281,33 @@ def run(argv=None) -> dict:
         utils.atomic_write_json(args.out, rec)
     _print_summary(rec)
     return rec
+
+
+def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL_DIR") -> dict:
+    """``prunekit tasks [--write DIR]``: the offline twins of stock lm-eval tasks (reading
+    $PRUNEKIT_DATA_DIR), rendered for the stock ``lm_eval`` CLI."""
+    import shlex
+
+    from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, data_dir, has_local_data, write_task_configs
+    wanted = [t for t in tasks.split(",") if t] or [t for t in STOCK_TASKS if has_local_data(t)]
+    for t in wanted:
+        if t not in OFFLINE_TASKS:
+            raise PrunekitError(f"unknown task '{t}'; choose from {', '.join(STOCK_TASKS)}")
+    if not write:
+        root = data_dir()
+        for t in STOCK_TASKS:
+            print(f"{OFFLINE_TASKS[t].name:<26} {'local data' if has_local_data(t) else 'missing under ' + str(root)}")
+        return {"tasks": {t: OFFLINE_TASKS[t].name for t in STOCK_TASKS}}
+    if not wanted:
+        raise PrunekitError("no task has its files under PRUNEKIT_DATA_DIR; point it at a copy of shared/data")
+    from pathlib import Path
+    names = write_task_configs(Path(write), wanted)
+    cmd = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+           "--include_path", str(Path(write).resolve()), "--tasks", ",".join(names.values()), "--batch_size", "1"]
+    print(f"wrote {len(names)} task(s) to {write}: {', '.join(names.values())}")
+    print("run them with the stock lm-eval CLI (add --limit N for a quick check, --device cuda on a GPU):")
+    print("  " + shlex.join(cmd))
+    return {"tasks": names, "command": cmd}
 
 
 def demo(model: str = "smollm2-135m", profile: str = "quick") -> dict:
