@@ -66,5 +66,7 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.shapley
 	$(BIN)/python -m benchmarks.absorption
 
+# strip outputs and regenerate the Colab badge / install cell from pyproject's repository URL
 strip-notebooks: setup
 	$(BIN)/python -m prunekit.reporting --strip
+	$(BIN)/python -m prunekit.reporting.colab
