@@ -89,11 +89,12 @@ def perplexity_bars(table, value="wikitext2_ppl", label="metric", dense_label="d
     fig, ax = _figure(ax, (6, 3.2))
     y = rows[value].to_numpy(dtype=float)
     bars = ax.bar(rows[label].astype(str), y, color="tab:blue")
-    ax.bar_label(bars, labels=[f"{v:.4g}" for v in y], fontsize="small")
+    fmt = lambda v: f"{v:,.1f}" if abs(v) >= 100 else f"{v:.2f}"  # noqa: E731
+    ax.bar_label(bars, labels=[fmt(v) for v in y], fontsize="small")
     if len(dense):
         ax.axhline(float(dense.iloc[0]), color="grey", linestyle="--", linewidth=1,
-                   label=f"dense {float(dense.iloc[0]):.4g}")
-        ax.legend(fontsize="small")
+                   label=f"dense {fmt(float(dense.iloc[0]))}")
+        ax.legend(fontsize="small", loc="lower right")
     vals = np.concatenate([y, dense.to_numpy(dtype=float)])
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if vals.size and vals.max() / vals.min() > 10:
