@@ -117,13 +117,43 @@ def test_recipe_is_the_per_block_plan(saved):
     mod = stage["sparsity_modifiers"]["WandaPruningModifier"]
     model, _ = load_model(str(d / "model"))
     names = [n for n, m in model.named_modules() if any(m is b for b in layout(model).blocks)]
-    assert list(mod["sparsity"]) == names
-    assert list(mod["sparsity"].values()) == pytest.approx(rec["planned_sparsity"], abs=1e-6)
-    # llm-compressor matches its targets against module names: exactly the decoder blocks
+    # llm-compressor matches its targets against module names: exactly the decoder blocks, in order,
+    # and takes one sparsity per target in that order
     pat = mod["targets"][0].removeprefix("re:")
     assert [n for n, _ in model.named_modules() if _re.match(pat, n)] == names
+    assert mod["sparsity"] == pytest.approx(rec["planned_sparsity"], abs=1e-6)
+    assert len(mod["sparsity"]) == len(names)
     # budget: the parameter-weighted mean of the per-block values is the target
     sizes = [sum(s) for s in layout(model).sizes()]
-    mean = sum(s * v for s, v in zip(sizes, mod["sparsity"].values())) / sum(sizes)
+    mean = sum(s * v for s, v in zip(sizes, mod["sparsity"])) / sum(sizes)
     assert mean == pytest.approx(rec["target_sparsity"], abs=1e-5)
     assert mod["mask_structure"] == "0:0" and mod["ignore"] == ["re:.*lm_head"]
+
+
+def test_recipe_parses_in_llm_compressor(saved):
+    """Where llm-compressor is installed (not a prunekit dependency), its own parser accepts it."""
+    pytest.importorskip("llmcompressor")
+    from llmcompressor.recipe import Recipe
+    d, rec, _ = saved
+    recipe = Recipe.create_instance(str(d / "recipe.yaml"))
+    (mod,) = recipe.modifiers
+    assert type(mod).__name__ == "WandaPruningModifier"
+    assert list(mod.sparsity) == pytest.approx(rec["planned_sparsity"], abs=1e-6)
+
+
+def test_llm_compressor_applies_the_plan(saved):
+    """Where llm-compressor is installed: its oneshot Wanda with the exported recipe, on the dense
+    model, prunes each block to the same realised sparsity as prunekit's run."""
+    pytest.importorskip("llmcompressor")
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from prunekit.core.models import load_model
+    from prunekit.solvers.prune import measure_sparsity
+    d, rec, _ = saved
+    model, _ = load_model("tiny-llama")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (4, 64), generator=g).tolist()
+    ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 64] * 4})
+    oneshot(model=model, dataset=ds, recipe=str(d / "recipe.yaml"), num_calibration_samples=4, max_seq_length=64)
+    assert measure_sparsity(model)["layer_sparsity"] == pytest.approx(rec["layer_sparsity"], abs=1e-3)

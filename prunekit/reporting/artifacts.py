@@ -83,7 +83,8 @@ def block_names(model) -> list[str]:
 
 def recipe_yaml(rec: dict, names: list[str]) -> str:
     """The run's per-block plan as an llm-compressor recipe: one Wanda / SparseGPT modifier whose
-    ``sparsity`` maps every decoder block (its ``targets``) to prunekit's planned sparsity."""
+    ``targets`` are the decoder blocks and whose ``sparsity`` lists prunekit's planned sparsity of
+    each, in module order (llm-compressor 0.14 takes a float or a list, one value per target)."""
     import re
 
     import yaml
@@ -96,18 +97,22 @@ def recipe_yaml(rec: dict, names: list[str]) -> str:
     if len(planned) != len(names):
         raise PrunekitError(f"plan has {len(planned)} blocks, the model {len(names)}")
     prefix = {re.sub(r"\d+$", "", n) for n in names}
-    if len(prefix) != 1:
-        raise PrunekitError(f"decoder blocks do not share one module path: {sorted(prefix)[:3]}")
-    mod = {"sparsity": {n: round(float(s), 6) for n, s in zip(names, planned)},
-           "mask_structure": rec.get("nm") or "0:0",
-           "targets": [f"re:{re.escape(prefix.pop())}\\d+$"],
-           "ignore": ["re:.*lm_head"]}
+    if len(prefix) != 1 or [int(n[len(next(iter(prefix))):]) for n in names] != list(range(len(names))):
+        raise PrunekitError(f"decoder blocks are not one numbered module list: {names[:3]}")
+    args = {"mask_structure": rec.get("nm") or "0:0",
+            "targets": [f"re:{re.escape(prefix.pop())}\\d+$"],
+            "ignore": ["re:.*lm_head"]}
     if metric == "sparsegpt":  # prunekit's SparseGPT: OBS column blocks of 128, 1 % damping
-        mod.update(block_size=128, dampening_frac=0.01)
-    recipe = {"sparsity_stage": {"sparsity_modifiers": {RECIPE_MODIFIERS[metric]: mod}}}
-    head = [f"# llm-compressor recipe written by prunekit: {rec['allocation']} allocation "
-            f"{json.dumps(rec.get('allocation_options') or {}, sort_keys=True, default=str)},",
-            f"# target {rec['target_sparsity']}, planned per-block sparsities of model {rec['model']} "
-            "(parameter-weighted block means).",
-            "# Use: llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)"]
-    return "\n".join(head) + "\n" + yaml.safe_dump(recipe, sort_keys=False, width=120)
+        args.update(block_size=128, dampening_frac=0.01)
+    dump = lambda obj: yaml.safe_dump(obj, sort_keys=False, width=120).rstrip("\n")  # noqa: E731
+    ind = " " * 6
+    lines = [f"# llm-compressor recipe written by prunekit: {rec['allocation']} allocation "
+             f"{json.dumps(rec.get('allocation_options') or {}, sort_keys=True, default=str)},",
+             f"# target {rec['target_sparsity']}, planned per-block sparsities of model {rec['model']} "
+             "(parameter-weighted block means).",
+             "# Use: llmcompressor.oneshot(model=..., dataset=..., recipe=THIS_FILE)",
+             "sparsity_stage:", "  sparsity_modifiers:", f"    {RECIPE_MODIFIERS[metric]}:",
+             f"{ind}sparsity:  # one value per target block, in module order"]
+    lines += [f"{ind}- {round(float(v), 6)}  # {n}" for n, v in zip(names, planned)]
+    lines += [ind + ln for ln in dump(args).splitlines()]
+    return "\n".join(lines) + "\n"
