@@ -55,17 +55,17 @@ def main(argv=None) -> None:
     else:  # the library defaults equal prunekit's: block 128, dampening 0.01·mean(diag H)
         modifier = SparseGPTModifier(block_size=128, dampening_frac=0.01, **common)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     oneshot(model=model, tokenizer=tok, dataset=ds, recipe=[modifier], num_calibration_samples=n,
             max_seq_length=seqlen, batch_size=a.batch_size, shuffle_calibration_samples=False)
-    prune_s = time.perf_counter() - t0
+    prune_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
     save_file(sd, a.out)
     pruned = {name: float((m.weight == 0).float().mean()) for name, m in model.named_modules()
               if isinstance(m, torch.nn.Linear)}
     print("PEER_RESULT " + json.dumps({
-        "method": a.method, "prune_s": prune_s, "nsamples": n, "seqlen": seqlen, "dtype": a.dtype,
+        "method": a.method, "prune_s": prune_s, "cpu_s": cpu_s, "nsamples": n, "seqlen": seqlen, "dtype": a.dtype,
         "threads": torch.get_num_threads(), "batch_size": a.batch_size,
         "versions": {"llmcompressor": llmcompressor.__version__, "transformers": transformers.__version__,
                      "torch": torch.__version__},
