@@ -21,7 +21,8 @@ export TOKENIZERS_PARALLELISM := false
 export PRUNEKIT_CACHE ?= $(HOME)/.cache/prunekit
 LAB_PORT ?= 8888
 
-.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks
+.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks \
+  peers-venv benchmark-peers
 
 setup: $(STAMP)
 
@@ -65,6 +66,26 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.mrp
 	$(BIN)/python -m benchmarks.shapley
 	$(BIN)/python -m benchmarks.absorption
+
+# llm-compressor pins an older transformers, so the peer benchmark (P3) runs it in its own venv
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.peers-installed
+PEERS_ARGS ?=
+
+peers-venv: $(PEERS_STAMP)
+
+$(PEERS_STAMP): benchmarks/requirements-peers.txt benchmarks/peers-constraints.txt
+	test -x $(PEERS_VENV)/bin/python || $(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	# torch first and pinned (local CPU wheel), then llmcompressor's pins under a torch constraint
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0
+	$(PEERS_VENV)/bin/pip install -q -c benchmarks/peers-constraints.txt -r benchmarks/requirements-peers.txt
+	$(PEERS_VENV)/bin/python -c "import torch, llmcompressor; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(PEERS_STAMP)
+
+# prunekit vs llm-compressor, Wanda and SparseGPT at 50 %, e.g. PEERS_ARGS="--calib-samples 8 --calib-seqlen 256"
+benchmark-peers: setup peers-venv
+	$(BIN)/python -m benchmarks.peers --peer-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
 
 # strip outputs and regenerate the Colab badge / install cell from pyproject's repository URL
 strip-notebooks: setup
