@@ -1,4 +1,4 @@
-"""SV-NUP: Shapley-value-based non-uniform layer sparsity (Sun et al., arXiv 2505.01731; ALGORITHMS.md §2).
+"""SV-NUP: Shapley-value-based non-uniform layer sparsity (Sun et al., arXiv 2505.01731; docs/methods.md §2).
 
 Three parts:
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
 from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game
-from prunekit.allocation.svnup.shapley import ESTIMATORS, EXACT_MAX_PLAYERS, estimate
+from prunekit.allocation.svnup.shapley import SHAPLEY_ESTIMATORS, EXACT_MAX_PLAYERS, estimate
 from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, sequential
 from prunekit.core.data import Calibration
 from prunekit.core.engine import next_token_ce
@@ -44,7 +44,7 @@ from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
 
 
-MAPPINGS = ("linear", "rank", "softmax")
+PHI_MAPPINGS = ("linear", "rank", "softmax")
 
 
 # ============================================================================ estimators
@@ -79,7 +79,7 @@ def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam
         p /= p.sum()
         n = np.ones(L) if sizes is None else np.asarray(sizes, dtype=float).reshape(L, -1).sum(1)
         return p * target * n.sum() / (n * p).sum()
-    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
 
 
 @register("svnup", reads=("wanda", "hessian", "calibration"),
@@ -104,10 +104,10 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     target = float(target)
     if not (0.0 < target < 1.0):
         raise PrunekitError(f"sparsity {target} must lie in (0, 1) for SV-NUP")
-    if estimator not in ESTIMATORS:
-        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
-    if mapping not in MAPPINGS:
-        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    if estimator not in SHAPLEY_ESTIMATORS:
+        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(SHAPLEY_ESTIMATORS)}")
+    if mapping not in PHI_MAPPINGS:
+        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
     if estimator == "exact" and stats.num_blocks > EXACT_MAX_PLAYERS:
         raise PrunekitError(f"exact Shapley over {stats.num_blocks} blocks needs 2^{stats.num_blocks} evaluations; "
                             "use estimator='sliding_window' or 'monte_carlo'")
