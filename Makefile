@@ -19,7 +19,7 @@ endif
 export HF_HUB_OFFLINE ?= $(if $(PRUNEKIT_DATA_DIR),1,0)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks
+.PHONY: setup demo test test-fast test-notebooks reports benchmarks strip-notebooks nbstripout-filter
 
 setup: $(STAMP)
 
@@ -57,5 +57,15 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.shapley
 	$(BIN)/python -m benchmarks.absorption
 
+# Notebooks are committed without outputs: nbstripout, keeping cell ids and dropping papermill's metadata.
+NBSTRIPOUT_KEYS := metadata.papermill cell.metadata.papermill
 strip-notebooks: setup
-	$(BIN)/python -m prunekit.reporting --strip
+	$(BIN)/nbstripout --keep-id --extra-keys "$(NBSTRIPOUT_KEYS)" notebooks/*.ipynb
+
+# installs the `nbstripout` git filter that .gitattributes names (once per clone): `git add` then
+# strips every notebook as strip-notebooks does
+nbstripout-filter: setup
+	$(BIN)/nbstripout --install
+	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
+	git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout --keep-id -t'
+	git config filter.nbstripout.extrakeys "$(NBSTRIPOUT_KEYS)"
