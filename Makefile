@@ -65,7 +65,7 @@ strip-notebooks: setup
 # installs the `nbstripout` git filter that .gitattributes names (once per clone): `git add` then
 # strips every notebook as strip-notebooks does
 nbstripout-filter: setup
-	$(BIN)/nbstripout --install
+	$(BIN)/nbstripout --install --attributes .gitattributes
 	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
 	git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout --keep-id -t'
 	git config filter.nbstripout.extrakeys "$(NBSTRIPOUT_KEYS)"
