@@ -75,7 +75,7 @@ def realised_sparsity(records: dict, ax=None, title: str = "Realised sparsity pe
     return ax.figure
 
 
-# ---------------------------------------------------------------- absorption (issue 6)
+# ---------------------------------------------------------------- absorption (notebook 40)
 
 def absorption_drift_curves(trajectories, quantity="drift", ax=None, title=None, logy=True):
     """Perturbation response vs depth, one line per injection block (``absorption.Trajectory``).
@@ -292,7 +292,7 @@ def comparison_lines(summary, value: str = "ppl_wikitext2_mean", title: str | No
     return fig
 
 
-# ---------------------------------------------------------------- MRP findings and MRP (issue 4)
+# ---------------------------------------------------------------- MRP findings and MRP (notebooks 20, 21)
 
 def mrp_lps(table, title=None):
     """Layerwise pruning sensitivity (``analysis.layer_sensitivity`` / ``metric_dependency`` table):
