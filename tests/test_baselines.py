@@ -1,5 +1,5 @@
 """Baseline allocations (OWL, AlphaPruning, ATP): golden vectors, estimator accuracy, budget and
-direction properties (ALGORITHMS.md §4, §5, §7, §8)."""
+direction properties (docs/methods.md §4, §5, §7, §8)."""
 from __future__ import annotations
 
 import math
@@ -90,7 +90,7 @@ def test_hill_recovers_pareto_alpha(alpha, estimator):
 
 
 def _reference_alpha(eigs, fix_lower_bound=False, bins=100):
-    """Step-by-step transcription of ALGORITHMS.md §5 with plain loops (independent check)."""
+    """Step-by-step transcription of docs/methods.md §5 with plain loops (independent check)."""
     lam = np.sort(np.asarray(eigs, dtype=np.float64))
     N = lam.size
     l10 = np.log10(lam.astype(np.float32)).astype(np.float64)

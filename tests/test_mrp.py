@@ -72,7 +72,7 @@ def test_plan_budget_exact_in_bounds_non_uniform(het):
         raw = mrp.mrp(het, target)
         assert abs(raw.global_sparsity - target) < 1e-9
         assert raw.extras["steps"] >= round(target / 0.01) - 1
-        # direction (ALGORITHMS.md §8.3): under the weight-only score the outlier-heavy block 0 is the
+        # direction (docs/methods.md §8.3): under the weight-only score the outlier-heavy block 0 is the
         # least redundant, so it is pruned least
         mag = allocate("mrp", het, target, score="magnitude")
         assert int(np.argmin(mag.per_block)) == 0, mag.per_block
