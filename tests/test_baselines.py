@@ -10,6 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_calib, tiny_model
+
 from prunekit.allocation.alphapruning import alpha_mapping, esd_alpha, hill_alpha_from_eigs
 from prunekit.allocation.atp import atp_schedule
 from prunekit.allocation.owl import owl_mapping
@@ -185,24 +187,9 @@ def test_atp_schedule_increasing_mean_step():
     assert s[0] == pytest.approx(0.6 - 0.02 * 7 / 2)
 
 
-# ---------------------------------------------------------------- tiny model fixtures
-def _tiny_llama(seed=0, layers=4):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                      max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def _calib(seed=0, n=4, seqlen=32):
-    ids = torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(seed))
-    return Calibration(input_ids=ids, dataset="synthetic", seed=seed, data_sha256="x" * 64, picks=[])
-
-
 @pytest.fixture(scope="module")
 def stats():
-    return Statistics(_tiny_llama(), _calib(), cache=False, progress=False)
+    return Statistics(tiny_model(), tiny_calib(n=4, seqlen=32), cache=False, progress=False)
 
 
 MINE = ["uniform", "owl", "alphapruning", "atp"]
@@ -248,7 +235,7 @@ def test_plans_record_options_and_extras(stats):
 
 
 def test_alphapruning_needs_no_calibration_and_caches(tmp_path, monkeypatch):
-    model = _tiny_llama(seed=1)
+    model = tiny_model(seed=1)
     s1 = Statistics(model, None, cache=StatsCache(tmp_path), progress=False)
     p1 = allocate("alphapruning", s1, 0.5)
     assert s1.dense_passes == 0
@@ -282,7 +269,7 @@ def test_alpha_direction_larger_alpha_more_sparsity():
 
 @torch.no_grad()
 def test_alphapruning_prunes_heavy_tailed_block_least():
-    model = _tiny_llama(seed=2)
+    model = tiny_model(seed=2)
     st_ = Statistics(model, None, cache=False, progress=False)
     g = torch.Generator().manual_seed(3)
     for i in range(st_.num_blocks):  # light-tailed (Gaussian) everywhere ...
@@ -320,7 +307,7 @@ def test_owl_direction_more_outliers_less_sparsity():
 @torch.no_grad()
 def test_owl_outlier_injection_lowers_that_blocks_sparsity():
     def plan(inject):
-        model = _tiny_llama(seed=3)
+        model = tiny_model(seed=3)
         lay = Statistics(model, None, cache=False, progress=False).layout
         if inject:  # large weights in the LAST block: more Wanda outliers there, upstream unchanged
             g = torch.Generator().manual_seed(6)
@@ -328,7 +315,7 @@ def test_owl_outlier_injection_lowers_that_blocks_sparsity():
                 w = lin.weight
                 idx = torch.randperm(w.numel(), generator=g)[: w.numel() // 50]
                 w.view(-1)[idx] *= 40.0
-        st_ = Statistics(model, _calib(1), cache=False, progress=False)
+        st_ = Statistics(model, tiny_calib(n=4, seqlen=32, seed=1), cache=False, progress=False)
         p = allocate("owl", st_, 0.6)
         assert st_.dense_passes == 1
         return p

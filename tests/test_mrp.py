@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_calib, tiny_model
+
 from prunekit.allocation import mrp
 from prunekit.allocation.registry import allocate
 from prunekit.core.data import Calibration
@@ -17,22 +19,6 @@ from prunekit.solvers.masks import _global_mask, magnitude_mask, wanda_mask
 from prunekit.solvers.prune import prune_model
 
 L = 4
-
-
-def tiny_model(seed=0, blocks=L):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=blocks, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.config.use_cache = False
-    return model
-
-
-def calib(n=4, seqlen=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Calibration(input_ids=torch.randint(0, 256, (n, seqlen), generator=g), dataset="synthetic",
-                       seed=seed, data_sha256="x" * 64, picks=[])
 
 
 @torch.no_grad()
@@ -56,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 @pytest.fixture(scope="module")
 def het():
     model = heterogeneous_model()
-    return Statistics(model, calib(), cache=False, progress=False)
+    return Statistics(model, tiny_calib(n=4, seqlen=16), cache=False, progress=False)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -221,7 +207,7 @@ def greedy_ids(model, n=4, seqlen=16, seed=0):
 @pytest.mark.parametrize("block,metric", [(1, "wanda"), (2, "magnitude")])
 def test_lps_ranks_fragile_block_first(block, metric):
     model = fragile_model(block)
-    stats = Statistics(model, calib(), cache=False, progress=False)
+    stats = Statistics(model, tiny_calib(n=4, seqlen=16), cache=False, progress=False)
     res = analysis.layer_sensitivity(stats, metric, (0.5, 0.8), eval_ids=greedy_ids(model), progress=False)
     for s in (0.5, 0.8):
         v = res.vector(s)
@@ -234,7 +220,7 @@ def test_lps_ranks_fragile_block_first(block, metric):
 def test_lps_equals_full_forward_of_pruned_model(metric):
     """LPS(l, s) = NLL(model with only block l pruned by prune_model) - NLL(dense), full forward."""
     model = tiny_model(seed=5)
-    cal, ev = calib(seed=0), calib(n=3, seqlen=16, seed=9)
+    cal, ev = tiny_calib(n=4, seqlen=16, seed=0), tiny_calib(n=3, seqlen=16, seed=9)
     stats = Statistics(model, cal, cache=False, progress=False)
     res = analysis.layer_sensitivity(stats, metric, (0.6,), eval_ids=ev.input_ids, blocks=[1, 3], progress=False)
     dense_w = {k: v.weight.detach().clone() for k, v in model.named_modules() if isinstance(v, torch.nn.Linear)}
