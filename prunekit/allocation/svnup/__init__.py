@@ -134,6 +134,8 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     phi = out["values"].numpy().astype(float)
     sizes = np.asarray(stats.sizes, dtype=float)
     per_block = map_to_sparsity(phi, target, sizes, mapping, lam, temperature)
+    n_block = sizes.sum(1)  # exact budget, §2 mapping step 3: s ← s − (weighted_mean(s) − S)
+    per_block = per_block - ((per_block * n_block).sum() / n_block.sum() - target)
     values = np.repeat(per_block[:, None], sizes.shape[1], axis=1)
     extras = {"shapley": phi, "shapley_stderr": out["stderr"].numpy().astype(float),
               "shapley_evaluations": int(out["evaluations"][0]), "shapley_seconds": float(out["seconds"][0]),
