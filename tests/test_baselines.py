@@ -7,17 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_calib, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import tiny_calib, tiny_model
 
 from prunekit.allocation.alphapruning import alpha_mapping, esd_alpha, hill_alpha_from_eigs
 from prunekit.allocation.atp import atp_schedule
 from prunekit.allocation.owl import owl_mapping
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import allocate
-from prunekit.core.data import Calibration
 from prunekit.errors import PrunekitError
 from prunekit.scoring.statistics import Statistics, StatsCache
 

@@ -5,12 +5,10 @@ the solvers' own mask functions, a full-model forward pass of a pruned copy."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_calib, tiny_model
 
 from prunekit.allocation import mrp
 from prunekit.allocation.registry import allocate
-from prunekit.core.data import Calibration
 from prunekit.core.models import layout
 from prunekit.evaluation.perplexity import window_nlls
 from prunekit.experiments import mrp_findings as analysis

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import needs_data
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -20,7 +21,7 @@ def test_committed_stripped_with_parameters_cell(nb):
 
 
 @pytest.mark.slow  # uses the real model cache (the tiny model borrows SmolLM2's tokenizer)
-@pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
+@needs_data
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     """CI renders every notebook with profile=quick. On the tiny random model by default (every cell

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_calib, tiny_model
+from conftest import needs_data, tiny_calib, tiny_model
 
 from prunekit.allocation.registry import allocate
 from prunekit.allocation.svnup import map_to_sparsity
 from prunekit.allocation.svnup.game import LayerGame
 from prunekit.allocation.svnup.shapley import exact, monte_carlo, sliding_window
-from prunekit.core.data import Calibration
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
 from prunekit.scoring.statistics import Statistics
@@ -265,6 +264,7 @@ def test_layer_game_other_families(kind):
         assert abs(-g(0b010) - want) < 1e-5 * max(1.0, want)
 
 
+@needs_data
 def test_heldout_is_disjoint_from_pruning_samples(byte_tokenizer):
     from prunekit.allocation.svnup.game import heldout_data
     from prunekit.core.data import calibration_data
