@@ -45,7 +45,7 @@ test-fast: setup
 
 # renders every notebook with profile=quick on its own model (SmolLM2), not the tiny one (~25 min)
 test-notebooks: setup
-	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_notebooks.py
+	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_render.py
 
 reports: setup
 	$(BIN)/python -m prunekit.reporting --profile $(PROFILE)

@@ -48,6 +48,16 @@ def tiny_calib(n: int = 6, seqlen: int = 32, vocab: int = 256, seed: int = 0):
     return Calibration(ids, "synthetic", seed, "0" * 64, [(-1, i) for i in range(n)])
 
 
+FAMILIES = ["llama", "qwen2", "gemma3", "opt"]  # the supported families tiny_model builds
+
+
+@pytest.fixture(scope="module")
+def tiny_stats():
+    """Dense ``Statistics`` of the default tiny Llama on 4 × 32 random tokens (no disk cache)."""
+    from prunekit.scoring.statistics import Statistics
+    return Statistics(tiny_model(), tiny_calib(n=4, seqlen=32), cache=False, progress=False)
+
+
 class ByteTokenizer:
     """Offline stand-in tokenizer: UTF-8 bytes, no special tokens."""
     bos_token = None

@@ -95,3 +95,11 @@ def test_import_direction_test_catches_an_upward_import(tmp_path, monkeypatch):
             test_imports_point_downward(fake)
     finally:
         fake.unlink()
+
+
+def test_each_test_file_mirrors_a_module():
+    """tests/test_<name>.py tests prunekit's module or package <name> (one scheme, flat names);
+    integration and layout are the two cross-cutting files."""
+    names = {p.stem for p in _modules()} | {p.parent.name for p in _modules()}
+    tests = {p.stem.removeprefix("test_") for p in Path(__file__).parent.glob("test_*.py")}
+    assert not tests - names - {"integration", "layout"}, sorted(tests - names - {"integration", "layout"})

@@ -162,8 +162,9 @@ def test_amplifiers_protected_without_centring(env):
 
 def test_options_are_checked_before_the_method_runs(env):
     _, stats, _ = env
-    for method, bad in [("owl", {"metric": "nope"}), ("alphapruning", {"estimator": "nope"}),
-                        ("alphapruning", {"mapping": "nope"}), ("atp", {"beta": -1.0}), ("owl", {"nope": 1})]:
+    for method, bad in [("owl", {"metric": "nope"}), ("owl", {"nope": 1}), ("owl", {"m": 0.0}), ("owl", {"lam": -1.0}),
+                        ("alphapruning", {"estimator": "nope"}), ("alphapruning", {"mapping": "x"}),
+                        ("alphapruning", {"epsilon": 1.5}), ("atp", {"beta": -0.1})]:
         with pytest.raises(PrunekitError):
             allocate(method, stats, 0.5, **bad)
 

@@ -1,4 +1,5 @@
-"""Zero-shot through stock lm-eval on offline twins of the stock tasks (docs/zero_shot.md).
+"""Zero-shot (prunekit/evaluation/zeroshot.py, tasks/) through stock lm-eval on offline twins of the
+stock tasks (docs/zero_shot.md).
 
 Independent references: (1) the STOCK lm-eval task config (prompt templates, choices, target) applied
 to documents the test converts into the Hugging Face schema itself from the raw lines; (2) facts

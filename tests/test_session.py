@@ -1,4 +1,4 @@
-"""Session.sweep, the one experiment loop behind every notebook table: each run starts from the
+"""Session.sweep (prunekit/experiments/session.py), the one experiment loop behind every notebook table: each run starts from the
 dense model, seeds redraw calibration, and unregistered methods are skipped, not faked."""
 from __future__ import annotations
 

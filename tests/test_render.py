@@ -1,4 +1,5 @@
-"""Every notebook renders with profile=quick; structure rules hold (stripped, tagged parameters)."""
+"""Notebook rendering (prunekit/reporting/render.py): every notebook renders with profile=quick; the
+committed notebooks are stripped (nbstripout) and start with a tagged parameters cell."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""SV-NUP (prunekit.allocation.svnup): Shapley estimators on synthetic games, the real layer game on a tiny
+"""SV-NUP (prunekit/allocation/svnup, docs/methods.md §2): Shapley estimators on synthetic games, the real layer game on a tiny
 Llama against a brute-force deep-copied model, and the budget-exact monotone allocation."""
 from __future__ import annotations
 
