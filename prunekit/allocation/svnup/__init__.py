@@ -8,7 +8,7 @@ Three parts:
    held-out set disjoint from the pruning samples. ``game="pruned_coalition"`` takes C as the set of
    *pruned* blocks and ``v(C) = +mean NLL``; in both games a larger Shapley value means "pruning
    this block hurts more" → less sparsity. The pruned weights of every block are computed ONCE
-   from dense-model activations (``calibrate.sequential(..., modifies=False)``), so any coalition
+   from dense-model activations (``prunekit.core.engine.sequential(..., modifies=False)``), so any coalition
    is assembled by copying cached dense / pruned tensors into the Linear weights in place.
    Hidden states entering block k are cached per prefix configuration (blocks < k), so an
    evaluation only runs the blocks from the first one that differs from a cached prefix on.
