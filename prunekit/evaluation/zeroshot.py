@@ -20,7 +20,7 @@ from prunekit.core.data import data_dir as _env_data_dir
 from prunekit.errors import PrunekitError
 from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, has_local_data, write_task_configs
 
-_METRICS = ("acc", "acc_norm", "perplexity")
+_LM_EVAL_METRICS = ("acc", "acc_norm", "perplexity")
 
 
 class _DropCustomDatasetNotice(logging.Filter):
@@ -132,7 +132,7 @@ def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_s
     for t, n in lm_names.items():
         r = res["results"][n]
         row = {}
-        for m in _METRICS:
+        for m in _LM_EVAL_METRICS:
             if f"{m},none" in r or m != "perplexity":
                 row[m] = _num(r.get(f"{m},none"))
                 row[f"{m}_stderr"] = _num(r.get(f"{m}_stderr,none"))
