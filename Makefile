@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 export PRUNEKIT_CACHE ?= $(HOME)/.cache/prunekit
 LAB_PORT ?= 8888
 
-.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks clean-reports strip-notebooks \
+.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks strip-notebooks nbstripout-filter \
   peers-venv benchmark-peers
 
 setup: $(STAMP)
@@ -55,7 +55,7 @@ test-fast: setup
 
 # renders every notebook with profile=quick on its own model (SmolLM2), not the tiny one (~25 min)
 test-notebooks: setup
-	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_notebooks.py
+	PRUNEKIT_TEST_NOTEBOOKS=1 $(BIN)/python -m pytest -q tests/test_render.py
 
 reports: setup
 	$(BIN)/python -m prunekit.reporting --profile $(PROFILE)
@@ -87,7 +87,17 @@ $(PEERS_STAMP): benchmarks/requirements-peers.txt benchmarks/peers-constraints.t
 benchmark-peers: setup peers-venv
 	$(BIN)/python -m benchmarks.peers --peer-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
 
-# strip outputs and regenerate the Colab badge / install cell from pyproject's repository URL
+# Notebooks are committed without outputs: nbstripout, keeping cell ids and dropping papermill's metadata.
+NBSTRIPOUT_KEYS := metadata.papermill cell.metadata.papermill
 strip-notebooks: setup
-	$(BIN)/python -m prunekit.reporting --strip
+	$(BIN)/nbstripout --keep-id --extra-keys "$(NBSTRIPOUT_KEYS)" notebooks/*.ipynb
+	# and regenerate the Colab badge / install cell from pyproject's repository URL
 	$(BIN)/python -m prunekit.reporting.colab
+
+# installs the `nbstripout` git filter that .gitattributes names (once per clone): `git add` then
+# strips every notebook as strip-notebooks does
+nbstripout-filter: setup
+	$(BIN)/nbstripout --install --attributes .gitattributes
+	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id'
+	git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout --keep-id -t'
+	git config filter.nbstripout.extrakeys "$(NBSTRIPOUT_KEYS)"

@@ -2,7 +2,7 @@
 
     python -m benchmarks.absorption [--model smollm2-135m] [--samples 4] [--seqlen 128] [--draws 1]
 
-Goal (issue 6): ≤ 1.2 × number of blocks dense-forward equivalents, with the clean run computed once
+Goal: ≤ 1.2 × number of blocks dense-forward equivalents, with the clean run computed once
 and reused. Reports wall time and the deterministic count of decoder-block calls (÷ L = forward
 equivalents, immune to CPU contention).
 """

@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
     from prunekit.allocation.svnup.shapley import monte_carlo, sliding_window
     from prunekit.core.data import calibration_data
     from prunekit.core.models import load_model
-    from prunekit.experiments.svnup import _spearman, evaluations_to_reach
+    from prunekit.experiments.correlation import spearman
+    from prunekit.experiments.svnup import evaluations_to_reach
     from prunekit.scoring.statistics import Statistics
 
     if args.threads:
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
         second = (r.values * args.ref_permutations - first * half["permutations"]) / (args.ref_permutations - half["permutations"])
         return {"values": torch.tensor(r.values), "stderr": torch.tensor(r.stderr),
                 "evaluations": torch.tensor([r.evaluations]), "seconds": torch.tensor([r.seconds]),
-                "split_half": torch.tensor([_spearman(first, second)])}
+                "split_half": torch.tensor([spearman(first, second)])}
 
     t0 = time.perf_counter()
     ref_d = stats.cached("svnup_benchmark_reference", reference, target=args.target, metric=args.metric,
@@ -98,12 +99,12 @@ def main(argv=None) -> dict:
     b0 = game.blocks_run
     sw = sliding_window(game, n, args.window, progress=True)  # spec: blocks outside the window pruned
     sw_blocks = (game.blocks_run - b0) / (sw.evaluations * n)
-    rho_sw = _spearman(sw.values, ref)
+    rho_sw = spearman(sw.values, ref)
     print(f"sliding window w={args.window}: {sw.evaluations} evaluations, {sw.seconds:.1f} s, "
           f"Spearman {rho_sw:.3f}, {sw.seconds / sw.evaluations:.3f} s/eval, {sw_blocks:.2f} blocks run per eval / L")
     game.clear_cache()
     sw2 = sliding_window(game, n, args.window, background="both", progress=True)
-    rho_sw2 = _spearman(sw2.values, ref)
+    rho_sw2 = spearman(sw2.values, ref)
     print(f"sliding window w={args.window}, background='both' (mean of pruned and dense outside the window): "
           f"{sw2.evaluations} evaluations, {sw2.seconds:.1f} s, Spearman {rho_sw2:.3f}")
 
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     game.clear_cache()
     b0 = game.blocks_run
     mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=True,
-                     until=lambda t: _spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= cap)
+                     until=lambda t: spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= cap)
     mc_blocks = (game.blocks_run - b0) / (mc.evaluations * n)
     hit = evaluations_to_reach(mc.trace, ref, args.threshold)
     if hit:
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
     else:
         print(f"Monte-Carlo (seed {args.seed}) did NOT reach Spearman {args.threshold} within {mc.evaluations} "
               f"evaluations ({mc.options['n_permutations']} permutations, {mc.seconds:.1f} s); final Spearman "
-              f"{_spearman(mc.values, ref):.3f}")
+              f"{spearman(mc.values, ref):.3f}")
     print(f"Monte-Carlo cost: {mc.seconds / mc.evaluations:.3f} s/eval, {mc_blocks:.2f} blocks run per eval / L")
 
     mc_evals = hit["evaluations"] if hit else mc.evaluations

@@ -1,22 +1,23 @@
-"""Shared fixtures: tiny randomly initialised models of each supported family, built from configs."""
+"""Shared fixtures: THE tiny-model factory (randomly initialised models of each supported family,
+built from configs) and THE synthetic calibration helper; test files use these, not their own."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if "PRUNEKIT_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
-    os.environ["PRUNEKIT_DATA_DIR"] = str(SHARED_DATA)
+# Tests that read the offline datasets take them from $PRUNEKIT_DATA_DIR only (the Makefile points it
+# at ../shared/data) and skip without it.
+needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
 
 
-def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 256):
-    """A tiny random causal LM of family ``kind`` in eval mode, fp32."""
+def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 256, **config):
+    """A tiny random causal LM of family ``kind`` in eval mode, fp32. ``config``: further config
+    fields (e.g. ``max_position_embeddings``, ``tie_word_embeddings``, token ids)."""
     import transformers as tf
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=512)
+    common = {"vocab_size": vocab, "num_hidden_layers": layers, "max_position_embeddings": 512, **config}
     if kind == "llama":
         cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                              num_key_value_heads=2, **common)
@@ -29,8 +30,7 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int =
                                   layer_types=["sliding_attention", "full_attention"] * (layers // 2)
                                   + ["sliding_attention"] * (layers % 2), **common)
     elif kind == "opt":
-        cfg = tf.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_attention_heads=4,
-                           num_hidden_layers=layers, word_embed_proj_dim=64, max_position_embeddings=512)
+        cfg = tf.OPTConfig(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64, **common)
     else:
         raise ValueError(kind)
     cfg._attn_implementation = "eager"
@@ -41,10 +41,21 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int =
 
 
 def tiny_calib(n: int = 6, seqlen: int = 32, vocab: int = 256, seed: int = 0):
+    """``n`` × ``seqlen`` uniform random token ids (seeded) as a ``Calibration``."""
     from prunekit.core.data import Calibration
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, seqlen), generator=g)
     return Calibration(ids, "synthetic", seed, "0" * 64, [(-1, i) for i in range(n)])
+
+
+FAMILIES = ["llama", "qwen2", "gemma3", "opt"]  # the supported families tiny_model builds
+
+
+@pytest.fixture(scope="module")
+def tiny_stats():
+    """Dense ``Statistics`` of the default tiny Llama on 4 × 32 random tokens (no disk cache)."""
+    from prunekit.scoring.statistics import Statistics
+    return Statistics(tiny_model(), tiny_calib(n=4, seqlen=32), cache=False, progress=False)
 
 
 class ByteTokenizer:

@@ -1,4 +1,4 @@
-"""Absorption (ALGORITHMS.md §3): drift measurement against independent computations (hand-built
+"""Absorption (prunekit/allocation/absorption, docs/methods.md §3): drift measurement against independent computations (hand-built
 contracting / expanding residual networks, two full forward passes of a pruned copy), seeding,
 and the correction's budget / direction / γ = 0 properties."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reproduction-table verdicts on synthetic sweeps with known outcomes."""
+"""Reproduction-table verdicts (prunekit/experiments/comparison.py) on synthetic sweeps with known outcomes."""
 import numpy as np
 import pandas as pd
 

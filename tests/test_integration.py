@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
+from conftest import needs_data
 
 pytestmark = pytest.mark.slow
 
-needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
 
 
 @pytest.fixture(scope="module")

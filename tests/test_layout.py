@@ -95,3 +95,16 @@ def test_import_direction_test_catches_an_upward_import(tmp_path, monkeypatch):
             test_imports_point_downward(fake)
     finally:
         fake.unlink()
+
+
+# test files that test no single module (tests/test_<name>.py)
+CROSS_CUTTING = {"integration", "layout"}
+
+
+def test_each_test_file_mirrors_a_module():
+    """tests/test_<name>.py tests prunekit's module or package <name>, or one aspect of it as
+    tests/test_<name>_<aspect>.py (one scheme, flat names); CROSS_CUTTING lists the exceptions."""
+    names = {p.stem for p in _modules()} | {p.parent.name for p in _modules()}
+    tests = {p.stem.removeprefix("test_") for p in Path(__file__).parent.glob("test_*.py")}
+    stray = sorted(t for t in tests - CROSS_CUTTING if not any(t == n or t.startswith(n + "_") for n in names))
+    assert not stray, f"test files that mirror no module: {stray}"

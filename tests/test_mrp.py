@@ -1,38 +1,24 @@
-"""MRP allocation and the MRP findings (prunekit.allocation.mrp, prunekit.experiments.mrp_findings) on tiny random models.
+"""MRP allocation (prunekit/allocation/mrp.py, docs/methods.md §1) on tiny random models.
 
 Every check compares against an independent computation: budget identities, brute-force masks from
-the solvers' own mask functions, a full-model forward pass of a pruned copy."""
+the solvers' own mask functions."""
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_calib, tiny_model
 
 from prunekit.allocation import mrp
 from prunekit.allocation.registry import allocate
-from prunekit.core.data import Calibration
 from prunekit.core.models import layout
-from prunekit.evaluation.perplexity import window_nlls
 from prunekit.experiments import mrp_findings as analysis
 from prunekit.scoring.statistics import Statistics
 from prunekit.solvers.masks import _global_mask, magnitude_mask, wanda_mask
 from prunekit.solvers.prune import prune_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
+
+
 L = 4
-
-
-def tiny_model(seed=0, blocks=L):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=blocks, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()
-    model.config.use_cache = False
-    return model
-
-
-def calib(n=4, seqlen=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Calibration(input_ids=torch.randint(0, 256, (n, seqlen), generator=g), dataset="synthetic",
-                       seed=seed, data_sha256="x" * 64, picks=[])
 
 
 @torch.no_grad()
@@ -50,16 +36,11 @@ def heterogeneous_model():
     return model
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
-
-
 @pytest.fixture(scope="module")
 def het():
     model = heterogeneous_model()
-    return Statistics(model, calib(), cache=False, progress=False)
+    return Statistics(model, tiny_calib(n=4, seqlen=16), cache=False, progress=False)
 
-
-# ----------------------------------------------------------------------------- plans
 
 def test_plan_budget_exact_in_bounds_non_uniform(het):
     for target in (0.5, 0.63, 0.8):
@@ -72,7 +53,7 @@ def test_plan_budget_exact_in_bounds_non_uniform(het):
         raw = mrp.mrp(het, target)
         assert abs(raw.global_sparsity - target) < 1e-9
         assert raw.extras["steps"] >= round(target / 0.01) - 1
-        # direction (ALGORITHMS.md §8.3): under the weight-only score the outlier-heavy block 0 is the
+        # direction (docs/methods.md §8.3): under the weight-only score the outlier-heavy block 0 is the
         # least redundant, so it is pruned least
         mag = allocate("mrp", het, target, score="magnitude")
         assert int(np.argmin(mag.per_block)) == 0, mag.per_block
@@ -111,8 +92,6 @@ def test_deterministic(het):
     b = allocate("mrp", het, 0.6, k=2, threshold="current")
     np.testing.assert_array_equal(a.values, b.values)
 
-
-# ----------------------------------------------------------------------------- incremental == brute force
 
 def brute_force_nor(stats, i, s, metric, m, threshold, denominator, blocksize):
     """NOR of block i at sparsity s from the solvers' own mask functions on the dense scores."""
@@ -191,93 +170,6 @@ def test_refresh_is_identity_for_magnitude(het):
     a = allocate("mrp", het, 0.6, score="magnitude", delta=0.05)
     b = allocate("mrp", het, 0.6, score="magnitude", delta=0.05, refresh=4)
     np.testing.assert_allclose(a.values, b.values, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------- LPS
-
-@torch.no_grad()
-def fragile_model(block):
-    """Sharp head (lm_head ×30) and one block whose residual writes (o_proj, down_proj) are ×20: its
-    output dominates the residual stream, so pruning it moves the logits most."""
-    model = tiny_model(seed=3)
-    lay = layout(model)
-    model.lm_head.weight.mul_(30)
-    lay.blocks[block].self_attn.o_proj.weight.mul_(20)
-    lay.blocks[block].mlp.down_proj.weight.mul_(20)
-    return model
-
-
-@torch.no_grad()
-def greedy_ids(model, n=4, seqlen=16, seed=0):
-    """Evaluation text = the dense model's own greedy continuations, so the dense model sits at a
-    low loss and damage shows up as a loss increase (a random model has no "correct" text)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (n, 1), generator=g)
-    for _ in range(seqlen - 1):
-        ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return ids
-
-
-@pytest.mark.parametrize("block,metric", [(1, "wanda"), (2, "magnitude")])
-def test_lps_ranks_fragile_block_first(block, metric):
-    model = fragile_model(block)
-    stats = Statistics(model, calib(), cache=False, progress=False)
-    res = analysis.layer_sensitivity(stats, metric, (0.5, 0.8), eval_ids=greedy_ids(model), progress=False)
-    for s in (0.5, 0.8):
-        v = res.vector(s)
-        assert int(np.argmax(v)) == block, v
-    assert res.cv.loc[0.8] > 0.5
-    assert "non-uniform" in analysis.lps_verdict(res, 0.8)
-
-
-@pytest.mark.parametrize("metric", ["wanda", "sparsegpt", "magnitude"])
-def test_lps_equals_full_forward_of_pruned_model(metric):
-    """LPS(l, s) = NLL(model with only block l pruned by prune_model) - NLL(dense), full forward."""
-    model = tiny_model(seed=5)
-    cal, ev = calib(seed=0), calib(n=3, seqlen=16, seed=9)
-    stats = Statistics(model, cal, cache=False, progress=False)
-    res = analysis.layer_sensitivity(stats, metric, (0.6,), eval_ids=ev.input_ids, blocks=[1, 3], progress=False)
-    dense_w = {k: v.weight.detach().clone() for k, v in model.named_modules() if isinstance(v, torch.nn.Linear)}
-    stream = ev.input_ids.reshape(1, -1)
-    base = float(window_nlls(model, stream, 16, progress=False).mean())
-    assert abs(res.base_loss - base) < 1e-5
-    for blk in (1, 3):
-        plan = np.zeros(L)
-        plan[blk] = 0.6
-        prune_model(model, cal.input_ids, plan, metric, progress=False)
-        want = float(window_nlls(model, stream, 16, progress=False).mean()) - base
-        got = res.table[(res.table.block == blk)].lps.item()
-        assert abs(got - want) < 1e-4, (blk, got, want)
-        with torch.no_grad():
-            for k, v in model.named_modules():
-                if k in dense_w:
-                    v.weight.copy_(dense_w[k])
-
-
-# ----------------------------------------------------------------------------- findings helpers
-
-def test_spearman_and_bootstrap():
-    x = np.arange(10.0)
-    assert analysis.spearman(x, x ** 3) == pytest.approx(1.0)
-    assert analysis.spearman(x, -x) == pytest.approx(-1.0)
-    from scipy.stats import spearmanr
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=30), rng.normal(size=30)
-    assert analysis.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
-    r1 = analysis.bootstrap_spearman(a, a + 0.1 * b, 300, seed=4)
-    assert r1 == analysis.bootstrap_spearman(a, a + 0.1 * b, 300, seed=4)
-    assert r1[1] <= r1[0] <= r1[2] and r1[1] > 0.8
-
-
-def test_random_allocations_budget_exact_and_seeded():
-    sizes = np.array([[10, 20]] * 6, dtype=float)
-    a = analysis.random_allocations(sizes, 0.6, 5, seed=3)
-    b = analysis.random_allocations(sizes, 0.6, 5, seed=3)
-    for u, v in zip(a, b):
-        np.testing.assert_array_equal(u, v)
-        assert abs((u * sizes.sum(1)).sum() / sizes.sum() - 0.6) < 1e-9
-        assert (u >= 0).all() and (u <= 0.95).all()
-    assert np.std([u.std() for u in a]) > 0  # a range of non-uniformities
 
 
 def test_measured_redundancy_matches_simulation_for_one_shot_masks(het):

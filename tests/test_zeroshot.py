@@ -1,4 +1,5 @@
-"""Zero-shot through stock lm-eval on offline twins of the stock tasks (issue 7).
+"""Zero-shot (prunekit/evaluation/zeroshot.py, tasks/) through stock lm-eval on offline twins of the
+stock tasks (docs/zero_shot.md).
 
 Independent references: (1) the STOCK lm-eval task config (prompt templates, choices, target) applied
 to documents the test converts into the Hugging Face schema itself from the raw lines; (2) facts
@@ -17,9 +18,11 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from conftest import tiny_model
+
 from prunekit.errors import PrunekitError
 
-DATA = Path(os.environ.get("PRUNEKIT_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ.get("PRUNEKIT_DATA_DIR") or "PRUNEKIT_DATA_DIR-not-set")
 if not (DATA / "boolq/val.jsonl").is_file():
     pytest.skip("offline zero-shot data not found (set PRUNEKIT_DATA_DIR)", allow_module_level=True)
 
@@ -229,12 +232,8 @@ def _byte_tokenizer():
 
 
 def _llama(tok, layers=4, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=8192,
+    return tiny_model("llama", layers=layers, seed=seed, vocab=len(tok), max_position_embeddings=8192,
                       tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(cfg).eval()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from typing import Literal
 
 import numpy as np
@@ -11,8 +12,10 @@ from prunekit.allocation.plan import SparsityPlan, block_plan, check_target
 from prunekit.allocation.registry import register
 from prunekit.errors import PrunekitError
 
-ESTIMATORS = ("xmin_peak", "xmin_mid")
-MAPPINGS = ("block_wise", "per_matrix")
+EsdEstimator = Literal["xmin_peak", "xmin_mid"]
+AlphaMapping = Literal["block_wise", "per_matrix"]
+ESD_ESTIMATORS = typing.get_args(EsdEstimator)   # the option's choices, from its type
+ALPHA_MAPPINGS = typing.get_args(AlphaMapping)
 
 
 def _hill(log_ev: np.ndarray, suffix: np.ndarray, i: int) -> float:
@@ -44,8 +47,8 @@ def hill_alpha_from_eigs(eigs, estimator: str = "xmin_peak", fix_lower_bound: bo
     eigenvalues above xmin equal) are treated as non-candidates; the histogram is fp32 like the
     reference, the Hill sums and KS distances are float64 (differences ~1e-6).
     """
-    if estimator not in ESTIMATORS:
-        raise PrunekitError(f"unknown ESD estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
+    if estimator not in ESD_ESTIMATORS:
+        raise PrunekitError(f"unknown ESD estimator '{estimator}'; choose from {', '.join(ESD_ESTIMATORS)}")
     ev = torch.as_tensor(eigs).detach().reshape(-1).to("cpu", torch.float32)
     ev = torch.sort(ev[ev > 0]).values
     N = ev.numel()
@@ -140,7 +143,7 @@ def alpha_mapping(alphas, sizes, target: float, epsilon: float = 0.3,
     if mapping == "block_wise":
         a = np.repeat(a.mean(axis=1, keepdims=True), a.shape[1], axis=1)
     elif mapping != "per_matrix":
-        raise PrunekitError(f"unknown AlphaPruning mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+        raise PrunekitError(f"unknown AlphaPruning mapping '{mapping}'; choose from {', '.join(ALPHA_MAPPINGS)}")
     span = a.max() - a.min()
     if span <= 0:
         return np.full(a.shape, target)
@@ -149,11 +152,11 @@ def alpha_mapping(alphas, sizes, target: float, epsilon: float = 0.3,
 
 
 @register("alphapruning", reads=("weights",), bounds={"epsilon": (0.0, 1.0)})
-def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: Literal["xmin_peak", "xmin_mid"] = "xmin_peak",
-                 fix_lower_bound: bool = False, mapping: Literal["block_wise", "per_matrix"] = "block_wise") -> SparsityPlan:
+def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: EsdEstimator = "xmin_peak",
+                 fix_lower_bound: bool = False, mapping: AlphaMapping = "block_wise") -> SparsityPlan:
     """AlphaPruning: heavier-tailed weight spectra (smaller PL α) are pruned less, range S(1±ε).
 
-    Options: ``epsilon`` ε (argparse default 0.3; per-model values in ALGORITHMS.md §5 table,
+    Options: ``epsilon`` ε (argparse default 0.3; per-model values in docs/methods.md §5 table,
     e.g. LLaMA-7B wanda 0.2), ``estimator`` 'xmin_peak' (reference) | 'xmin_mid',
     ``fix_lower_bound`` (False reproduces the reference's log-vs-linear xmin lower bound; True is
     the [I] fix), ``mapping`` 'block_wise' (reference default) | 'per_matrix'.
@@ -161,10 +164,8 @@ def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: Literal[
     Extras: ``alpha`` (L, K) per-matrix alphas, ``alpha_block`` (L,) block means.
     """
     target = check_target(target)
-    if estimator not in ESTIMATORS:
-        raise PrunekitError(f"unknown ESD estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
-    if mapping not in MAPPINGS:
-        raise PrunekitError(f"unknown AlphaPruning mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    # estimator / mapping: checked by the registry (Literal choices) and, for direct calls, by
+    # hill_alpha_from_eigs / alpha_mapping
     alphas = model_alphas(stats, estimator, fix_lower_bound)
     s = alpha_mapping(alphas, stats.sizes, target, epsilon, mapping)
     return block_plan(stats, target, s, "alphapruning",
@@ -172,5 +173,3 @@ def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: Literal[
                   "fix_lower_bound": bool(fix_lower_bound), "mapping": mapping},
                  {"alpha": alphas, "alpha_block": alphas.mean(axis=1), "raw": s})
 
-
-# ============================================================================ ATP (§7)

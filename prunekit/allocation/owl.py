@@ -16,7 +16,7 @@ def owl_mapping(lod, target: float, lam: float) -> np.ndarray:
     ``x_l = (LOD_l − min LOD)/(max LOD − min LOD)·2λ``; ``s_l = S − (x_l − mean x)``, so the
     spread max−min is exactly 2λ and the unweighted mean is S; more outliers ⇒ lower sparsity.
     Note: the centring is on mean(x), not on λ, so the values lie in [S − 2λ + x̄, S + x̄]
-    (x̄ = mean x ∈ [0, 2λ]); they equal [S−λ, S+λ] only when x̄ = λ (ALGORITHMS.md §4 says
+    (x̄ = mean x ∈ [0, 2λ]); they equal [S−λ, S+λ] only when x̄ = λ (docs/methods.md §4 says
     "s ∈ [S−λ, S+λ]", which holds for the spread, not for the end points).
 
     [I] degenerate input (all LOD equal, or a single block) ⇒ uniform ``S`` (the reference code
@@ -59,6 +59,3 @@ def owl(stats, target: float, m: float = 5.0, lam: float = 0.08,
     s = owl_mapping(lod, target, lam)
     return block_plan(stats, target, s, "owl", {"m": float(m), "lam": float(lam), "metric": metric},
                  {"lod": lod, "raw": s, "degenerate": bool(np.ptp(lod) == 0)})
-
-
-# ============================================================================ AlphaPruning (§5)

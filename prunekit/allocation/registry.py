@@ -10,8 +10,13 @@ outlier ratios, ESD alphas, the model itself) with on-disk caching. A method reg
   caller did not set it (MRP ranks by the solver's own score, its principle 2); ``None`` for
   methods that do not depend on the solver.
 * ``reads``: the statistics the method reads (documentation and cache planning).
-* ``exact``: the method's raw output already meets the budget (``fit_budget`` is then a no-op,
-  which the registry-wide test asserts); other methods rely on ``allocate``'s budget fit.
+* ``exact``: the raw output also lies within the default bounds [0, 0.99] for every target, so
+  ``fit_budget`` is a no-op (uniform). Every method, exact or not, returns a raw output that meets
+  the budget (parameter-weighted mean = target; its own mapping does it: AlphaPruning's rescale,
+  MRP's partial last step, SV-NUP's shift, and — for blocks of equal size, as in every supported
+  family — OWL's centring, ATP's symmetric schedule, absorption's zero-mean Δ); ``allocate`` then
+  only clips to [s_min, s_max] and restores the budget. ``tests/test_registry.py`` asserts both on
+  the raw output.
 * ``wraps``: the option naming another registered method it wraps (absorption's ``base``).
 * ``options``: typed options derived from the signature (``Literal`` gives the choices) plus the
   declared ``bounds``; ``check_options`` validates a dict of options against them before any work.

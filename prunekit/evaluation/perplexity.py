@@ -1,4 +1,4 @@
-"""Evaluate: perplexity with the Wanda/SparseGPT/OWL protocol (ALGORITHMS.md §0.3), zero-shot via lm-eval.
+"""Evaluate: perplexity with the Wanda/SparseGPT/OWL protocol (docs/methods.md §0.3), zero-shot via lm-eval.
 
 Perplexity: the split tokenised once as one sequence; ``n = numel // seqlen`` non-overlapping
 windows (tail dropped, no BOS re-inserted); per window the mean CE over its ``seqlen-1`` predicted

@@ -1,4 +1,4 @@
-"""Zero-shot accuracy of the in-memory (pruned) model with STOCK lm-eval (ALGORITHMS.md §0.4).
+"""Zero-shot accuracy of the in-memory (pruned) model with STOCK lm-eval (docs/methods.md §0.4).
 
 Users always pass stock lm-eval task names (boolq, rte, hellaswag, winogrande, arc_easy,
 arc_challenge, openbookqa, piqa, lambada_openai). When ``$PRUNEKIT_DATA_DIR`` holds a task's files,
@@ -16,11 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
+from prunekit.core.data import data_dir as _env_data_dir
 from prunekit.errors import PrunekitError
 from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, has_local_data, write_task_configs
-from prunekit.evaluation.tasks import data_dir as _env_data_dir
 
-_METRICS = ("acc", "acc_norm", "perplexity")
+_LM_EVAL_METRICS = ("acc", "acc_norm", "perplexity")
 
 
 class _DropCustomDatasetNotice(logging.Filter):
@@ -132,7 +132,7 @@ def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_s
     for t, n in lm_names.items():
         r = res["results"][n]
         row = {}
-        for m in _METRICS:
+        for m in _LM_EVAL_METRICS:
             if f"{m},none" in r or m != "perplexity":
                 row[m] = _num(r.get(f"{m},none"))
                 row[f"{m}_stderr"] = _num(r.get(f"{m}_stderr,none"))

@@ -65,7 +65,7 @@ class Claim:
     metric: str
     sparsity: float
     paper_change: float | None  # relative ppl change the paper reports (negative = better)
-    source: str       # where the number comes from (ALGORITHMS.md section / tag)
+    source: str       # where the number comes from (docs/methods.md section / tag)
     quantity: str = "ppl_wikitext2"
 
 

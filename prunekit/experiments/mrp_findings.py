@@ -1,4 +1,4 @@
-"""Analysis: MRP's three findings (arXiv:2503.18377, ALGORITHMS.md §1) as measurements.
+"""Analysis: MRP's three findings (arXiv:2503.18377, docs/methods.md §1) as measurements.
 
 1. ``layer_sensitivity``: layerwise pruning sensitivity (LPS) — the increase of the mean NLL on
    evaluation windows when only block l is pruned at sparsity s — and its coefficient of variation
@@ -34,6 +34,7 @@ from prunekit.allocation.registry import methods as registered_methods
 from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
+from prunekit.experiments.correlation import bootstrap_spearman, coefficient_of_variation, spearman  # noqa: F401 (notebook API)
 from prunekit.scoring.statistics import Statistics
 from prunekit.solvers.prune import METRICS, prune_block, prune_model
 
@@ -127,13 +128,6 @@ class LPSResult:
         return t.sort_values("block").lps.to_numpy()
 
 
-def coefficient_of_variation(x) -> float:
-    """std/mean over blocks (population std); NaN when the mean is not positive."""
-    x = np.asarray(x, dtype=float)
-    m = x.mean()
-    return float(x.std() / m) if m > 0 else float("nan")
-
-
 @torch.no_grad()
 def layer_sensitivity(source, metric: str = "wanda", sparsities=(0.5, 0.7, 0.9), *, eval_ids=None,
                       calib=None, blocks=None, bounds: Boundaries | None = None, batch_size: int | None = None,
@@ -208,30 +202,6 @@ def lps_verdict(res: LPSResult, sparsity: float | None = None, cutoff: float = 0
 def _ranks(x: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
     return rankdata(-np.asarray(x, dtype=float), method="average")  # rank 1 = most sensitive
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation (Pearson on average ranks; ties averaged)."""
-    from scipy.stats import rankdata
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
-def bootstrap_spearman(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(rho, lo, hi): Spearman correlation and its percentile bootstrap CI (pairs resampled, seeded)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        r = spearman(x[idx], y[idx])
-        if np.isfinite(r):
-            boots.append(r)
-    a = (1 - level) / 2
-    lo, hi = (np.quantile(boots, [a, 1 - a]) if boots else (np.nan, np.nan))
-    return spearman(x, y), float(lo), float(hi)
 
 
 @dataclass
@@ -425,7 +395,7 @@ def findings_table(lps: LPSResult | None = None, dep: MetricDependency | None = 
 
 # ----------------------------------------------------------------------------- MRP vs baselines / ablations
 
-def compare_allocations(session, variants: dict, metrics=("wanda",), sparsities=(0.7,), *, m: float = 5.0,
+def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities=(0.7,), *, m: float = 5.0,
                         denominator: str = "surviving") -> pd.DataFrame:
     """``Session.sweep`` over variants (label -> (allocation, options)) × metric × sparsity that also
     measures, on each pruned model, the redundancy levels (non-outlier ratio under that metric's

@@ -8,13 +8,8 @@ import numpy as np
 
 from prunekit.allocation.svnup.shapley import ShapleyResult, monte_carlo, sliding_window
 from prunekit.errors import PrunekitError
+from prunekit.experiments.correlation import spearman
 from prunekit.experiments.profiles import SVNUP
-
-
-def _spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-    r = spearmanr(a, b).statistic
-    return float(r) if np.isfinite(r) else float("nan")
 
 
 def _rel_error(a, ref) -> float:
@@ -25,7 +20,7 @@ def evaluations_to_reach(trace: list[dict], reference, threshold: float = 0.9) -
     """First Monte-Carlo checkpoint whose Spearman ρ against ``reference`` is ≥ ``threshold``
     (None if never reached): {permutations, evaluations, seconds, spearman}."""
     for t in trace:
-        r = _spearman(t["values"], reference)
+        r = spearman(t["values"], reference)
         if r >= threshold:
             return {"permutations": t["permutations"], "evaluations": t["evaluations"],
                     "seconds": t["seconds"], "spearman": r}
@@ -62,14 +57,14 @@ def approximation_study(v: Callable, n: int, reference_permutations: int = 200, 
         rows.append({"estimator": "sliding_window" + ("_disjoint" if dj else ""),
                      "setting": f"w={min(w, n)}" + ("" if bg == "absent" else f",{bg}"),
                      "evaluations": r.evaluations, "seconds": r.seconds,
-                     "spearman": _spearman(r.values, ref), "rel_error": _rel_error(r.values, ref)})
+                     "spearman": spearman(r.values, ref), "rel_error": _rel_error(r.values, ref)})
     clear()
     mc = monte_carlo(v, n, mc_permutations, mc_seed, progress=progress)
     ks = sorted({int(round(x)) for x in np.geomspace(1, mc_permutations, checkpoints)} | {mc_permutations})
     for k in ks:
         t = mc.trace[k - 1]
         rows.append({"estimator": "monte_carlo", "setting": f"perms={k}", "evaluations": t["evaluations"],
-                     "seconds": t["seconds"], "spearman": _spearman(t["values"], ref),
+                     "seconds": t["seconds"], "spearman": spearman(t["values"], ref),
                      "rel_error": _rel_error(t["values"], ref)})
     df = pd.DataFrame(rows)
     df.attrs["reference"] = {"values": ref.tolist(), "stderr": None if reference.stderr is None else reference.stderr.tolist(),
@@ -118,7 +113,7 @@ def notebook_defaults(profile: str = "quick", **overrides) -> dict:
     return out
 
 
-def compare_allocations(session, sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"),
+def compare_svnup(session, sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"),
                         allocations=("uniform", "owl", "alphapruning", "svnup"), svnup_options: dict | None = None,
                         game_metric: str = "wanda"):
     """``Session.sweep`` of every (metric, allocation, sparsity); unregistered allocations are skipped

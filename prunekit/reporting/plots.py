@@ -75,7 +75,7 @@ def realised_sparsity(records: dict, ax=None, title: str = "Realised sparsity pe
     return ax.figure
 
 
-# ---------------------------------------------------------------- absorption (issue 6)
+# ---------------------------------------------------------------- absorption (notebook 40)
 
 def perplexity_bars(table, value="wikitext2_ppl", label="metric", dense_label="dense", ax=None,
                     title="WikiText-2 perplexity, dense vs pruned"):
@@ -318,7 +318,7 @@ def comparison_lines(summary, value: str = "ppl_wikitext2_mean", title: str | No
     return fig
 
 
-# ---------------------------------------------------------------- MRP findings and MRP (issue 4)
+# ---------------------------------------------------------------- MRP findings and MRP (notebooks 20, 21)
 
 def mrp_lps(table, title=None):
     """Layerwise pruning sensitivity (``analysis.layer_sensitivity`` / ``metric_dependency`` table):

@@ -4,7 +4,9 @@ For each ``notebooks/NN_*.ipynb``: papermill runs it with ``profile`` into a sta
 (results JSON included, via ``PRUNEKIT_REPORT_DIR``); on success the HTML and JSON replace the
 previous ones atomically; on failure ``reports/<name>.failed.html`` shows the error, the previous
 good report stays, and the command exits non-zero. ``reports/index.html`` links everything with a
-one-line summary each. ``--strip`` clears notebook outputs in place (what gets committed).
+one-line summary each.
+Notebooks are committed stripped by nbstripout (``make strip-notebooks``; ``make nbstripout-filter``
+installs it as the git filter named in ``.gitattributes``).
 """
 from __future__ import annotations
 
@@ -26,27 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (notebooks/, report
 
 def notebooks(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
-
-
-def strip(path: Path) -> bool:
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    changed = False
-    for c in nb.cells:
-        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count")):
-            c.outputs, c.execution_count = [], None
-            changed = True
-        for k in ("papermill", "execution"):
-            if k in c.metadata:
-                del c.metadata[k]
-                changed = True
-    for k in ("papermill",):
-        if k in nb.metadata:
-            del nb.metadata[k]
-            changed = True
-    if changed:
-        atomic_write_text(path, nbformat.writes(nb) + "\n")
-    return changed
 
 
 def _title(path: Path) -> str:
@@ -228,15 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None,
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    ap.add_argument("--strip", action="store_true", help="strip outputs of the notebooks in place and exit")
     a = ap.parse_args(argv)
     nbs = notebooks(Path(a.notebooks))
     if a.only:
         nbs = [n for n in nbs if any(n.stem.startswith(p) for p in a.only.split(","))]
-    if a.strip:
-        for nb in nbs:
-            print(("stripped " if strip(nb) else "clean    ") + nb.name)
-        return 0
     runs = []
     for nb in nbs:
         print(f"[reports] {nb.name} (profile={a.profile}) ...", flush=True)

@@ -145,7 +145,7 @@ class Statistics:
 
     def scores(self, i: int, metric: str = "wanda") -> dict[str, torch.Tensor]:
         """Dense importance scores of block i's linears under ``metric``:
-        magnitude |W|, Wanda |W|·||X_j||, SparseGPT W²/[H⁻¹]_jj² (ALGORITHMS.md §1)."""
+        magnitude |W|, Wanda |W|·||X_j||, SparseGPT W²/[H⁻¹]_jj² (docs/methods.md §1)."""
         out = {}
         for n in self.linear_names:
             W = self.weight(i, n).float()

@@ -1,7 +1,7 @@
 """Prune: magnitude, Wanda and SparseGPT (unstructured and N:M) driven by a per-block/per-matrix plan.
 
 Every metric runs inside the one sequential engine (``calibrate.sequential``). Realised sparsity is
-measured from zeros over the decoder-block linears (ALGORITHMS.md §0.2, check_sparsity).
+measured from zeros over the decoder-block linears (docs/methods.md §0.2, check_sparsity).
 Deviation from the reference code, on purpose: unstructured masks prune exactly ``int(n*s)``
 weights of each comparison group (the reference's ``<= threshold`` prunes ties and one extra).
 """

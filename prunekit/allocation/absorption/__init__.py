@@ -1,6 +1,6 @@
 """Absorption: controlled perturbation experiments and the absorption-aware correction
 ("Beyond Layer Importance in Layer-wise Sparsity: An Inter-Layer Perturbation-Absorption
-Perspective", arXiv 2606.15161; ALGORITHMS.md §3).
+Perspective", arXiv 2606.15161; docs/methods.md §3).
 
 Measurement (``Probe``)
     A perturbation is injected at the output of decoder block ``l`` and the perturbed hidden
@@ -77,7 +77,7 @@ from prunekit.solvers.prune import METRICS, COLLECT, prune_block
 from prunekit.solvers.masks import parse_nm
 
 
-LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (ALGORITHMS.md §3)
+LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (docs/methods.md §3)
 CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
 DEFAULT_GAMMA = LAMBDA_CORR / CLIP  # [I] γ = λ_corr / c
 ETAS = (1e-4, 1e-3, 1e-2, 5e-2, 1e-1, 3e-1)  # 0.3 ≈ the drift pruning one block injects

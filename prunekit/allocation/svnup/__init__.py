@@ -1,4 +1,4 @@
-"""SV-NUP: Shapley-value-based non-uniform layer sparsity (Sun et al., arXiv 2505.01731; ALGORITHMS.md §2).
+"""SV-NUP: Shapley-value-based non-uniform layer sparsity (Sun et al., arXiv 2505.01731; docs/methods.md §2).
 
 Three parts:
 
@@ -8,7 +8,7 @@ Three parts:
    held-out set disjoint from the pruning samples. ``game="pruned_coalition"`` takes C as the set of
    *pruned* blocks and ``v(C) = +mean NLL``; in both games a larger Shapley value means "pruning
    this block hurts more" → less sparsity. The pruned weights of every block are computed ONCE
-   from dense-model activations (``calibrate.sequential(..., modifies=False)``), so any coalition
+   from dense-model activations (``prunekit.core.engine.sequential(..., modifies=False)``), so any coalition
    is assembled by copying cached dense / pruned tensors into the Linear weights in place.
    Hidden states entering block k are cached per prefix configuration (blocks < k), so an
    evaluation only runs the blocks from the first one that differs from a cached prefix on.
@@ -34,7 +34,7 @@ from prunekit.utils import tqdm
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
 from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game
-from prunekit.allocation.svnup.shapley import ESTIMATORS, EXACT_MAX_PLAYERS, estimate
+from prunekit.allocation.svnup.shapley import SHAPLEY_ESTIMATORS, EXACT_MAX_PLAYERS, estimate
 from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, sequential
 from prunekit.core.data import Calibration
 from prunekit.core.engine import next_token_ce
@@ -44,7 +44,7 @@ from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
 
 
-MAPPINGS = ("linear", "rank", "softmax")
+PHI_MAPPINGS = ("linear", "rank", "softmax")
 
 
 # ============================================================================ estimators
@@ -79,7 +79,7 @@ def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam
         p /= p.sum()
         n = np.ones(L) if sizes is None else np.asarray(sizes, dtype=float).reshape(L, -1).sum(1)
         return p * target * n.sum() / (n * p).sum()
-    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
 
 
 @register("svnup", reads=("wanda", "hessian", "calibration"),
@@ -104,10 +104,10 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     target = float(target)
     if not (0.0 < target < 1.0):
         raise PrunekitError(f"sparsity {target} must lie in (0, 1) for SV-NUP")
-    if estimator not in ESTIMATORS:
-        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
-    if mapping not in MAPPINGS:
-        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(MAPPINGS)}")
+    if estimator not in SHAPLEY_ESTIMATORS:
+        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(SHAPLEY_ESTIMATORS)}")
+    if mapping not in PHI_MAPPINGS:
+        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
     if estimator == "exact" and stats.num_blocks > EXACT_MAX_PLAYERS:
         raise PrunekitError(f"exact Shapley over {stats.num_blocks} blocks needs 2^{stats.num_blocks} evaluations; "
                             "use estimator='sliding_window' or 'monte_carlo'")
@@ -134,6 +134,8 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     phi = out["values"].numpy().astype(float)
     sizes = np.asarray(stats.sizes, dtype=float)
     per_block = map_to_sparsity(phi, target, sizes, mapping, lam, temperature)
+    n_block = sizes.sum(1)  # exact budget, §2 mapping step 3: s ← s − (weighted_mean(s) − S)
+    per_block = per_block - ((per_block * n_block).sum() / n_block.sum() - target)
     values = np.repeat(per_block[:, None], sizes.shape[1], axis=1)
     extras = {"shapley": phi, "shapley_stderr": out["stderr"].numpy().astype(float),
               "shapley_evaluations": int(out["evaluations"][0]), "shapley_seconds": float(out["seconds"][0]),

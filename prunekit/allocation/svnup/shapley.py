@@ -152,7 +152,7 @@ BACKGROUNDS = ("absent", "present", "both")
 
 def sliding_window(v: Callable, n: int, window: int = 5, disjoint: bool = False, edge: str = "shift",
                    background: int | str = "absent", keys: str = "bitmask", progress: bool = False) -> ShapleyResult:
-    """Sliding-window Shapley (SWSV, ALGORITHMS.md §2 [I]): φ_l = exact Shapley value of l in the
+    """Sliding-window Shapley (SWSV, docs/methods.md §2 [I]): φ_l = exact Shapley value of l in the
     sub-game of the w players of its window (centred on l; ``edge='shift'`` keeps size w at the
     ends, ``'truncate'`` cuts it), players outside the window fixed at the background state.
 
@@ -200,14 +200,14 @@ def sliding_window(v: Callable, n: int, window: int = 5, disjoint: bool = False,
                          options={"window": w, "disjoint": disjoint, "edge": edge, "background": background})
 
 
-ESTIMATORS = {"exact": exact, "monte_carlo": monte_carlo, "sliding_window": sliding_window}
+SHAPLEY_ESTIMATORS = {"exact": exact, "monte_carlo": monte_carlo, "sliding_window": sliding_window}
 
 
 def estimate(v: Callable, n: int, estimator: str = "sliding_window", **options) -> ShapleyResult:
     """Dispatch to a named estimator (``exact``, ``monte_carlo``, ``sliding_window``)."""
-    if estimator not in ESTIMATORS:
-        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[estimator](v, n, **options)
+    if estimator not in SHAPLEY_ESTIMATORS:
+        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(SHAPLEY_ESTIMATORS)}")
+    return SHAPLEY_ESTIMATORS[estimator](v, n, **options)
 
 
 # ============================================================================ the layer game

@@ -14,10 +14,10 @@ the lm-eval CLI: ``lm_eval --include_path DIR --tasks prunekit_boolq ...``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prunekit.core.data import data_dir
 from prunekit.errors import PrunekitError
 
 PREFIX = "prunekit_"
@@ -82,11 +82,6 @@ dataset_kwargs:
 custom_dataset: !function prunekit.evaluation.tasks.utils.{loader}
 {splits}
 """
-
-
-def data_dir() -> Path | None:
-    d = os.environ.get("PRUNEKIT_DATA_DIR")
-    return Path(d) if d else None
 
 
 def stock_tasks_dir() -> Path:

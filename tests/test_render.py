@@ -1,4 +1,5 @@
-"""Every notebook renders with profile=quick; structure rules hold (stripped, tagged parameters)."""
+"""Notebook rendering (prunekit/reporting/render.py): every notebook renders with profile=quick; the
+committed notebooks are stripped (nbstripout) and start with a tagged parameters cell."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import needs_data
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -19,8 +21,24 @@ def test_committed_stripped_with_parameters_cell(nb):
     assert "profile" in "".join(code[0]["source"])
 
 
+def test_committed_notebooks_are_what_nbstripout_writes(tmp_path):
+    """`make strip-notebooks` (nbstripout with the Makefile's flags) leaves every committed notebook
+    byte for byte unchanged, papermill metadata included."""
+    import re
+    import subprocess
+    import sys
+    make = (NOTEBOOKS[0].parents[1] / "Makefile").read_text()
+    keys = re.search(r"^NBSTRIPOUT_KEYS := (.*)$", make, re.M).group(1)
+    for nb in NOTEBOOKS:
+        (tmp_path / nb.name).write_bytes(nb.read_bytes())
+    subprocess.run([sys.executable, "-m", "nbstripout", "--keep-id", "--extra-keys", keys,
+                    *(str(tmp_path / nb.name) for nb in NOTEBOOKS)], check=True, cwd=tmp_path)
+    changed = [nb.name for nb in NOTEBOOKS if (tmp_path / nb.name).read_bytes() != nb.read_bytes()]
+    assert not changed, f"not stripped: {changed}; run `make strip-notebooks`"
+
+
 @pytest.mark.slow  # uses the real model cache (the tiny model borrows SmolLM2's tokenizer)
-@pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
+@needs_data
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     """CI renders every notebook with profile=quick. On the tiny random model by default (every cell

@@ -1,15 +1,14 @@
-"""Session.sweep, the one experiment loop behind every notebook table: each run starts from the
+"""Session.sweep (prunekit/experiments/session.py), the one experiment loop behind every notebook table: each run starts from the
 dense model, seeds redraw calibration, and unregistered methods are skipped, not faked."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
-from conftest import ByteTokenizer, tiny_model
+from conftest import ByteTokenizer, needs_data, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")]
+              needs_data]
 
 KW = dict(calib_samples=4, calib_seqlen=32, eval_seqlen=64, eval_windows=2, batch_size=4, progress=False)
 

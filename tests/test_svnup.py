@@ -1,4 +1,4 @@
-"""SV-NUP (prunekit.allocation.svnup): Shapley estimators on synthetic games, the real layer game on a tiny
+"""SV-NUP (prunekit/allocation/svnup, docs/methods.md §2): Shapley estimators on synthetic games, the real layer game on a tiny
 Llama against a brute-force deep-copied model, and the budget-exact monotone allocation."""
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_calib, tiny_model
+from conftest import needs_data, tiny_calib, tiny_model
 
 from prunekit.allocation.registry import allocate
 from prunekit.allocation.svnup import map_to_sparsity
 from prunekit.allocation.svnup.game import LayerGame
 from prunekit.allocation.svnup.shapley import exact, monte_carlo, sliding_window
-from prunekit.core.data import Calibration
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
 from prunekit.scoring.statistics import Statistics
@@ -130,13 +129,6 @@ def test_sliding_window_uses_background_outside_window():
 
 # ----------------------------------------------------------------------------- the real layer game
 
-def synthetic(n, seqlen, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (n, seqlen), generator=g)
-    return Calibration(input_ids=ids, dataset="synthetic", seed=seed, data_sha256="x" * 64,
-                       picks=[(-1, i) for i in range(n)])
-
-
 def brute_nll(model, calib_ids, heldout_ids, dense_blocks, target, metric):
     """From scratch: deep copy, Wanda norms from one hooked full dense forward, prune the blocks
     outside ``dense_blocks``, full forward over the held-out set."""
@@ -172,7 +164,7 @@ def brute_nll(model, calib_ids, heldout_ids, dense_blocks, target, metric):
 @pytest.mark.parametrize("metric,store", [("wanda", "weights"), ("magnitude", "masks"), ("wanda", "masks")])
 def test_layer_game_swap_equals_brute_force_and_restores(metric, store):
     model = tiny_model("llama", layers=4, seed=1)
-    calib, held = synthetic(4, 24, 0), synthetic(3, 20, 1)
+    calib, held = tiny_calib(n=4, seqlen=24, seed=0), tiny_calib(n=3, seqlen=20, seed=1)
     dense_state = copy.deepcopy(model.state_dict())
     with LayerGame(model, calib.input_ids, held, 0.6, metric, batch_size=2, store=store, progress=False) as g:
         for dense_blocks in ({0, 2}, {1}, set(), {0, 1, 2, 3}, {3}):
@@ -195,7 +187,7 @@ def _dense_copy(model, state):
 
 def test_exact_layer_game_efficiency_and_pruned_coalition_dual():
     model = tiny_model("llama", layers=4, seed=2)
-    calib, held = synthetic(4, 24, 0), synthetic(2, 24, 1)
+    calib, held = tiny_calib(n=4, seqlen=24, seed=0), tiny_calib(n=2, seqlen=24, seed=1)
     with LayerGame(model, calib.input_ids, held, 0.7, "wanda", batch_size=2, progress=False) as g:
         r = exact(g, g.n)
         assert r.evaluations == 16
@@ -226,7 +218,7 @@ def test_mapping_is_monotone(mapping):
 
 def test_svnup_allocation_is_budget_exact_and_monotone():
     model = tiny_model("llama", layers=4, seed=3)
-    calib, held = synthetic(4, 24, 0), synthetic(2, 24, 1)
+    calib, held = tiny_calib(n=4, seqlen=24, seed=0), tiny_calib(n=2, seqlen=24, seed=1)
     stats = Statistics(model, calib, progress=False)
     before = copy.deepcopy(model.state_dict())
     plan = allocate("svnup", stats, 0.5, estimator="exact", heldout=held, lam=0.2)
@@ -254,7 +246,7 @@ def test_svnup_allocation_is_budget_exact_and_monotone():
 def test_svnup_rejects_bad_options():
     model = tiny_model("llama", layers=4, seed=3)
     stats = Statistics(model, tiny_calib(n=2, seqlen=16), progress=False)
-    held = synthetic(2, 16, 1)
+    held = tiny_calib(n=2, seqlen=16, seed=1)
     for bad in (dict(estimator="nope"), dict(mapping="nope"), dict(base_metric="nope"), dict(game="nope")):
         with pytest.raises(PrunekitError):
             allocate("svnup", stats, 0.5, heldout=held, **bad)
@@ -264,7 +256,7 @@ def test_svnup_rejects_bad_options():
 def test_layer_game_other_families(kind):
     # the generic head (blocks replaced by a replay) must match a plain forward on every family
     model = tiny_model(kind, layers=3, seed=4)
-    calib, held = synthetic(2, 16, 0), synthetic(2, 16, 1)
+    calib, held = tiny_calib(n=2, seqlen=16, seed=0), tiny_calib(n=2, seqlen=16, seed=1)
     dense_state = copy.deepcopy(model.state_dict())
     with LayerGame(model, calib.input_ids, held, 0.5, "magnitude", progress=False) as g:
         assert abs(-g(g.full) - g.plain_forward_nll()) < 1e-5
@@ -272,6 +264,7 @@ def test_layer_game_other_families(kind):
         assert abs(-g(0b010) - want) < 1e-5 * max(1.0, want)
 
 
+@needs_data
 def test_heldout_is_disjoint_from_pruning_samples(byte_tokenizer):
     from prunekit.allocation.svnup.game import heldout_data
     from prunekit.core.data import calibration_data

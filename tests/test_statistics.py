@@ -1,4 +1,4 @@
-"""The statistics cache: a sweep reuses dense statistics (zero dense passes on a warm cache); a
+"""Statistics and its cache (prunekit/scoring/statistics.py): a sweep reuses dense statistics (zero dense passes on a warm cache); a
 corrupt, truncated or misplaced entry is detected and recomputed, never used."""
 from __future__ import annotations
 
