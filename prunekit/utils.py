@@ -61,6 +61,8 @@ def check_writable(path: str | Path, what: str = "output", directory: bool = Fal
     parent = path.parent if str(path.parent) else Path(".")
     if not str(path) or path.name in ("", ".", ".."):
         raise PrunekitError(f"{what} '{path}' is not a file name")
+    if parent.exists() and not parent.is_dir():
+        raise PrunekitError(f"cannot write {what} {path}: {parent} is a file, not a directory (directory does not exist)")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
