@@ -87,7 +87,7 @@ class Option:
                 value = float(value)
                 if not math.isfinite(value):
                     raise PrunekitError(f"{where} must be a finite number, got {value}")
-            elif t in (dict, str, list) and not isinstance(value, t):
+            elif t in (dict, list) and not isinstance(value, t):
                 raise TypeError(value)
         except (TypeError, ValueError):
             raise PrunekitError(f"{where} must be of type {t.__name__}, got {value!r}") from None
