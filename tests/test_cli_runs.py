@@ -128,3 +128,22 @@ def test_reports_missing_notebooks_dir_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bars_follow_the_terminal_policy(tiny_dir, tmp_path):
+    """Subprocess with stderr to a pipe (a log file): no bars at all, not even transformers'
+    "Loading weights"; --progress forces them; TQDM_DISABLE=1 wins over --progress."""
+    import subprocess
+    import sys
+    base = [sys.executable, "-m", "prunekit.cli", "eval", "--model", str(tiny_dir), "--eval-windows", "1",
+            "--eval-seqlen", "32"]
+    env = {**os.environ, "PRUNEKIT_CACHE": str(tmp_path / "cache")}
+    env.pop("TQDM_DISABLE", None)
+    env.pop("PRUNEKIT_PROGRESS", None)
+    runs = {"pipe": (base, env), "forced": (base + ["--progress"], env),
+            "tqdm-disable": (base + ["--progress"], {**env, "TQDM_DISABLE": "1"})}
+    err = {k: subprocess.run(a, env=e, capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                             timeout=300).stderr for k, (a, e) in runs.items()}
+    assert "it/s" not in err["pipe"] and "Loading weights" not in err["pipe"], err["pipe"]
+    assert "Loading weights" in err["forced"] and "ppl[wikitext2]" in err["forced"]
+    assert "it/s" not in err["tqdm-disable"] and "Loading weights" not in err["tqdm-disable"]

@@ -193,8 +193,10 @@ def load_arrays(path: Path, identity: dict) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        man = json.loads(str(arrays.pop("manifest")))
-        if man.get("identity") != identity:
+        man = json.loads(str(arrays.pop("manifest"))) if "manifest" in arrays else None
+        if man is None:
+            why = "no manifest (written by an older prunekit)"
+        elif man.get("identity") != identity:
             why = f"it stands for {man.get('identity')}, not {identity}"
         elif man.get("sha256") != _arrays_sha(arrays):
             why = "content does not match its hash"
