@@ -180,6 +180,7 @@ CASES = [
 # Path cases: setup(ws, model_dir) -> substitutions for {model}, {out}, {save}, and env
 PATH_CASES = [
     ("model-unknown", lambda ws, md: {"model": "no-such-model"}, "unknown model"),
+    ("model-hub-offline", lambda ws, md: {"model": "nobody/no-such-model"}, "Hugging Face hub"),
     ("model-gguf-missing", lambda ws, md: {"model": str(ws / "x.gguf")}, "GGUF file not found"),
     ("model-gguf-magic", lambda ws, md: {"model": str(_write(ws / "x.gguf", b"NOPE" + b"\0" * 64))}, "bad magic"),
     ("model-gguf-truncated", lambda ws, md: {"model": str(_write(ws / "x.gguf", b"GGUF\x03\0\0\0"))}, "GGUF header"),

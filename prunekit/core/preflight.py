@@ -187,4 +187,26 @@ def peek_model(name: str) -> ModelInfo:
     if p.is_dir():
         return check_model_dir(p, name)
     kind, loc = M.resolve(name)  # raises for anything else that is not a hub id
-    return ModelInfo(name, kind, None)
+    cfg = _hub_config(name)
+    mt, blocks, pos = _config_info(cfg)
+    if mt not in supported_types():
+        raise PrunekitError(f"model '{name}': unsupported model_type '{mt}'; supported: "
+                            f"{', '.join(sorted(supported_types()))}")
+    return ModelInfo(name, kind, None, mt, blocks, pos)
+
+
+def _hub_config(name: str) -> dict:
+    """config.json of a hub model (a few KB, cached by huggingface_hub), its retry chatter muted."""
+    import logging
+    lg = logging.getLogger("huggingface_hub")
+    level = lg.level
+    lg.setLevel(logging.CRITICAL)
+    try:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(name, "config.json")
+        return json.loads(Path(path).read_text())
+    except Exception as e:
+        raise PrunekitError(f"model '{name}': cannot get its config.json from the Hugging Face hub "
+                            f"({type(e).__name__}); check the id and the network, or give a local directory") from None
+    finally:
+        lg.setLevel(level)
