@@ -56,3 +56,15 @@ def test_prune_count_rounds_not_truncates():
     score = torch.rand(8, 64, generator=torch.Generator().manual_seed(0))
     assert int(_row_mask(score, 0.5 - 1e-12).sum()) == 8 * 32
     assert int(_global_mask(score, 0.75 - 1e-12).sum()) == 384
+
+
+@pytest.mark.parametrize("bs", [0, -2])
+def test_library_rejects_nonpositive_batch_size(bs):
+    """range(0, n, -2) is empty: no calibration data would be captured and SparseGPT would zero
+    every weight from an all-zero Hessian. The engine refuses instead."""
+    from prunekit.errors import PrunekitError
+    from prunekit.solvers.prune import prune_model
+    model = tiny_model("llama")
+    with pytest.raises(PrunekitError, match="batch_size"):
+        prune_model(model, tiny_calib().input_ids, 0.5, "sparsegpt", batch_size=bs, progress=False)
+    assert all(int((p == 0).sum()) == 0 for p in model.parameters() if p.dim() == 2)

@@ -62,14 +62,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_staging(folder: Path) -> list[Path]:
-    """Remove staging files/directories in ``folder`` whose writer is gone; returns what was removed."""
+def clean_staging(folder: Path, prefix: str = ".") -> list[Path]:
+    """Remove staging files/directories in ``folder`` (names starting with ``prefix``) whose writer
+    is gone; returns what was removed."""
     removed = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         m = _STAGING.search(p.name)
-        if not p.name.startswith(".") or m is None or _alive(int(m.group(1))):
+        if not p.name.startswith(prefix) or m is None or _alive(int(m.group(1))):
             continue
         try:
             if p.is_dir() and not p.is_symlink():

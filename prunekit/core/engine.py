@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunekit.core.models import layout
+from prunekit.errors import PrunekitError
 
 _DROP = ("cache", "past_key_values", "past_key_value", "layer_past")
 
@@ -67,6 +68,9 @@ class BlockInputs:
 @torch.no_grad()
 def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
     """Hidden states entering block 0 and every block's kwargs, for ``input_ids`` (n, seqlen)."""
+    if int(batch_size) < 1 or input_ids.shape[0] < 1:  # range(0, n, -2) is empty: no data, all-zero Hessians
+        raise PrunekitError(f"calibration needs batch_size >= 1 and at least one window, got "
+                            f"batch_size={batch_size}, {input_ids.shape[0]} windows")
     lay = layout(model)
     dev = next(model.parameters()).device
     originals = list(lay.blocks)

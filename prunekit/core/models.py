@@ -165,6 +165,7 @@ def _save_dir(model, tok, target: Path, meta: dict | None = None) -> Path:
     """Write model + tokenizer (+ prunekit.json) to a staging directory, then rename into place:
     a crash never leaves a half-written model directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    cache.clean_staging(target.parent, f".{target.name}.tmp-")  # left by a killed earlier save
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{cache.staging_tag()}"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
