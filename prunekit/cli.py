@@ -258,14 +258,36 @@ def _datasets(text: str, flag: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _check_text(name: str, split: str) -> None:
-    """The data file exists, is UTF-8 text and is not empty (read now, not after pruning)."""
+def _check_text(name: str, split: str, seqlen: int | None = None, flag: str = "") -> None:
+    """The data file exists, is UTF-8 text and is not empty (read now, not after pruning), and is
+    long enough for one window of ``seqlen`` tokens (a token spans at least one character, so a
+    text of fewer characters can never fill the window — checked without a tokenizer)."""
     from prunekit.core.data import load_text
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = load_text(name, split)
     if not (t.text or "").strip() and not any((d or "").strip() for d in (t.docs or [])):
         raise PrunekitError(f"dataset '{name}' ({split}) from {t.origin} holds no text")
+    if seqlen is not None:
+        longest = len(t.text) if t.text is not None else max(len(d) for d in t.docs)
+        if longest + 2 <= seqlen:
+            what = "text" if t.text is not None else "longest document"
+            raise PrunekitError(f"{flag} {seqlen}: the {what} of dataset '{name}' ({split}) has only {longest} "
+                                f"characters, fewer than {seqlen} tokens")
+
+
+def _check_environment() -> None:
+    """Variables that would otherwise fail deep inside a run."""
+    from prunekit.core.models import cache_dir
+    th = os.environ.get("PRUNEKIT_THREADS", "")
+    if th and not (th.isdigit() and int(th) >= 1):
+        raise PrunekitError(f"PRUNEKIT_THREADS={th!r} must be a positive integer")
+    c = cache_dir()
+    probe = c
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PrunekitError(f"PRUNEKIT_CACHE={c} is not a writable directory ({probe} is in the way)")
 
 
 def validate(args, table: dict | None = None) -> dict:
@@ -283,6 +305,10 @@ def validate(args, table: dict | None = None) -> dict:
             raise PrunekitError(f"unknown zero-shot task {', '.join(map(repr, bad))}; choose from {', '.join(STOCK_TASKS)}")
     prep["zero_shot"] = list(dict.fromkeys(zs)) or None
     check_device(args.device)
+    _check_environment()
+    for flag, val in (("--out", args.out), ("--save-model", getattr(args, "save_model", None))):
+        if val is not None and not val.strip():
+            raise PrunekitError(f"{flag} needs a path, got an empty string")
     if args.out:
         check_writable(args.out, "--out")
     if args.cmd == "prune":
@@ -318,9 +344,17 @@ def validate(args, table: dict | None = None) -> dict:
         if allocation == "absorption":
             base = options.get("base", spec("absorption").options["base"].default)
             options["base_options"] = spec(base).check_options(options.get("base_options") or {}, nb)
+        if nm is not None and info.widths and any(w % nm[1] for w in info.widths):
+            raise PrunekitError(f"--nm {args.nm}: M={nm[1]} does not divide the layer widths {info.widths} "
+                                f"of model '{args.model}'")
+        held = {**options, **(options.get("base_options") or {})}.get("heldout") if allocation in (
+            "svnup", "absorption") else None
+        if isinstance(held, str):
+            _datasets(held, "--svnup-heldout")
+            _check_text(held, "calib")
         prep.update(allocation=allocation, options=options)
         seqlens = {"--calib-seqlen": args.calib_seqlen, "--eval-seqlen": args.eval_seqlen}
-        _check_text(args.calib_dataset, "calib")
+        _check_text(args.calib_dataset, "calib", args.calib_seqlen + 1, "--calib-seqlen")
     else:
         info = peek_model(args.model)
         seqlens = {"--eval-seqlen": args.eval_seqlen}
@@ -332,7 +366,7 @@ def validate(args, table: dict | None = None) -> dict:
             if n > info.max_positions:
                 raise PrunekitError(f"{flag} {n} exceeds the {info.max_positions} positions of model '{args.model}'")
     for d in prep["evals"]:
-        _check_text(d, "test")
+        _check_text(d, "test", args.eval_seqlen, "--eval-seqlen")
     return prep
 
 
@@ -424,7 +458,7 @@ def run(argv=None) -> dict:
 
 
 def _execute(args, prep: dict, progress: bool) -> dict:
-    threads = args.threads or int(os.environ.get("PRUNEKIT_THREADS", "0") or 0) or None
+    threads = args.threads or int(os.environ.get("PRUNEKIT_THREADS") or 0) or None  # validated
     if threads:
         import torch
         torch.set_num_threads(threads)

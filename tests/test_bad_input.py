@@ -151,6 +151,10 @@ CASES = [
     ("device-mps", ["--device", "mps"], "mps"),
     ("dtype-int8", ["--dtype", "int8"], "--dtype"),
     ("unknown-flag", ["--sparsiti", "0.5"], "unrecognized"),
+    ("out-empty", ["--out", ""], "--out needs a path"),
+    ("save-empty", ["--save-model", ""], "--save-model needs a path"),
+    ("nm-width", ["--nm", "3:7", "--sparsity", str(3 / 7)], "does not divide"),
+    ("svnup-heldout-dataset", ["--allocation", "svnup", "--svnup-heldout", "pile"], "pile"),
     # method options (the registry's contract)
     ("owl-flag-without-owl", ["--owl-m", "3"], "belongs to allocation 'owl'"),
     ("owl-lambda-range", ["--allocation", "owl", "--owl-lambda", "2"], "lam"),
@@ -213,6 +217,13 @@ PATH_CASES = [
         _data_dir(ws, "wikitext-2-raw/wiki.test.raw", b"text\0text\n"))}}, "NUL"),
     ("data-eval-missing", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
         _data_dir(ws, "wikitext-2-raw/wiki.test.raw", None))}}, "not found"),
+    ("data-calib-docs-short", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
+        _data_dir(ws, "c4/c4-train.00000-of-01024.first1000.jsonl", b'{"text": "short"}\n' * 5))}}, "--calib-seqlen"),
+    ("data-eval-short", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
+        _data_dir(ws, "wikitext-2-raw/wiki.test.raw", b"= a tiny text =\n"))}}, "--eval-seqlen"),
+    ("env-threads", lambda ws, md: {"env": {"PRUNEKIT_THREADS": "abc"}}, "PRUNEKIT_THREADS"),
+    ("env-cache-file", lambda ws, md: {"env": {"PRUNEKIT_CACHE": str(_write(ws / "cachefile", b"x") / "c")}},
+     "PRUNEKIT_CACHE"),
     ("data-ptb-whitespace", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
         _data_dir(ws, "ptb/ptb.valid.txt", b"  \n\n  "))}, "argv": ["--calib-dataset", "ptb"]}, "empty"),
 ]
@@ -263,8 +274,8 @@ def _run_case(capsys, ws: Path, argv: list[str]):
 def test_prune_bad_flag(cid, extra, needle, capsys, tmp_path, model_dir, tripwire):
     ws = tmp_path / "ws"
     ws.mkdir()
-    argv = [a.replace("{model}", str(model_dir)) for a in PRUNE] + extra + ["--out", str(ws / "run.json"),
-                                                                          "--save-model", str(ws / "saved")]
+    argv = [a.replace("{model}", str(model_dir)) for a in PRUNE] + ["--out", str(ws / "run.json"),
+                                                                    "--save-model", str(ws / "saved")] + extra
     err = _run_case(capsys, ws, argv)
     assert needle in err, err
 

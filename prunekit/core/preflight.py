@@ -24,6 +24,7 @@ class ModelInfo:
     model_type: str | None = None
     num_blocks: int | None = None
     max_positions: int | None = None
+    widths: tuple[int, ...] = ()   # input widths of the block linears (N:M needs M to divide them)
 
 
 # Architectures prunekit.core.models.layout knows (kept in sync by tests/test_bad_input.py).
@@ -37,6 +38,14 @@ def _config_info(cfg: dict) -> tuple[str | None, int | None, int | None]:
     blocks = cfg.get("num_hidden_layers", text.get("num_hidden_layers"))
     pos = cfg.get("max_position_embeddings", text.get("max_position_embeddings"))
     return cfg.get("model_type"), blocks, pos
+
+
+def _widths(cfg: dict) -> tuple[int, ...]:
+    c = {**(cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}), **cfg}
+    w = [c.get(k) for k in ("hidden_size", "intermediate_size", "ffn_dim")]
+    if isinstance(c.get("head_dim"), int) and isinstance(c.get("num_attention_heads"), int):
+        w.append(c["head_dim"] * c["num_attention_heads"])
+    return tuple(sorted({v for v in w if isinstance(v, int) and v > 0}))
 
 
 def read_config(d: Path, name: str) -> dict:
@@ -98,7 +107,7 @@ def check_model_dir(d: Path, name: str) -> ModelInfo:
         weights = [d / s for s in shards]
     for w in weights:
         check_safetensors(w, name)
-    return ModelInfo(name, "dir", str(d), mt, blocks, pos)
+    return ModelInfo(name, "dir", str(d), mt, blocks, pos, _widths(cfg))
 
 
 # ----------------------------------------------------------------------------- GGUF header
@@ -106,7 +115,8 @@ def check_model_dir(d: Path, name: str) -> ModelInfo:
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def gguf_header(path: Path, want=("general.architecture",), suffixes=(".block_count", ".context_length")) -> dict:
+def gguf_header(path: Path, want=("general.architecture",),
+                suffixes=(".block_count", ".context_length", ".embedding_length", ".feed_forward_length")) -> dict:
     """Scalar/string key-values of a GGUF header up to the keys wanted. gguf.GGUFReader parses every
     tensor descriptor too (8 s for SmolLM2 on a busy 2-core box); this reads only the KV section."""
     out: dict = {}
@@ -163,7 +173,9 @@ def gguf_info(path: Path, name: str) -> ModelInfo:
     except (OSError, ValueError, struct.error) as e:
         raise PrunekitError(f"model '{name}': {path} has an unreadable GGUF header ({e})") from None
     arch = h.get("general.architecture")
-    return ModelInfo(name, "gguf", str(path), arch, h.get(f"{arch}.block_count"), h.get(f"{arch}.context_length"))
+    widths = tuple(sorted({h[k] for k in (f"{arch}.embedding_length", f"{arch}.feed_forward_length") if k in h}))
+    return ModelInfo(name, "gguf", str(path), arch, h.get(f"{arch}.block_count"), h.get(f"{arch}.context_length"),
+                     widths)
 
 
 def peek_model(name: str) -> ModelInfo:
@@ -172,7 +184,8 @@ def peek_model(name: str) -> ModelInfo:
     if name in M.ALIASES:
         if name == "tiny-llama":
             c = M.TINY_LLAMA
-            return ModelInfo(name, "alias", None, "llama", c["num_hidden_layers"], c["max_position_embeddings"])
+            return ModelInfo(name, "alias", None, "llama", c["num_hidden_layers"], c["max_position_embeddings"],
+                             _widths(c))
         if name == "smollm2-135m":
             g = M._smollm2_gguf()  # raises a one-line error when the package is missing
             M._check_gguf(g)
@@ -192,7 +205,7 @@ def peek_model(name: str) -> ModelInfo:
     if mt not in supported_types():
         raise PrunekitError(f"model '{name}': unsupported model_type '{mt}'; supported: "
                             f"{', '.join(sorted(supported_types()))}")
-    return ModelInfo(name, kind, None, mt, blocks, pos)
+    return ModelInfo(name, kind, None, mt, blocks, pos, _widths(cfg))
 
 
 def _hub_config(name: str) -> dict:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from prunekit.core.data import eval_tokens
 from prunekit.core.engine import next_token_ce
+from prunekit.errors import PrunekitError
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, max_windows: int | None =
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}")
+        raise PrunekitError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}; lower --eval-seqlen")
     dev = next(model.parameters()).device
     windows = ids[0, : n * seqlen].reshape(n, seqlen)
     out = []
