@@ -260,8 +260,8 @@ def _datasets(text: str, flag: str) -> list[str]:
 
 def _check_text(name: str, split: str, seqlen: int | None = None, flag: str = "") -> None:
     """The data file exists, is UTF-8 text and is not empty (read now, not after pruning), and is
-    long enough for one window of ``seqlen`` tokens (a token spans at least one character, so a
-    text of fewer characters can never fill the window — checked without a tokenizer)."""
+    long enough for one window of ``seqlen`` tokens (a byte-level BPE or SentencePiece token spans
+    at least one UTF-8 byte, so a text of fewer bytes can never fill the window — no tokenizer needed)."""
     from prunekit.core.data import load_text
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -269,11 +269,11 @@ def _check_text(name: str, split: str, seqlen: int | None = None, flag: str = ""
     if not (t.text or "").strip() and not any((d or "").strip() for d in (t.docs or [])):
         raise PrunekitError(f"dataset '{name}' ({split}) from {t.origin} holds no text")
     if seqlen is not None:
-        longest = len(t.text) if t.text is not None else max(len(d) for d in t.docs)
-        if longest + 2 <= seqlen:
+        longest = (len(t.text.encode()) if t.text is not None else max(len(d.encode()) for d in t.docs))
+        if longest + 2 <= seqlen:  # +2: BOS/EOS the tokenizer may add
             what = "text" if t.text is not None else "longest document"
             raise PrunekitError(f"{flag} {seqlen}: the {what} of dataset '{name}' ({split}) has only {longest} "
-                                f"characters, fewer than {seqlen} tokens")
+                                f"bytes, fewer than {seqlen} tokens")
 
 
 def _check_environment() -> None:
