@@ -446,3 +446,17 @@ def test_preflight_gguf_header_reads_block_count(tmp_path):
     assert h["general.architecture"] == "llama" and h["llama.block_count"] == 7
     assert h["llama.context_length"] == 321
     assert struct.calcsize("<Q") == 8
+
+
+def test_every_numeric_method_option_is_bounded_and_rejects_nan_inf():
+    """The registry contract is complete: every int/float option of every method declares a lower
+    bound, and NaN/inf/-inf are refused by the contract itself (not by running the method)."""
+    from prunekit.allocation import specs
+    from prunekit.errors import PrunekitError
+    for name, sp in specs().items():
+        for opt in sp.options.values():
+            if opt.type in (int, float):
+                assert opt.low is not None, f"{name}.{opt.name} has no lower bound"
+                for bad in (float("nan"), float("inf"), float("-inf")):
+                    with pytest.raises(PrunekitError):
+                        sp.check_options({opt.name: bad})
