@@ -303,6 +303,12 @@ def validate(args, table: dict | None = None) -> dict:
         bad = [t for t in zs if t not in OFFLINE_TASKS]
         if bad:
             raise PrunekitError(f"unknown zero-shot task {', '.join(map(repr, bad))}; choose from {', '.join(STOCK_TASKS)}")
+        from prunekit.evaluation.tasks import data_dir, has_local_data
+        offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        for t in zs:
+            if offline and not has_local_data(t):
+                raise PrunekitError(f"zero-shot task '{t}': its files ({', '.join(OFFLINE_TASKS[t].files)}) are not "
+                                    f"under PRUNEKIT_DATA_DIR={data_dir()} and the hub is offline")
     prep["zero_shot"] = list(dict.fromkeys(zs)) or None
     check_device(args.device)
     _check_environment()

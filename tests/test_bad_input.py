@@ -224,6 +224,8 @@ PATH_CASES = [
     ("env-threads", lambda ws, md: {"env": {"PRUNEKIT_THREADS": "abc"}}, "PRUNEKIT_THREADS"),
     ("env-cache-file", lambda ws, md: {"env": {"PRUNEKIT_CACHE": str(_write(ws / "cachefile", b"x") / "c")}},
      "PRUNEKIT_CACHE"),
+    ("zero-shot-data-missing", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
+        _data_dir(ws, "ptb/ptb.test.txt", b"x" * 100))}, "argv": ["--zero-shot", "boolq"]}, "boolq"),
     ("data-ptb-whitespace", lambda ws, md: {"env": {"PRUNEKIT_DATA_DIR": str(
         _data_dir(ws, "ptb/ptb.valid.txt", b"  \n\n  "))}, "argv": ["--calib-dataset", "ptb"]}, "empty"),
 ]
@@ -460,3 +462,19 @@ def test_every_numeric_method_option_is_bounded_and_rejects_nan_inf():
                 for bad in (float("nan"), float("inf"), float("-inf")):
                     with pytest.raises(PrunekitError):
                         sp.check_options({opt.name: bad})
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "--sparsity", "0.5", "--device", "banana"],
+    ["prune", "--sparsity", "0.5", "--allocation", "alphapruning", "--alpha-epsilon", "nan"],
+    ["eval", "--model", "/no/such/dir/model.gguf"],
+])
+def test_real_entry_point_prints_one_line(argv, tmp_path):
+    """Through `python -m prunekit.cli` (fresh interpreter: import-time warnings would show here)."""
+    import subprocess
+    r = subprocess.run([sys.executable, "-m", "prunekit.cli", *argv, "--out", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300,
+                       env={**os.environ, "PRUNEKIT_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("prunekit: error: "), r.stderr
+    assert list(tmp_path.iterdir()) == []
