@@ -113,6 +113,12 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def bars_disabled(progress: bool = True) -> bool:
+    """tqdm's ``disable`` for a prunekit bar: off when the caller says so or when TQDM_DISABLE is set
+    (tqdm reads that variable only as a default, and an explicit ``disable=False`` would win)."""
+    return (not progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
 def seed_everything(seed: int) -> None:
     """The reference repos seed python, numpy and torch in main()."""
     random.seed(seed)

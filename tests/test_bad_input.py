@@ -478,3 +478,16 @@ def test_real_entry_point_prints_one_line(argv, tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("prunekit: error: "), r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_library_bars_respect_tqdm_disable(monkeypatch, capsys):
+    """Library calls with progress=True (the notebook default) stay silent under TQDM_DISABLE=1."""
+    from conftest import tiny_calib, tiny_model
+
+    from prunekit.solvers.prune import prune_model
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    prune_model(tiny_model("llama"), tiny_calib().input_ids, 0.5, "wanda", progress=True)
+    assert "prune[wanda]" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    from prunekit.utils import bars_disabled
+    assert bars_disabled(True) is False and bars_disabled(False) is True

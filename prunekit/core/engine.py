@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
 
@@ -190,7 +191,7 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
     callback (a dense statistics pass): each block then runs once instead of twice."""
     lay = layout(model)
     acts = inputs if inputs is not None else capture(model, input_ids, batch_size)
-    for i in tqdm(range(lay.num_blocks), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(lay.num_blocks), desc=desc, disable=bars_disabled(progress), leave=False):
         block = lay.blocks[i]
         linears = lay.linears(i)
         stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
