@@ -202,6 +202,7 @@ PATH_CASES = [
     ("out-symlink", lambda ws, md: {"out": str(_link(ws))}, "symlink"),
     ("out-fifo", lambda ws, md: {"out": str(_fifo(ws))}, "not a regular file"),
     ("save-under-file", lambda ws, md: {"save": str(_write(ws / "f", b"x") / "model")}, "does not exist"),
+    ("save-missing-parent", lambda ws, md: {"save": str(ws / "nope" / "model")}, "does not exist"),
     ("save-nonempty", lambda ws, md: {"save": str(_write(ws / "d" / "keep", b"x").parent)}, "not empty"),
     ("save-is-file", lambda ws, md: {"save": str(_write(ws / "f", b"x"))}, "not a directory"),
     ("save-symlink", lambda ws, md: {"save": str(_dirlink(ws))}, "symlink"),
