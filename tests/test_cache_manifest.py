@@ -217,3 +217,19 @@ def test_legacy_entry_is_adopted_and_sealed(tmp_path):
     assert C.verify_dir(d, ident) is None
     flip(d / "model.safetensors")
     assert "hash" in C.verify_dir(d, ident)
+
+
+def test_legacy_staging_without_pid_is_removed_after_a_day(tmp_path):
+    """Older prunekit named staging `.name.tmp-<random>`: removed once a day old, kept while fresh."""
+    import time
+
+    from prunekit.core import cache as C
+    old, fresh = tmp_path / ".tiny-llama-v1.tmp-k2j4h5g1", tmp_path / ".tiny-llama-v1.tmp-a8b7c6d5"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    t = time.time() - C.LEGACY_STAGING_AGE_S - 60
+    os.utime(old, (t, t))
+    (tmp_path / "keep.tmp-notours").write_text("x")  # not hidden: never touched
+    assert C.clean_staging(tmp_path) == [old]
+    assert fresh.exists() and (tmp_path / "keep.tmp-notours").exists()

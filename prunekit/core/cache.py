@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def staging_tag() -> str:
 
 
 _STAGING = re.compile(r"\.tmp-(\d+)-")
+LEGACY_STAGING_AGE_S = 24 * 3600
 
 
 def _alive(pid: int) -> bool:
@@ -68,9 +70,18 @@ def clean_staging(folder: Path, prefix: str = ".") -> list[Path]:
     removed = []
     if not folder.is_dir():
         return removed
+    now = time.time()
     for p in folder.iterdir():
+        if not p.name.startswith(prefix) or ".tmp-" not in p.name:
+            continue
         m = _STAGING.search(p.name)
-        if not p.name.startswith(prefix) or m is None or _alive(int(m.group(1))):
+        if m is None:  # staging of an older prunekit (no PID in the name): stale after a day
+            try:
+                if now - p.lstat().st_mtime < LEGACY_STAGING_AGE_S:
+                    continue
+            except OSError:
+                continue
+        elif _alive(int(m.group(1))):
             continue
         try:
             if p.is_dir() and not p.is_symlink():
