@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,11 +22,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         raise PrunekitError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise PrunekitError(f"cannot write {path}: directory {parent} is not writable")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise PrunekitError(f"{path} is not a regular file (symlink, directory, device or pipe); refusing to replace it")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        publish_modes(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -50,14 +53,52 @@ def _finite(o):
     return o
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail before any expensive work if ``path`` could not be written later."""
+def check_writable(path: str | Path, what: str = "output", directory: bool = False) -> None:
+    """Fail before any expensive work if ``path`` could not be written later: its parent must be an
+    existing writable directory and ``path`` absent or a regular file (``directory=True``: an empty
+    directory) — never a symlink, device, pipe or socket, which an atomic rename would replace."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise PrunekitError(f"output {path} is a directory; give a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise PrunekitError(f"cannot write {path}: directory {parent} does not exist or is not writable")
+    if not str(path) or path.name in ("", ".", ".."):
+        raise PrunekitError(f"{what} '{path}' is not a file name")
+    if parent.exists() and not parent.is_dir():
+        raise PrunekitError(f"cannot write {what} {path}: {parent} is a file, not a directory (directory does not exist)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise PrunekitError(f"cannot write {what} {path}: {e.strerror}") from None
+    if st is not None:
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            raise PrunekitError(f"{what} {path} is a symlink; give the real path")
+        if directory:
+            if not stat.S_ISDIR(mode):
+                raise PrunekitError(f"{what} {path} exists and is not a directory")
+            if any(path.iterdir()):
+                raise PrunekitError(f"{what} {path} exists and is not empty; choose a new directory")
+        elif stat.S_ISDIR(mode):
+            raise PrunekitError(f"{what} {path} is a directory; give a file name")
+        elif not stat.S_ISREG(mode):
+            raise PrunekitError(f"{what} {path} is not a regular file (device, pipe or socket); refusing to replace it")
+    if not parent.is_dir():
+        raise PrunekitError(f"cannot write {what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PrunekitError(f"cannot write {what} {path}: directory {parent} is not writable")
+
+
+def publish_modes(root: str | Path) -> None:
+    """Give a written file or directory tree the modes of a normal write under the current umask
+    (0644 files / 0755 directories with umask 022): mkdtemp and mkstemp create 0700/0600."""
+    root = Path(root)
+    mask = os.umask(0)
+    os.umask(mask)
+    paths = [root] + (sorted(root.rglob("*")) if root.is_dir() else [])
+    for p in paths:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _jsonable(o):
@@ -70,6 +111,12 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def bars_disabled(progress: bool = True) -> bool:
+    """tqdm's ``disable`` for a prunekit bar: off when the caller says so or when TQDM_DISABLE is set
+    (tqdm reads that variable only as a default, and an explicit ``disable=False`` would win)."""
+    return (not progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
 
 
 def seed_everything(seed: int) -> None:

@@ -13,16 +13,16 @@ def _run(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["prune", "--sparsity", "1.0"], "outside [0, 1)"),
-    (["prune", "--sparsity", "-0.1"], "outside [0, 1)"),
-    (["prune", "--sparsity", "0.5", "--metric", "obs"], "unknown metric"),
+    (["prune", "--sparsity", "1.0"], "argument --sparsity: must lie in [0.0, 1.0)"),
+    (["prune", "--sparsity", "-0.1"], "argument --sparsity: must lie in [0.0, 1.0)"),
+    (["prune", "--sparsity", "0.5", "--metric", "obs"], "argument --metric: invalid choice"),
     (["prune", "--nm", "4:4"], "0 < N < M"),
     (["prune", "--nm", "2-4"], "bad N:M"),
     (["prune", "--nm", "2:4", "--sparsity", "0.6"], "contradicts"),
     (["prune", "--sparsity", "0.5", "--model", "no-such-model"], "unknown model"),
-    (["prune", "--sparsity", "0.5", "--allocation", "nope"], "unknown allocation"),
+    (["prune", "--sparsity", "0.5", "--allocation", "nope"], "argument --allocation: invalid choice"),
     (["prune", "--sparsity", "0.5", "--eval", "wikitext3"], "unknown --eval dataset"),
-    (["prune", "--sparsity", "0.5", "--calib-dataset", "pile"], "unknown --calib-dataset"),
+    (["prune", "--sparsity", "0.5", "--calib-dataset", "pile"], "argument --calib-dataset: invalid choice"),
     (["prune", "--sparsity", "0.5", "--owl-m", "3"], "belongs to allocation 'owl'"),
     (["eval", "--model", "/no/such/file.gguf"], "GGUF file not found"),
 ])

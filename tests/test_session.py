@@ -32,7 +32,7 @@ def test_sweep_rows_equal_independent_runs_and_skip_unknown():
     assert len(df) == 2 * 2 * 2 and len(seen) == 8
     assert set(df.allocation) == {"uniform", "owl"}
     for r in df.itertuples():
-        assert abs(r.global_sparsity - r.sparsity) < 0.02  # per-row rounding on 64-wide rows
+        assert abs(r.global_sparsity - r.sparsity) <= 0.5 / 64 + 1e-6  # half a weight per row of >= 64
     # the last run of the sweep and one from the middle equal fresh single runs (dense restored between)
     for alloc, metric, s in [("owl", "wanda", 0.7), ("uniform", "magnitude", 0.5)]:
         got = df[(df.allocation == alloc) & (df.metric == metric) & (df.sparsity == s)].ppl_wikitext2.iloc[0]

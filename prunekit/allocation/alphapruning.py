@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from prunekit.utils import bars_disabled
 from prunekit.allocation.plan import SparsityPlan, block_plan, check_target
 from prunekit.allocation.registry import register
 from prunekit.errors import PrunekitError
@@ -110,7 +111,7 @@ def model_alphas(stats, estimator: str = "xmin_peak", fix_lower_bound: bool = Fa
         from prunekit.utils import tqdm
         L, names = stats.num_blocks, list(stats.linear_names)
         out = torch.zeros(L, len(names), dtype=torch.float64)
-        for i in tqdm(range(L), desc="ESD alphas", disable=not getattr(stats, "progress", True)):
+        for i in tqdm(range(L), desc="ESD alphas", disable=bars_disabled(getattr(stats, "progress", True))):
             for k, n in enumerate(names):
                 out[i, k] = esd_alpha(stats.weight(i, n), estimator, fix_lower_bound)
         return {"alpha": out}

@@ -16,8 +16,8 @@ Definitions (the paper body was not reachable; every item below is [I] in the sp
   or ``/ n_l`` (``denominator="dense"``).
 
 Simulated pruning order (what "adding delta to block l" removes) follows the solver's comparison
-group: Wanda removes the ``int(d_in·s)`` lowest scores of every row, magnitude the ``int(numel·s)``
-lowest of every matrix, SparseGPT the ``int(rows·width·s)`` lowest of every ``blocksize``-column
+group: Wanda removes the ``round(d_in·s)`` lowest scores of every row, magnitude the ``round(numel·s)``
+lowest of every matrix, SparseGPT the ``round(rows·width·s)`` lowest of every ``blocksize``-column
 block over all rows. Simplifications: the simulation ranks by *dense* scores, whereas the real
 pruning pass is sequential (upstream blocks pruned) and SparseGPT additionally updates the
 remaining weights; ``refresh=K`` re-measures the scores on the partially pruned model every K
@@ -52,7 +52,7 @@ from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
 from prunekit.core.engine import sequential
 from prunekit.errors import PrunekitError
-from prunekit.solvers.masks import wanda_score
+from prunekit.solvers.masks import prune_count, wanda_score
 from prunekit.solvers.prune import COLLECT, prune_block
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
 
@@ -126,12 +126,12 @@ class BlockTable:
             self.families.append(fam)
 
     def counts(self, s: float) -> tuple[float, float]:
-        """(surviving non-outliers, surviving weights) after removing ``int(n_g·s)`` lowest of
+        """(surviving non-outliers, surviving weights) after removing ``prune_count(n_g, s)`` lowest of
         every group."""
         non = surv = 0.0
         if self.threshold == "dense":
             for f in self.families:
-                k = int(f.n * s)
+                k = prune_count(f.n, s)  # the solvers' count
                 i = int(np.searchsorted(f.counts, k, side="right"))  # groups with c > k keep c-k
                 non += float(f.suffix[i] - k * (f.groups - i))
                 surv += f.groups * (f.n - k)
@@ -139,7 +139,7 @@ class BlockTable:
         removed = 0.0
         ks = []
         for f in self.families:
-            k = int(f.n * s)
+            k = prune_count(f.n, s)  # the solvers' count
             ks.append(k)
             removed += float(f.csum[:, k].sum())
             surv += f.groups * (f.n - k)

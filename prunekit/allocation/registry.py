@@ -52,8 +52,18 @@ class Option:
     low: float | None = None           # inclusive lower bound
     high: float | None = None          # inclusive upper bound
     nullable: bool = False
+    at_most_blocks: bool = False       # also <= the model's number of decoder blocks
 
-    def check(self, method: str, value):
+    def describe(self) -> str:
+        """One line for ``--help``: the default and the allowed range."""
+        d = f"{self.default:.6g}" if isinstance(self.default, float) else repr(self.default)
+        parts = [f"default: {d}"]
+        if self.low is not None or self.high is not None or self.at_most_blocks:
+            hi = [str(v) for v in (self.high,) if v is not None] + (["#blocks"] if self.at_most_blocks else [])
+            parts.append(f"range: [{'' if self.low is None else self.low}, {' and '.join(hi) or 'inf'}]")
+        return "; ".join(parts)
+
+    def check(self, method: str, value, num_blocks: int | None = None):
         """The value converted to the option's type, or a one-line PrunekitError."""
         where = f"{method} option '{self.name}'"
         if value is None:
@@ -77,9 +87,13 @@ class Option:
                     raise ValueError(value)
                 value = int(value)
             elif t is float:
+                if isinstance(value, bool):
+                    raise ValueError(value)
                 value = float(value)
                 if not math.isfinite(value):
                     raise PrunekitError(f"{where} must be a finite number, got {value}")
+            elif t in (dict, list) and not isinstance(value, t):
+                raise TypeError(value)
         except (TypeError, ValueError):
             raise PrunekitError(f"{where} must be of type {t.__name__}, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -87,6 +101,8 @@ class Option:
                 raise PrunekitError(f"{where} must be >= {self.low}, got {value}")
             if self.high is not None and value > self.high:
                 raise PrunekitError(f"{where} must be <= {self.high}, got {value}")
+            if self.at_most_blocks and num_blocks is not None and value > num_blocks:
+                raise PrunekitError(f"{where} must be <= the model's {num_blocks} blocks, got {value}")
         return value
 
 
@@ -101,13 +117,14 @@ class MethodSpec:
     exact: bool = False
     wraps: str | None = None
 
-    def check_options(self, options: dict) -> dict:
-        """Validate and convert ``options`` (unknown names, types, choices, bounds): one-line errors."""
+    def check_options(self, options: dict, num_blocks: int | None = None) -> dict:
+        """Validate and convert ``options`` (unknown names, types, choices, bounds — including bounds
+        relative to the model's ``num_blocks`` when known): one-line errors, before any work."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise PrunekitError(f"{self.name} has no option {', '.join(map(repr, unknown))}; "
                                 f"options: {', '.join(self.options) or 'none'}")
-        out = {k: self.options[k].check(self.name, v) for k, v in options.items()}
+        out = {k: self.options[k].check(self.name, v, num_blocks) for k, v in options.items()}
         if self.wraps and self.wraps in out and out[self.wraps] not in _REGISTRY:
             raise PrunekitError(f"{self.name} option '{self.wraps}': unknown allocation '{out[self.wraps]}'; "
                                 f"choose from {', '.join(sorted(_REGISTRY))}")
@@ -132,14 +149,22 @@ def _options(fn: Method, bounds: dict) -> dict[str, Option]:
         if typing.get_origin(t) is typing.Literal:
             choices, t = typing.get_args(t), None
         lo, hi = bounds.get(p.name, (None, None))
-        out[p.name] = Option(p.name, p.default, t if isinstance(t, type) else None, choices, lo, hi, nullable)
+        blocks = hi == "num_blocks" or (isinstance(hi, tuple) and "num_blocks" in hi)
+        if isinstance(hi, tuple):
+            hi = next((v for v in hi if v != "num_blocks"), None)
+        elif hi == "num_blocks":
+            hi = None
+        out[p.name] = Option(p.name, p.default, t if isinstance(t, type) else None, choices, lo, hi, nullable,
+                             blocks)
     return out
 
 
 def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, ...] = (), exact: bool = False,
              wraps: str | None = None, bounds: dict | None = None):
     """Decorator: ``@register("owl", reads=("wanda",), bounds={"lam": (0, 0.5)})`` makes
-    ``allocate("owl", ...)`` and ``--allocation owl`` work; see the module docstring for the fields."""
+    ``allocate("owl", ...)`` and ``--allocation owl`` work; see the module docstring for the fields.
+    An upper bound ``"num_blocks"`` (or a tuple ``(16, "num_blocks")``) also bounds the option by the
+    model's number of decoder blocks (checked when it is known: the CLI reads it from the config)."""
     def deco(fn: Method) -> Method:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise PrunekitError(f"allocation '{name}' is registered twice")
@@ -185,7 +210,7 @@ def allocate(method: str, stats, target: float, s_min: float = 0.0, s_max: float
     sp = spec(method)
     if not (0.0 <= target < 1.0):
         raise PrunekitError(f"sparsity {target} is outside [0, 1)")
-    options = sp.check_options(options)
+    options = sp.check_options(options, getattr(stats, "num_blocks", None))
     out = sp.fn(stats, target, **options)
     sizes = np.asarray(stats.sizes, dtype=float)
     if isinstance(out, SparsityPlan):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunekit.core import cache
 from prunekit.core.models import cache_dir
 from prunekit.errors import PrunekitError
 
@@ -64,9 +65,19 @@ def _check_name(name: str) -> None:
 
 
 def _read_local(name: str, split: str, path: Path) -> Text:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PrunekitError(f"dataset '{name}': cannot read {path}: {e.strerror}") from None
     sha = hashlib.sha256(raw).hexdigest()
-    s = raw.decode("utf-8")
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PrunekitError(f"dataset '{name}': {path} is not UTF-8 text (byte {e.start})") from None
+    if "\x00" in s:
+        raise PrunekitError(f"dataset '{name}': {path} holds NUL bytes; not a text file")
+    if not s.strip():
+        raise PrunekitError(f"dataset '{name}': {path} is empty")
     if name == "wikitext2":
         lines = [ln for ln in s.replace("\r\n", "\n").split("\n") if ln.strip()]
         # HF rows keep their trailing "\n"; the reference joins rows with "\n\n"
@@ -74,7 +85,12 @@ def _read_local(name: str, split: str, path: Path) -> Text:
     if name == "ptb":
         # HF ptb_text_only 'sentence' = stripped line; the reference joins sentences with " "
         return Text(name, split, str(path), sha, text=" ".join(ln.strip() for ln in s.splitlines()))
-    docs = [json.loads(ln)["text"] for ln in s.splitlines() if ln.strip()]
+    try:
+        docs = [json.loads(ln)["text"] for ln in s.splitlines() if ln.strip()]
+        if not all(isinstance(d, str) for d in docs):
+            raise TypeError("'text' is not a string")
+    except (ValueError, KeyError, TypeError) as e:
+        raise PrunekitError(f"dataset '{name}': {path} is not JSON lines with a 'text' field ({type(e).__name__})") from None
     if split == "calib":
         return Text(name, split, str(path), sha, docs=docs[:C4_LOCAL_CALIB_DOCS])
     return Text(name, split, str(path), sha, text=" ".join(docs[C4_LOCAL_CALIB_DOCS:]))
@@ -143,27 +159,31 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_tokens(key: str, make) -> np.ndarray | list[np.ndarray]:
-    path = cache_dir() / "tokens" / f"{key}.npz"
-    if path.is_file():
-        try:
-            z = np.load(path)
-            if "offsets" in z:
-                flat, off = z["flat"], z["offsets"]
-                return [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
-            return z["ids"]
-        except Exception:
-            path.unlink(missing_ok=True)  # corrupt cache entry: recompute
+def _cached_tokens(key: str, make, identity: dict) -> np.ndarray | list[np.ndarray]:
+    """Token arrays cached under ``key``; the entry's manifest ties it to ``identity`` (dataset,
+    split, source hash, tokenizer), so a swapped, truncated or altered entry is rebuilt, not used."""
+    folder = cache_dir() / "tokens"
+    cache.clean_staging(folder)
+    path = folder / f"{key}.npz"
+    z = cache.load_arrays(path, identity)
+    if z is not None and "offsets" in z and "flat" in z:
+        flat, off = z["flat"], z["offsets"]
+        return [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    if z is not None and "ids" in z:
+        return z["ids"]
     out = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     if isinstance(out, list):
         off = np.cumsum([0] + [len(a) for a in out])
-        np.savez(tmp, flat=np.concatenate(out) if out else np.zeros(0, np.int64), offsets=off)
+        arrays = {"flat": np.concatenate(out) if out else np.zeros(0, np.int64), "offsets": off}
     else:
-        np.savez(tmp, ids=out)
-    os.replace(tmp, path)
+        arrays = {"ids": out}
+    cache.save_arrays(path, arrays, identity)
     return out
+
+
+def _identity(src: Text, tokenizer_fp: str, kind: str) -> dict:
+    return {"dataset": src.name, "split": src.split, "source_sha256": src.sha256, "tokenizer": tokenizer_fp,
+            "kind": kind}
 
 
 def _encode(tokenizer, text: str) -> np.ndarray:
@@ -176,8 +196,9 @@ def token_stream(name: str, split: str, tokenizer) -> tuple[torch.Tensor, Text]:
     src = load_text(name, split)
     if src.text is None:
         raise PrunekitError(f"{name}/{split} is a document pool, not a text stream")
-    ids = _cached_tokens(f"{name}-{split}-{src.sha256[:16]}-{tokenizer_fingerprint(tokenizer)}",
-                         lambda: _encode(tokenizer, src.text))
+    tfp = tokenizer_fingerprint(tokenizer)
+    ids = _cached_tokens(f"{name}-{split}-{src.sha256[:16]}-{tfp}", lambda: _encode(tokenizer, src.text),
+                         _identity(src, tfp, "stream"))
     return torch.from_numpy(np.asarray(ids)).unsqueeze(0), src
 
 
@@ -214,8 +235,9 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
     taken = set(exclude.picks) if exclude is not None else set()
     picks, rows = [], []
     if src.docs is not None:
-        docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tokenizer_fingerprint(tokenizer)}",
-                              lambda: [_encode(tokenizer, t) for t in src.docs])
+        tfp = tokenizer_fingerprint(tokenizer)
+        docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tfp}",
+                              lambda: [_encode(tokenizer, t) for t in src.docs], _identity(src, tfp, "docs"))
         if not any(len(d) > seqlen for d in docs):
             raise PrunekitError(f"no {name} document is longer than seqlen={seqlen} tokens; lower --calib-seqlen")
         while len(rows) < nsamples:

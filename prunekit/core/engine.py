@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from prunekit.utils import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.core.models import layout
+from prunekit.errors import PrunekitError
 
 _DROP = ("cache", "past_key_values", "past_key_value", "layer_past")
 
@@ -67,6 +69,9 @@ class BlockInputs:
 @torch.no_grad()
 def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
     """Hidden states entering block 0 and every block's kwargs, for ``input_ids`` (n, seqlen)."""
+    if int(batch_size) < 1 or input_ids.shape[0] < 1:  # range(0, n, -2) is empty: no data, all-zero Hessians
+        raise PrunekitError(f"calibration needs batch_size >= 1 and at least one window, got "
+                            f"batch_size={batch_size}, {input_ids.shape[0]} windows")
     lay = layout(model)
     dev = next(model.parameters()).device
     originals = list(lay.blocks)
@@ -186,7 +191,7 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
     callback (a dense statistics pass): each block then runs once instead of twice."""
     lay = layout(model)
     acts = inputs if inputs is not None else capture(model, input_ids, batch_size)
-    for i in tqdm(range(lay.num_blocks), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(lay.num_blocks), desc=desc, disable=bars_disabled(progress), leave=False):
         block = lay.blocks[i]
         linears = lay.linears(i)
         stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}

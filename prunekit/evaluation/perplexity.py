@@ -12,8 +12,10 @@ import time
 import torch
 from prunekit.utils import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.core.data import eval_tokens
 from prunekit.core.engine import next_token_ce
+from prunekit.errors import PrunekitError
 
 
 @torch.no_grad()
@@ -24,11 +26,11 @@ def window_nlls(model, ids: torch.Tensor, seqlen: int, max_windows: int | None =
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}")
+        raise PrunekitError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}; lower --eval-seqlen")
     dev = next(model.parameters()).device
     windows = ids[0, : n * seqlen].reshape(n, seqlen)
     out = []
-    bar = tqdm(total=n * seqlen, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(total=n * seqlen, desc=desc, unit="tok", unit_scale=True, disable=bars_disabled(progress), leave=False)
     for b in range(0, n, batch_size):
         x = windows[b:b + batch_size].to(dev)
         out.append(next_token_ce(model(input_ids=x, use_cache=False).logits, x).cpu())

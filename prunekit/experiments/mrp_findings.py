@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from prunekit.utils import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.allocation.plan import fit_budget
 from prunekit.allocation.registry import methods as registered_methods
 from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
@@ -154,7 +155,7 @@ def layer_sensitivity(source, metric: str = "wanda", sparsities=(0.5, 0.7, 0.9),
     bounds = bounds or dense_boundaries(model, eval_ids, bs)
     base = float(torch.cat([head_nll(model, h, ids) for h, ids in zip(bounds.hidden[-1], bounds.ids)]).mean())
     rows = []
-    bar = tqdm(total=len(blocks) * len(sparsities), desc=f"LPS[{metric}]", disable=not progress, leave=False)
+    bar = tqdm(total=len(blocks) * len(sparsities), desc=f"LPS[{metric}]", disable=bars_disabled(progress), leave=False)
 
     def measure(i, block, st):
         if i not in blocks:
@@ -340,7 +341,7 @@ def redundancy_uniformity(session, target: float = 0.7, metric: str = "wanda", *
         plans.append((f"random{j:02d}", "random", v))
     rows = []
     ds = session.eval_datasets[0]
-    for name, kind, per_block in tqdm(plans, desc="allocations", disable=not progress, leave=False):
+    for name, kind, per_block in tqdm(plans, desc="allocations", disable=bars_disabled(progress), leave=False):
         session.restore()
         try:
             prune_model(session.model, session.calib.input_ids, np.asarray(per_block), metric,

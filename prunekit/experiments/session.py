@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunekit import utils
+from prunekit.utils import bars_disabled
 from prunekit.allocation import allocate, with_solver_metric
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.core.data import calibration_data
@@ -138,7 +139,7 @@ class Session:
         jobs = [(seed, s, mt, lab) for seed in (seeds if seeds is not None else [None])
                 for s in sparsities for mt in metrics for lab, (m, _) in variants.items() if m in known]
         rows = []
-        for seed, s, mt, lab in tqdm(jobs, desc="sweep", disable=not self.progress):
+        for seed, s, mt, lab in tqdm(jobs, desc="sweep", disable=bars_disabled(self.progress)):
             if seed is not None and seed != self.seed:
                 self.reseed(seed)
             method, opts = variants[lab]

@@ -210,9 +210,16 @@ def main(argv=None) -> int:
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     a = ap.parse_args(argv)
+    if not Path(a.notebooks).is_dir():
+        print(f"prunekit.reporting: error: --notebooks {a.notebooks} is not a directory", file=sys.stderr)
+        return 2
     nbs = notebooks(Path(a.notebooks))
     if a.only:
         nbs = [n for n in nbs if any(n.stem.startswith(p) for p in a.only.split(","))]
+    if not nbs:
+        print(f"prunekit.reporting: error: no NN_*.ipynb notebooks in {a.notebooks}"
+              + (f" matching --only {a.only}" if a.only else ""), file=sys.stderr)
+        return 2
     runs = []
     for nb in nbs:
         print(f"[reports] {nb.name} (profile={a.profile}) ...", flush=True)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from prunekit.core import cache
 from prunekit.core.data import Calibration
 from prunekit.core.engine import sequential
 from prunekit.core.models import cache_dir, fingerprint, layout
@@ -48,6 +49,7 @@ class StatsCache:
         if not self.enabled:
             return None
         p = self.path(key)
+        cache.clean_staging(self.root)
         if not p.is_file():
             return None
         from safetensors import safe_open
@@ -55,12 +57,17 @@ class StatsCache:
             with safe_open(str(p), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-            if meta.get("key") != key or meta.get("checksum") != _checksum(tensors):
-                raise ValueError("stale or corrupt")
-            return tensors
-        except Exception:
-            p.unlink(missing_ok=True)
-            return None
+            if meta.get("key") != key:
+                why = "it stands for another statistic"
+            elif meta.get("checksum") != _checksum(tensors):
+                why = "content does not match its checksum"
+            else:
+                return tensors
+        except Exception as e:  # truncated or foreign file
+            why = f"unreadable: {type(e).__name__}"
+        cache.warn(f"cache entry {p} rejected ({why}); recomputing it")
+        cache.discard(p)
+        return None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         if not self.enabled:
@@ -68,7 +75,7 @@ class StatsCache:
         from safetensors.torch import save_file
         self.root.mkdir(parents=True, exist_ok=True)
         p = self.path(key)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp = p.with_name(f".{p.name}{cache.staging_tag()}")
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
         os.replace(tmp, p)

@@ -2,7 +2,7 @@
 
 Every metric runs inside the one sequential engine (``calibrate.sequential``). Realised sparsity is
 measured from zeros over the decoder-block linears (docs/methods.md §0.2, check_sparsity).
-Deviation from the reference code, on purpose: unstructured masks prune exactly ``int(n*s)``
+Deviation from the reference code, on purpose: unstructured masks prune exactly ``round(n*s)``
 weights of each comparison group (the reference's ``<= threshold`` prunes ties and one extra).
 """
 from __future__ import annotations

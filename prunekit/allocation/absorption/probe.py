@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from prunekit.utils import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.core.engine import STATS, capture, run_block
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
@@ -182,7 +183,7 @@ class Probe:
         keep = set(range(0, self.L + 1, checkpoint_every)) | {self.L}
         self.ckpt: dict[int, list[torch.Tensor]] = {0: [h.to(self.store) for h in self.acts.hidden]}
         h = list(self.acts.hidden)
-        for i in tqdm(range(self.L), desc="absorption: clean run", disable=not progress, leave=False):
+        for i in tqdm(range(self.L), desc="absorption: clean run", disable=bars_disabled(progress), leave=False):
             h = [self._run(i, x, j) for j, x in enumerate(h)]
             if i + 1 in keep:
                 self.ckpt[i + 1] = [x.to(self.store) for x in h]
@@ -305,7 +306,7 @@ class Probe:
         fn = self.noise if kind == "noise" else self.pruned
         layers = range(self.L) if layers is None else list(layers)
         return [fn(l, **kw) for l in tqdm(layers, desc=desc or f"absorption: {kind}",
-                                          disable=not self.progress, leave=False)]
+                                          disable=bars_disabled(self.progress), leave=False)]
 
     def coefficients(self, eta: float = 1e-2, draws: int = 1, seed: int = 0, relative_to: str = "state",
                      reduction: str = "mean_of_ratios", depth: str = "final", final_norm: bool = False,

@@ -83,7 +83,7 @@ def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam
 
 
 @register("svnup", reads=("wanda", "hessian", "calibration"),
-          bounds={"window": (1, None), "lam": (0.0, 1.0), "heldout_samples": (1, None),
+          bounds={"window": (1, (EXACT_MAX_PLAYERS, "num_blocks")), "lam": (0.0, 1.0), "heldout_samples": (1, None),
                   "n_permutations": (1, None), "seed": (0, None), "temperature": (1e-12, None),
                   "heldout_seqlen": (2, None)})
 def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carlo", "exact"] = "sliding_window",

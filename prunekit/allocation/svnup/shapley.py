@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 from prunekit.utils import tqdm
 
+from prunekit.utils import bars_disabled
 from prunekit.errors import PrunekitError
 
 EXACT_MAX_PLAYERS = 16
@@ -50,7 +51,7 @@ class _Memo:
 
     def prefetch(self, masks, progress: bool = False, desc: str = "coalitions") -> None:
         todo = sorted({int(m) for m in masks} - self.table.keys(), key=self.trie_key)
-        for m in tqdm(todo, desc=desc, disable=not progress, leave=False):
+        for m in tqdm(todo, desc=desc, disable=bars_disabled(progress), leave=False):
             self(m)
 
     @property
@@ -113,7 +114,7 @@ def monte_carlo(v: Callable, n: int, n_permutations: int = 100, seed: int = 0, k
     mean, m2 = np.zeros(n), np.zeros(n)
     trace = []
     k = 0
-    for k in tqdm(range(1, n_permutations + 1), desc="Monte-Carlo Shapley", disable=not progress, leave=False):
+    for k in tqdm(range(1, n_permutations + 1), desc="Monte-Carlo Shapley", disable=bars_disabled(progress), leave=False):
         mask, prev = 0, memo(0)
         for p in rng.permutation(n):
             mask |= 1 << int(p)
