@@ -192,6 +192,10 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
             _fail(f"{where}: method_options", str(e))
         if not isinstance(o, dict):
             _fail(f"{where}: method_options.{m}", f"expected a mapping, got {o!r}")
+        try:
+            spec(m).check_options(o)
+        except PrunekitError as e:
+            _fail(f"{where}: method_options.{m}", str(e))
     allocs = obj["allocations"]
     if not isinstance(allocs, list) or not allocs:
         _fail(f"{where}: allocations", f"expected a non-empty list, got {allocs!r}")
