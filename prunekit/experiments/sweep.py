@@ -523,15 +523,24 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    # a loaded machine can take > the default 30 s to bring the raylet's agents up
+    # on a loaded machine the raylet's Python agents can take longer to start than the raylet
+    # waits for them by default (it then aborts with "Timed out waiting for file ...port")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
     os.environ.setdefault("RAY_worker_register_timeout_seconds", "180")
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("PRUNEKIT_", "HF_")) or k in ("TOKENIZERS_PARALLELISM", "TQDM_DISABLE")}
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env})
+    for attempt in (1, 2):  # one retry: start-up can time out on a machine busy with other work
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+            return True
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception on start-up timeouts
+            ray.shutdown()
+            if attempt == 2:
+                raise PrunekitError(f"could not start a local Ray instance: {str(e).splitlines()[0]}") from e
     return True
 
 
