@@ -236,3 +236,26 @@ def test_ray_records_equal_in_process(model_dir, tmp_path, local_ray):
     for a, b in zip(sorted(dist.attrs["records"], key=lambda r: r["cell"]),
                     sorted(serial.attrs["records"], key=lambda r: r["cell"])):
         assert math.isfinite(a["perplexity"]["wikitext2"]) and a["perplexity"] == b["perplexity"]
+
+
+def test_reports_render_as_ray_tasks_with_failure_handling(tmp_path, local_ray):
+    """`python -m prunekit.reporting --ray`: notebooks render in parallel; a failing one gets its
+    .failed.html and a failed row while the other renders."""
+    pytest.importorskip("papermill")
+    import nbformat
+
+    from prunekit.reporting.render import notebooks, render_ray, write_index
+    for name, code in [("01_ok", "print('rendered', profile)"), ("02_bad", "raise ValueError('broken notebook')")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name}"),
+                                             nbformat.v4.new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]}),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    out = tmp_path / "reports"
+    runs = render_ray(notebooks(tmp_path), out, "quick", timeout=300, log=lambda s: None)
+    assert [(r["name"], r["ok"]) for r in runs] == [("01_ok", True), ("02_bad", False)]
+    assert "ValueError" in runs[1]["error"]
+    assert "rendered quick" in (out / "01_ok.html").read_text()
+    assert (out / "02_bad.failed.html").exists() and not (out / "02_bad.html").exists()
+    write_index(out, runs)
+    assert "FAILED" in (out / "index.html").read_text()
