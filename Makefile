@@ -56,6 +56,7 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.mrp
 	$(BIN)/python -m benchmarks.shapley
 	$(BIN)/python -m benchmarks.absorption
+	PRUNEKIT_THREADS=1 $(BIN)/python -m benchmarks.sweep
 
 strip-notebooks: setup
 	$(BIN)/python -m prunekit.reporting --strip

@@ -235,24 +235,34 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
                 obj.get("device"), obj.get("dtype"), obj.get("name") or "grid")
 
 
+def _grid_path(path_or_name) -> Path:
+    p = Path(path_or_name)
+    if not p.exists() and (GRID_DIR / f"{path_or_name}.yaml").is_file():
+        p = GRID_DIR / f"{path_or_name}.yaml"
+    if not p.is_file():
+        names = ", ".join(sorted(q.stem for q in GRID_DIR.glob("*.yaml")))
+        raise PrunekitError(f"grid file {p} not found (packaged grids: {names})")
+    return p
+
+
+def read_grid(path_or_name) -> dict:
+    """The raw mapping of a grid file or packaged grid name (``comparison-cpu``), unvalidated, so a
+    caller (a notebook's parameters) can override keys before ``load_grid`` / ``run_grid``."""
+    import yaml
+    p = _grid_path(path_or_name)
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise PrunekitError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def load_grid(path_or_obj) -> Grid:
-    """A ``Grid`` from a YAML/JSON file, a packaged grid name (``comparison-quick``) or a mapping."""
+    """A validated ``Grid`` from a YAML file, a packaged grid name (``comparison-quick``) or a mapping."""
     if isinstance(path_or_obj, Grid):
         return path_or_obj
     if isinstance(path_or_obj, dict):
         return parse_grid(path_or_obj)
-    import yaml
-    p = Path(path_or_obj)
-    if not p.exists() and (GRID_DIR / f"{path_or_obj}.yaml").is_file():
-        p = GRID_DIR / f"{path_or_obj}.yaml"
-    if not p.is_file():
-        names = ", ".join(sorted(q.stem for q in GRID_DIR.glob("*.yaml")))
-        raise PrunekitError(f"grid file {p} not found (packaged grids: {names})")
-    try:
-        obj = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise PrunekitError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_grid(obj, str(p))
+    return parse_grid(read_grid(path_or_obj), str(_grid_path(path_or_obj)))
 
 
 def comparison_grid(profile: str, model: str = "smollm2-135m") -> dict:
