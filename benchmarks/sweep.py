@@ -63,6 +63,9 @@ def main(argv=None) -> None:
     print(f"in-process: {t_serial:.1f} s, {serial.attrs['model_loads']} model load(s)")
     print(f"Ray (local, num_cpus={a.num_cpus}): {t_ray:.1f} s after a {t_start:.1f} s cluster start-up, "
           f"{dist.attrs['model_loads']} model load(s) (one per (model, seed) task)")
+    cs = {k: sum(r.get("cell_seconds") or 0 for r in df.attrs["records"]) for k, df in (("s", serial), ("r", dist))}
+    print(f"inside the tasks: model load {serial.attrs['load_s']:.1f} s in-process vs {dist.attrs['load_s']:.1f} s "
+          f"summed over Ray tasks; cell compute summed {cs['s']:.1f} s vs {cs['r']:.1f} s")
     print(f"overhead Ray / in-process: {t_ray / t_serial:.2f} (excluding start-up), "
           f"{(t_ray + t_start) / t_serial:.2f} (including)")
     print(f"records identical (timings aside): {key(serial) == key(dist)}; "

@@ -429,7 +429,7 @@ def run_cells(items, session=None, progress: bool = False):
             (_, rec, _), = list(iter_session(session, [st], _run_kw(st)))
             rec = {**rec, "status": "ok"}
         except Exception as e:  # noqa: BLE001
-            session.restore(force=True)
+            session.restore()  # run() marks the weights pruned before it touches them
             rec = _error(e)
         yield "cell", {"cell": key, "settings": st, **rec, "cell_seconds": time.perf_counter() - t0}
 
