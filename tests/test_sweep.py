@@ -229,7 +229,7 @@ def test_ray_records_equal_in_process(model_dir, tmp_path, local_ray):
     g = grid(model_dir)
     serial = run_grid(g, tmp_path / "serial.jsonl", progress=False)
     dist = run_grid(g, tmp_path / "ray.jsonl", ray=True, progress=False)
-    assert dist.attrs["model_loads"] == 2  # one per (model, seed) task
+    assert dist.attrs["model_loads"] == 2, dist.error.dropna().unique()  # one per (model, seed) task
     assert (dist.status == "ok").all() and len(dist) == 8
     assert by_cell(lines(tmp_path / "ray.jsonl")) == by_cell(lines(tmp_path / "serial.jsonl"))
     assert by_cell(dist.attrs["records"]) == by_cell(serial.attrs["records"])
