@@ -66,6 +66,7 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.mrp
 	$(BIN)/python -m benchmarks.shapley
 	$(BIN)/python -m benchmarks.absorption
+	PRUNEKIT_THREADS=1 $(BIN)/python -m benchmarks.sweep
 
 # llm-compressor pins an older transformers, so the peer benchmark (P3) runs it in its own venv
 PEERS_VENV ?= .venv-peers

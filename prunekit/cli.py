@@ -4,6 +4,7 @@
                    --calib-dataset c4 --calib-samples 32 --calib-seqlen 512 --eval wikitext2 --out run.json
     prunekit eval  --model smollm2-135m --eval wikitext2 --eval-windows 8 --out dense.json
     prunekit methods
+    prunekit sweep comparison-quick --out results.jsonl [--ray | --ray-address auto] [--retries 1]
 
 Allocation options are flags generated from each registered method's keyword parameters:
 ``--<prefix>-<param>`` (``owl`` → ``--owl-m``, ``--owl-lambda``; ``alphapruning`` → ``--alpha-epsilon``).
@@ -232,7 +233,40 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     dm.add_argument("--model", default="smollm2-135m", help="model alias, .gguf, or HF directory")
     dm.add_argument("--profile", default="quick", choices=("quick", "cpu", "paper"), help="run profile")
     dm.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    _add_sweep(sub)
     return ap, table
+
+
+def _add_sweep(sub) -> None:
+    sw = sub.add_parser("sweep", help="run every cell of a grid file, appending one JSON line per cell",
+                        description="Run a grid file (YAML; see prunekit/experiments/sweep.py) cell by cell. "
+                        "Cells already in --out (same settings and code version) are skipped.")
+    sw.add_argument("grid", help="grid YAML file, or a packaged grid name (comparison-quick, -cpu, -paper)")
+    sw.add_argument("--out", required=True, help="JSON-lines results file (appended; resumable)")
+    sw.add_argument("--ray", action="store_true", help="run (model, seed) groups as tasks on a local Ray")
+    sw.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (e.g. auto)")
+    sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    sw.add_argument("--task-cpus", type=int, default=1, help="CPUs per Ray task when there is no GPU")
+    sw.add_argument("--retries", type=int, default=0, help="re-run failed cells up to N more times")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+
+
+def _sweep(args) -> dict:
+    from prunekit.experiments.sweep import load_grid, run_grid
+    grid = load_grid(args.grid)  # validated before anything loads
+    if args.retries < 0 or args.task_cpus < 1 or (args.num_cpus is not None and args.num_cpus < 1):
+        raise PrunekitError("--retries must be >= 0, --task-cpus and --num-cpus >= 1")
+    df = run_grid(grid, args.out, ray=args.ray, address=args.ray_address, num_cpus=args.num_cpus,
+                  task_cpus=args.task_cpus, retries=args.retries, progress=not args.quiet)
+    a = df.attrs
+    print(f"{len(df)} cells: {a['ran']} run now, {a['skipped']} already in {args.out}, "
+          f"{len(a['failed'])} failed; {a['model_loads']} model loads")
+    if a["failed"]:
+        raise PrunekitError(f"{len(a['failed'])} cell(s) failed (see 'error' in {args.out}; --retries N re-runs them)")
+    return {"cells": len(df), "ran": a["ran"], "failed": a["failed"]}
+
+
 
 
 # ----------------------------------------------------------------------------- validation (before work)
@@ -477,6 +511,8 @@ def run(argv=None) -> dict:
         return demo(args.model, args.profile)
     if args.cmd == "tasks":
         return tasks_command(args.write, args.tasks, args.model)
+    if args.cmd == "sweep":
+        return _sweep(args)
     prep = validate(args, table)  # everything that can be wrong with the input, before any work
     progress = progress_wanted(args.quiet, args.progress)
     with (contextlib.nullcontext() if progress else bars_off()):

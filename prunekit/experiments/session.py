@@ -131,32 +131,10 @@ class Session:
         import pandas as pd
         from prunekit.utils import tqdm
 
-        from prunekit.allocation.registry import methods
-        options = options or {}
-        variants = allocations if isinstance(allocations, dict) else {a: (a, {}) for a in allocations}
-        known = methods()
-        skipped = sorted({m for m, _ in variants.values() if m not in known})
-        jobs = [(seed, s, mt, lab) for seed in (seeds if seeds is not None else [None])
-                for s in sparsities for mt in metrics for lab, (m, _) in variants.items() if m in known]
-        rows = []
-        for seed, s, mt, lab in tqdm(jobs, desc="sweep", disable=bars_disabled(self.progress)):
-            if seed is not None and seed != self.seed:
-                self.reseed(seed)
-            method, opts = variants[lab]
-            t0 = time.perf_counter()
-            rec = self.run(method, mt, s, **{**options.get(method, {}), **opts}, **run_kw)
-            row = {} if seed is None else {"seed": seed}
-            row.update({"allocation": lab, "method": method, "metric": mt, "sparsity": s,
-                        "global_sparsity": rec["global_sparsity"]})
-            row.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
-            if rec.get("zero_shot"):
-                row["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
-            row.update(planned=rec["planned_sparsity"], allocate_s=rec["timings_s"]["allocate"])
-            if on_run is not None:
-                on_run(rec, row)
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-        self.restore()
+        from prunekit.experiments.sweep import expand, iter_session
+        cells, skipped = expand(allocations, metrics, sparsities, seeds, options)
+        bar = tqdm(cells, desc="sweep", disable=bars_disabled(self.progress))
+        rows = [r for _, _, r in iter_session(self, bar, run_kw, on_run)]
         df = pd.DataFrame(rows)
         df.attrs["skipped"] = skipped
         return df

@@ -7,6 +7,7 @@ good report stays, and the command exits non-zero. ``reports/index.html`` links 
 one-line summary each.
 Notebooks are committed stripped by nbstripout (``make strip-notebooks``; ``make nbstripout-filter``
 installs it as the git filter named in ``.gitattributes``).
+``--ray`` (local) or ``--ray-address ADDRESS`` renders the notebooks as parallel Ray tasks.
 """
 from __future__ import annotations
 
@@ -200,6 +201,45 @@ def write_index(out_dir: Path, runs: list[dict]) -> Path:
     return atomic_write_text(out_dir / "index.html", page)
 
 
+def _render_task(nb: str, out_dir: str, profile: str, timeout, extra):
+    return render(Path(nb), Path(out_dir), profile, timeout, extra)
+
+
+def render_ray(nbs: list[Path], out_dir: Path, profile: str, timeout: int | None = None, extra: dict | None = None,
+               address: str | None = None, num_cpus: int | None = None, log=print) -> list[dict]:
+    """Render ``nbs`` as parallel Ray tasks (one CPU each), same failure handling as the serial
+    loop: a notebook that fails (or whose worker dies) gets ``<name>.failed.html`` and a failed
+    row, the others go on. ``out_dir`` must be visible to the workers (local Ray, shared disk)."""
+    from prunekit.experiments.sweep import ray_init
+    started = ray_init(address, num_cpus)
+    import ray
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_render_task)
+        refs = {task.remote(str(nb), str(out_dir), profile, timeout, extra): nb for nb in nbs}
+        t0 = time.perf_counter()
+        runs, pending = [], list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                nb = refs[ref]
+                try:
+                    r = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the task itself died (worker crash, OOM)
+                    lines = str(e).strip().splitlines()
+                    err = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out_dir / f"{nb.stem}.failed.html", f"<pre>{html.escape(str(e))}</pre>")
+                    r = {"name": nb.stem, "title": _title(nb), "ok": False, "seconds": time.perf_counter() - t0,
+                         "error": err, "summary": "", "profile": profile,
+                         "model": (extra or {}).get("model", "default")}
+                log(f"[reports] {nb.name}: {'ok' if r['ok'] else 'FAILED ' + str(r['error'])} in {r['seconds']:.0f} s")
+                runs.append(r)
+    finally:
+        if started:
+            ray.shutdown()
+    return sorted(runs, key=lambda r: r["name"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
@@ -209,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None,
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--ray", action="store_true", help="render the notebooks as parallel tasks on a local Ray")
+    ap.add_argument("--ray-address", default=None, help="render on an existing Ray cluster (shared disk)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     a = ap.parse_args(argv)
     if not Path(a.notebooks).is_dir():
         print(f"prunekit.reporting: error: --notebooks {a.notebooks} is not a directory", file=sys.stderr)
@@ -221,6 +264,11 @@ def main(argv=None) -> int:
               + (f" matching --only {a.only}" if a.only else ""), file=sys.stderr)
         return 2
     runs = []
+    if a.ray or a.ray_address:
+        print(f"[reports] {len(nbs)} notebooks as Ray tasks (profile={a.profile}) ...", flush=True)
+        runs = render_ray(nbs, Path(a.out), a.profile, a.timeout, {"model": a.model} if a.model else None,
+                          a.ray_address, a.num_cpus)
+        nbs = []
     for nb in nbs:
         print(f"[reports] {nb.name} (profile={a.profile}) ...", flush=True)
         r = render(nb, Path(a.out), a.profile, a.timeout, extra={"model": a.model} if a.model else None)
