@@ -99,6 +99,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the JSON record here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--offload", default="auto", help="where block weights live: none, cpu, disk or auto "
+                   "(default: none if the model fits on the device with 30%% headroom, else cpu, else disk)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -126,6 +128,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     dm = sub.add_parser("demo", help="quick dense vs pruned table on the default model")
     dm.add_argument("--model", default="smollm2-135m")
     dm.add_argument("--profile", default="quick", help="quick, cpu or paper")
+    dm.add_argument("--offload", default="auto", help="none, cpu, disk or auto")
     return ap, table
 
 
@@ -133,7 +136,9 @@ def _validate(args) -> None:
     from prunekit.core.data import DATASETS
     from prunekit.solvers.masks import check_sparsity_value, parse_nm
     from prunekit.solvers.prune import METRICS
+    from prunekit.core.offload import check_mode
     from prunekit.utils import check_writable
+    check_mode(args.offload)
     for d in filter(None, args.eval.split(",")):
         if d not in DATASETS:
             raise PrunekitError(f"unknown --eval dataset '{d}'; choose from {', '.join(DATASETS)}")
@@ -186,7 +191,8 @@ def run(argv=None) -> dict:
             print(f"{name:<14} {doc}")
         return {}
     if args.cmd == "demo":
-        return demo(args.model, args.profile)
+        from prunekit.core.offload import check_mode
+        return demo(args.model, args.profile, check_mode(args.offload))
     _validate(args)
     if args.threads:
         import torch
@@ -198,7 +204,7 @@ def run(argv=None) -> dict:
     t0 = time.perf_counter()
     if args.cmd == "eval":
         from prunekit.core.models import load_model
-        model, tok = load_model(args.model, args.device, args.dtype)
+        model, tok = load_model(args.model, args.device, args.dtype, offload=args.offload)
         load_s = time.perf_counter() - t0
         from prunekit.evaluation.perplexity import perplexity
         from prunekit.solvers.prune import measure_sparsity
@@ -234,7 +240,7 @@ def run(argv=None) -> dict:
                        calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                        eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
                        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                       progress=not args.quiet)
+                       offload=args.offload, progress=not args.quiet)
         rec = sess.run(allocation, args.metric, args.sparsity, args.nm, evaluate=bool(evals),
                        zero_shot=zs, zero_shot_limit=args.zero_shot_limit, s_min=args.s_min,
                        s_max=args.s_max, options_=options)
@@ -253,10 +259,10 @@ def run(argv=None) -> dict:
     return rec
 
 
-def demo(model: str = "smollm2-135m", profile: str = "quick") -> dict:
+def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "auto") -> dict:
     """Dense vs 50 % magnitude / Wanda / SparseGPT on the default model: the README's first command."""
     from prunekit.experiments.session import Session
-    sess = Session.from_profile(profile, model_name=model)
+    sess = Session.from_profile(profile, model_name=model, offload=offload)
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")
     rows = [("dense", 0.0, sess.dense()["wikitext2"])]

@@ -177,23 +177,141 @@ def resolve(name_or_path: str) -> tuple[str, str]:
         "or a hub id like 'meta-llama/Llama-2-7b-hf'")
 
 
+def _checkpoint_params(loc: str, block_path: str | None) -> tuple[int, int]:
+    """(all parameters, parameters of block 0) from the safetensors headers (nothing is read)."""
+    from prunekit.core.offload import checkpoint_sources
+    from safetensors import safe_open
+    try:
+        sources = checkpoint_sources(Path(loc))
+    except PrunekitError:
+        return 0, 0
+    total = block0 = 0
+    files: dict[str, list[str]] = {}
+    for k, (f, name) in sources.items():
+        files.setdefault(f, []).append(name)
+    for f, names in files.items():
+        with safe_open(f, framework="pt") as h:
+            for name in names:
+                n = 1
+                for d in h.get_slice(name).get_shape():
+                    n *= d
+                total += n
+                if block_path and name.startswith(f"{block_path}.0."):
+                    block0 += n
+    return total, block0
+
+
+def _load_disk(loc: str, dt: torch.dtype, dev: torch.device, work: Path):
+    """Meta-device init, non-block weights read onto ``dev``, block weights left in the checkpoint's
+    safetensors files (read when a block is worked on): the model is never whole in memory."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prunekit.core.offload import attach, checkpoint_sources
+    cfg = AutoConfig.from_pretrained(loc)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
+    prefix = block_prefix(model)
+    sources = checkpoint_sources(Path(loc))
+    state = dict(model.state_dict(keep_vars=True))
+    for key, (f, name) in sources.items():
+        if key.startswith(prefix) or key not in state:
+            continue
+        with safe_open(f, framework="pt", device="cpu") as h:
+            t = h.get_tensor(name)
+        set_module_tensor_to_device(model, key, dev, value=t, dtype=dt if t.is_floating_point() else None)
+    if getattr(model.config, "tie_word_embeddings", False) or getattr(
+            model.config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [k for k, v in model.state_dict(keep_vars=True).items()
+               if v.device.type == "meta" and not k.startswith(prefix)]
+    missing += [k for k in state if k.startswith(prefix) and k not in sources]
+    if missing:
+        raise PrunekitError(f"--offload disk: checkpoint {loc} lacks {len(missing)} tensors the model needs "
+                            f"(first: {missing[0]})")
+    lay = layout(model)
+    attach(model, "disk", dev, lay.blocks, prefix, {k: v for k, v in sources.items() if k.startswith(prefix)},
+           work)
+    return model
+
+
+@torch.no_grad()
+def _keep_blocks_on_cpu(model, dev: torch.device) -> None:
+    """``offload='cpu'``: everything but the decoder blocks moves to ``dev`` (same Parameter objects,
+    so tied embeddings stay tied); blocks stay in CPU RAM."""
+    from prunekit.core.offload import attach
+    lay = layout(model)
+    in_blocks = {id(t) for t in lay.blocks.parameters()} | {id(t) for t in lay.blocks.buffers()}
+    for p in model.parameters():
+        if id(p) not in in_blocks:
+            p.data = p.data.to(dev)
+    for mod in model.modules():
+        for n, b in list(mod._buffers.items()):
+            if b is not None and id(b) not in in_blocks:
+                mod._buffers[n] = b.to(dev)
+    attach(model, "cpu", dev, lay.blocks, block_prefix(model))
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, offload: str = "auto", calib_tokens: int = 0):
     """Return (model, tokenizer) in eval mode, on ``device`` (CUDA if present) and ``dtype``
-    (fp16/bf16 on GPU, fp32 on CPU unless overridden)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    (fp16/bf16 on GPU, fp32 on CPU unless overridden).
+
+    ``offload`` (none | cpu | disk | auto, see ``core.offload``) decides where the decoder blocks'
+    weights live; the model is never staged twice (from_pretrained loads straight onto the device;
+    ``disk`` initialises on the meta device and leaves blocks in the safetensors files).
+    ``calib_tokens`` (calibration samples × seqlen) sizes the activations for the ``auto`` rule."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from prunekit.core.offload import check_mode, estimate_auto, free_bytes, make_work_dir
+    check_mode(offload)
     kind, loc = resolve(name_or_path)
     if loc.endswith(".gguf"):
         loc = str(_dense_cache_for_gguf(Path(loc)))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    work = make_work_dir(cache_dir() / "offload") if offload == "disk" else None  # fail before loading
+    mode = offload
+    if kind != "hub" and (mode in ("auto", "cpu", "disk")):
+        try:
+            cfg = AutoConfig.from_pretrained(loc)
+            path = _BLOCK_PATHS.get(getattr(cfg, "model_type", ""))
+            hidden = getattr(cfg.get_text_config(), "hidden_size", 0)
+        except Exception:
+            cfg, path, hidden = None, None, 0
+        total, block0 = _checkpoint_params(loc, path)
+        size = torch.empty((), dtype=dt).element_size()
+        if mode == "auto":
+            mode = estimate_auto(total * size, 2 * calib_tokens * hidden * 4, dev) if total else "none"
+        if mode in ("cpu", "disk") and block0 and block0 * size > free_bytes(dev):
+            raise PrunekitError(
+                f"one decoder block of '{name_or_path}' needs {block0 * size / 2**30:.2f} GiB but the execution "
+                f"device {dev} has {free_bytes(dev) / 2**30:.2f} GiB free; use a larger device or a smaller dtype")
+    elif mode == "auto":
+        mode = "none"
+    if mode == "disk" and work is None:
+        work = make_work_dir(cache_dir() / "offload")
     try:
         tok = AutoTokenizer.from_pretrained(loc)
-        model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt)
+        if mode == "disk":
+            if kind == "hub":
+                raise PrunekitError("--offload disk needs a local model directory (safetensors), not a hub id")
+            model = _load_disk(loc, dt, dev, work)
+        elif mode == "none" and dev.type != "cpu":
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map={"": str(dev)})
+        else:
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt)
     except OSError as e:
         where = "the Hugging Face hub (needs network access)" if kind == "hub" else loc
         raise PrunekitError(f"cannot load model '{name_or_path}' from {where}: {str(e).splitlines()[0]}") from e
-    model.to(dev).eval()
+    if mode == "cpu":
+        _keep_blocks_on_cpu(model, dev)
+    if work is not None and mode != "disk":
+        import shutil as _sh
+        _sh.rmtree(work, ignore_errors=True)
+    model.eval()
     model.config.use_cache = False
     model.prunekit_name = name_or_path
     layout(model)  # fail early on an unsupported architecture
@@ -238,6 +356,14 @@ class Layout:
         return [[m.weight.numel() for m in self.linears(i).values()] for i in range(self.num_blocks)]
 
 
+def block_prefix(model) -> str:
+    """State-dict prefix of the decoder blocks, e.g. 'model.layers.'."""
+    mt = getattr(model.config, "model_type", "?")
+    if mt not in _BLOCK_PATHS:
+        layout(model)  # raises the unsupported-architecture error
+    return _BLOCK_PATHS[mt] + "."
+
+
 def find_linears(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 
@@ -265,11 +391,13 @@ def fingerprint(model) -> str:
     Used to key the statistics cache; changes when weights are pruned or replaced."""
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     h.update(str(getattr(model, "prunekit_name", "")).encode())
+    from prunekit.core.offload import onload
     lay = layout(model)
     for i in range(lay.num_blocks):
-        for n, m in lay.linears(i).items():
-            w = m.weight.detach().reshape(-1)
-            sample = w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
-            h.update(n.encode())
-            h.update(sample.tobytes())
+        with onload(model, i):
+            for n, m in lay.linears(i).items():
+                w = m.weight.detach().reshape(-1)
+                sample = w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
+                h.update(n.encode())
+                h.update(sample.tobytes())
     return h.hexdigest()[:20]
