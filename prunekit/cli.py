@@ -240,7 +240,7 @@ def run(argv=None) -> dict:
                        calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                        eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
                        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                       offload=args.offload, progress=not args.quiet)
+                       offload=args.offload, restorable=False, progress=not args.quiet)
         rec = sess.run(allocation, args.metric, args.sparsity, args.nm, evaluate=bool(evals),
                        zero_shot=zs, zero_shot_limit=args.zero_shot_limit, s_min=args.s_min,
                        s_max=args.s_max, options_=options)

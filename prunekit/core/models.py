@@ -386,18 +386,36 @@ def layout(model) -> Layout:
     return Layout(mt, obj, names)
 
 
-def fingerprint(model) -> str:
+def _sample(w: torch.Tensor):
+    w = w.detach().reshape(-1)
+    return w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
+
+
+def fingerprint(model, digests: list | None = None) -> str:
     """Cheap identity of a model's weights: config + name + a strided sample of every block linear.
-    Used to key the statistics cache; changes when weights are pruned or replaced."""
+    Used to key the statistics cache; changes when weights are pruned or replaced. ``digests``
+    (a list) receives one hash per block of its samples, for ``block_digest`` checks."""
+    from prunekit.core.offload import onload
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     h.update(str(getattr(model, "prunekit_name", "")).encode())
-    from prunekit.core.offload import onload
     lay = layout(model)
     for i in range(lay.num_blocks):
+        bh = hashlib.sha256()
         with onload(model, i):
             for n, m in lay.linears(i).items():
-                w = m.weight.detach().reshape(-1)
-                sample = w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
-                h.update(n.encode())
-                h.update(sample.tobytes())
+                sample = _sample(m.weight)
+                for x in (h, bh):
+                    x.update(n.encode())
+                    x.update(sample.tobytes())
+        if digests is not None:
+            digests.append(bh.hexdigest())
     return h.hexdigest()[:20]
+
+
+def block_digest(model, i: int) -> str:
+    """Hash of block i's strided weight samples (as in ``fingerprint``); the block must be onloaded."""
+    bh = hashlib.sha256()
+    for n, m in layout(model).linears(i).items():
+        bh.update(n.encode())
+        bh.update(_sample(m.weight).tobytes())
+    return bh.hexdigest()

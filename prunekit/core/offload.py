@@ -95,7 +95,8 @@ def exec_device(model) -> torch.device:
     off = offloader(model)
     if off is not None:
         return off.device
-    return model.get_input_embeddings().weight.device
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return emb.weight.device if emb is not None else next(model.parameters()).device
 
 
 def activation_device(model) -> torch.device:
@@ -106,6 +107,10 @@ def activation_device(model) -> torch.device:
 def onload(model, i: int, write: bool = False):
     """Block ``i``'s weights materialised on its execution device for the duration (a no-op without
     offload). ``write=True``: changes are written back to the block's home on the last release."""
+    if write:  # an active weight snapshot copies the block before its first modification
+        for snap in list(getattr(model, "prunekit_snapshots", ())):
+            snap.save(i)
+        model.__dict__.setdefault("prunekit_modified", set()).add(i)
     off = offloader(model)
     if off is None:
         yield
@@ -157,6 +162,7 @@ class Offloader:
         self.sources = sources or {}      # disk: full key -> (file, key in file)
         self.work_dir = work_dir
         self.reads = self.writes = 0      # block loads / write-backs (cost accounting)
+        self.pinned: dict[str, int] = {}  # work files a snapshot still refers to
         self.cpu_home: list[dict[str, torch.Tensor]] = []
         if mode == "cpu":
             pin = self.device.type == "cuda"
@@ -249,12 +255,41 @@ class Offloader:
         self.writes += 1
         tensors = {key: (mod._parameters if isp else mod._buffers)[n].detach().to("cpu").contiguous()
                    for key, mod, n, isp in self.entries[i]}
-        path = self.work_dir / f"block{i:04d}.safetensors"
+        path = self.work_dir / f"block{i:04d}-{self.writes}.safetensors"  # new name: snapshots may hold the old
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
+        old = {self.sources[f"{self.prefix}{i}.{key}"][0] for key in tensors}
         for key in tensors:
             self.sources[f"{self.prefix}{i}.{key}"] = (str(path), key)
+        for f in old:
+            self.drop_file(f)
+
+    def block_sources(self, i: int) -> dict[str, tuple[str, str]]:
+        return {key: self.sources[f"{self.prefix}{i}.{key}"] for key, *_ in self.entries[i]}
+
+    def set_block_sources(self, i: int, src: dict[str, tuple[str, str]]) -> None:
+        """Point block i back at ``src`` (a snapshot restoring a disk-offloaded block: no copy)."""
+        old = {f for f, _ in self.block_sources(i).values()}
+        for key, v in src.items():
+            self.sources[f"{self.prefix}{i}.{key}"] = v
+        for f in old:
+            self.drop_file(f)
+
+    def pin(self, files, delta: int) -> None:
+        for f in files:
+            self.pinned[f] = self.pinned.get(f, 0) + delta
+            if self.pinned[f] <= 0:
+                self.pinned.pop(f)
+                self.drop_file(f)
+
+    def drop_file(self, f: str) -> None:
+        """Delete a work file nobody refers to (never the model's own checkpoint)."""
+        if self.work_dir is None or Path(f).parent != self.work_dir or f in self.pinned:
+            return
+        if any(v[0] == f for v in self.sources.values()):
+            return
+        Path(f).unlink(missing_ok=True)
 
     def remove(self) -> None:
         for h in self.handles:
