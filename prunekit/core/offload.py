@@ -259,7 +259,7 @@ class Offloader:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
-        old = {self.sources[f"{self.prefix}{i}.{key}"][0] for key in tensors}
+        old = {self.sources[f"{self.prefix}{i}.{key}"][0] for key in tensors if f"{self.prefix}{i}.{key}" in self.sources}
         for key in tensors:
             self.sources[f"{self.prefix}{i}.{key}"] = (str(path), key)
         for f in old:
@@ -342,8 +342,8 @@ def offload_model(model, mode: str, device=None, work_root: Path | None = None) 
         return attach(model, mode, dev, lay.blocks, prefix)
     work = make_work_dir((work_root or cache_dir()) / "offload")
     off = attach(model, "disk", dev, lay.blocks, prefix, {}, work)
-    for i in range(lay.num_blocks):
-        off.acquire(i, True)
+    for i in range(lay.num_blocks):  # the block is resident now: mark it held and dirty, then release
+        off.refs[i], off.dirty[i] = 1, True
         off.release(i)
     return off
 

@@ -270,18 +270,27 @@ class Probe:
             linears = self.lay.linears(layer)
             stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in COLLECT[metric]}
             hooks = collect_hooks(linears, stats)
+            # the dense output of block `layer` is a clean boundary that recomputation would take
+            # from the pruned block: keep it for this experiment (one boundary)
+            extra = layer + 1 not in self.ckpt
             try:  # dense statistics of block `layer` from its clean inputs (one extra block run)
-                for j in range(self.nbatches if stats else 0):
-                    self._run(layer, next(self._clean(layer, j))[1], j)
+                outs = [self._run(layer, next(self._clean(layer, j))[1], j).to(self.replay.store)
+                        for j in range(self.nbatches if (stats or extra) else 0)]
             finally:
                 for hk in hooks:
                     hk.remove()
-            prune_block(layer, block, stats, values, metric, nm, names, blocksize, percdamp)
+            if extra:
+                self.ckpt[layer + 1] = outs
+            try:
+                prune_block(layer, block, stats, values, metric, nm, names, blocksize, percdamp)
 
-            def perturb(j, d, h_in, h_out):  # pruned block on its clean input; later blocks dense
-                return self._run(layer, h_in, j)
+                def perturb(j, d, h_in, h_out):  # pruned block on its clean input; later blocks dense
+                    return self._run(layer, h_in, j)
 
-            return self._follow(layer, perturb, f"prune({metric}, s={float(np.mean(row)):g})")
+                return self._follow(layer, perturb, f"prune({metric}, s={float(np.mean(row)):g})")
+            finally:
+                if extra:
+                    del self.ckpt[layer + 1]
 
     # ---- scans
     def scan(self, kind: str = "noise", layers=None, desc: str | None = None, **kw) -> list[Trajectory]:
