@@ -275,3 +275,14 @@ def test_auto_rule(monkeypatch, tiny_dir):
     # one 147 kB block fits in 300 kB, the 0.75 MB model does not: disk
     m, _ = load_model(str(tiny_dir), "cpu", "fp32", offload="auto")
     assert m.prunekit_offloader.mode == "disk"
+
+
+def test_save_model_from_disk_offload_reads_back(tiny_dir, tmp_path):
+    from prunekit.core.models import load_model, save_model
+    m, tok = load_model(str(tiny_dir), "cpu", "fp32", offload="disk")
+    prune_model(m, tiny_calib(4, 16).input_ids, 0.5, "wanda", batch_size=2, progress=False)
+    want = weights(m)
+    save_model(m, tok, tmp_path / "saved")
+    back, _ = load_model(str(tmp_path / "saved"), "cpu", "fp32", offload="none")
+    got = weights(back)
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -323,7 +323,51 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise PrunekitError(f"--save-model target {out} exists and is not empty; choose a new directory")
+    from prunekit.core.offload import offloader
+    off = offloader(model)
+    if off is not None and off.needs_moving:
+        return _save_offloaded(model, tokenizer, out)
     return _save_dir(model, tokenizer, out)
+
+
+def _save_offloaded(model, tok, target: Path) -> Path:
+    """Sharded safetensors, one block at a time (an offloaded model is never whole in memory);
+    staged and renamed into place like ``_save_dir``."""
+    from safetensors.torch import save_file
+
+    from prunekit.core.offload import onload
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    prefix = block_prefix(model)
+    lay = layout(model)
+    weight_map = {}
+
+    def write(fname, tensors):
+        keep, seen = {}, set()  # per shard: freed blocks' addresses are reused later
+        for k, v in tensors.items():  # tied weights are stored once (HF drops the tied copy)
+            if v.device.type == "meta" or (v.data_ptr(), v.shape) in seen:
+                continue
+            seen.add((v.data_ptr(), v.shape))
+            keep[k] = v.detach().to("cpu").contiguous()
+        save_file(keep, str(tmp / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in keep})
+
+    try:
+        write("model-rest.safetensors", {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
+        for i in range(lay.num_blocks):
+            with onload(model, i):
+                write(f"model-block{i:04d}.safetensors",
+                      {f"{prefix}{i}.{k}": v for k, v in lay.blocks[i].state_dict().items()})
+        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        model.config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists() and not any(target.iterdir()):
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 # ----------------------------------------------------------------------------- architecture adapter
