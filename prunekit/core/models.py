@@ -273,6 +273,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     work = make_work_dir(cache_dir() / "offload") if offload == "disk" else None  # fail before loading
+    if kind == "hub" and offload != "none":  # size it and memory-map it: the files on local disk first
+        try:
+            from huggingface_hub import snapshot_download
+            loc = snapshot_download(loc, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
+                                                         "*.txt", "*.jinja"])
+            kind = "dir"
+        except Exception as e:
+            raise PrunekitError(f"cannot download model '{name_or_path}' from the Hugging Face hub "
+                                f"(needs network access): {str(e).splitlines()[0]}") from e
     mode = offload
     if kind != "hub" and (mode in ("auto", "cpu", "disk")):
         try:
@@ -296,8 +305,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     try:
         tok = AutoTokenizer.from_pretrained(loc)
         if mode == "disk":
-            if kind == "hub":
-                raise PrunekitError("--offload disk needs a local model directory (safetensors), not a hub id")
             model = _load_disk(loc, dt, dev, work)
         elif mode == "none" and dev.type != "cpu":
             model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map={"": str(dev)})
