@@ -306,6 +306,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
         tok = AutoTokenizer.from_pretrained(loc)
         if mode == "disk":
             model = _load_disk(loc, dt, dev, work)
+        elif mode == "none" and dev.type == "cuda" and device in (None, "auto") and torch.cuda.device_count() > 1:
+            # several GPUs (70B): accelerate spreads the blocks; each block runs where it lives and
+            # the engine moves its inputs there (engine.run_block)
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map="auto")
         elif mode == "none" and dev.type != "cpu":
             model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map={"": str(dev)})
         else:
