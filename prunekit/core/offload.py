@@ -361,6 +361,8 @@ def estimate_auto(param_bytes: int, act_bytes: int, device: torch.device) -> str
 
 def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
+        if device.index is None and torch.cuda.device_count() > 1:  # spread over every GPU
+            return sum(int(torch.cuda.mem_get_info(k)[0]) for k in range(torch.cuda.device_count()))
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
