@@ -246,7 +246,10 @@ def main(argv=None) -> None:
     ap.add_argument("what", choices=["build", "m1", "m2", "m3"])
     ap.add_argument("--metric", default="wanda", choices=["wanda", "sparsegpt"])
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--calib-samples", type=int, default=None, help="M2/M3 calibration windows")
+    ap.add_argument("--calib-seqlen", type=int, default=None)
     a = ap.parse_args(argv)
+    cal = {k: v for k, v in (("calib_samples", a.calib_samples), ("calib_seqlen", a.calib_seqlen)) if v}
     if a.what == "build":
         t0 = time.perf_counter()
         p = model_7b()
@@ -254,9 +257,9 @@ def main(argv=None) -> None:
     elif a.what == "m1":
         m1(a.metric, a.dtype)
     elif a.what == "m2":
-        m2()
+        m2(**cal)
     else:
-        m3()
+        m3(**cal)
 
 
 if __name__ == "__main__":

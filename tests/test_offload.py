@@ -286,3 +286,19 @@ def test_save_model_from_disk_offload_reads_back(tiny_dir, tmp_path):
     back, _ = load_model(str(tmp_path / "saved"), "cpu", "fp32", offload="none")
     got = weights(back)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
+def test_smollm2_masks_bit_identical_across_offload_modes(metric):
+    """M2's equivalence half on the real model: 2 x 64 calibration tokens keep it cheap."""
+    from prunekit.core.models import load_model
+    ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for mode in ("none", "cpu", "disk"):
+        m, _ = load_model("smollm2-135m", "cpu", "fp32", offload=mode)
+        prune_model(m, ids, 0.5, metric, batch_size=2, progress=False)
+        out[mode] = {k: w == 0 for k, w in weights(m).items()}
+        del m
+    for mode in ("cpu", "disk"):
+        assert all(torch.equal(out[mode][k], out["none"][k]) for k in out["none"]), mode
