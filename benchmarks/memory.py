@@ -125,9 +125,19 @@ def build_random_llama(target: Path, shape: dict, seed: int = 0, dtype: str = "b
     return target
 
 
-def model_7b(seed: int = 0) -> Path:
+def model_7b(seed: int = 0, blocks: int | None = None) -> Path:
+    """The 7B-shape model; ``blocks`` < 32 builds a shallower model of the same width (a quick
+    proxy for the per-block peak: with disk offload only one block is ever resident)."""
     from prunekit.core.models import cache_dir
+    if blocks and blocks != SHAPE_7B["num_hidden_layers"]:
+        return build_random_llama(cache_dir() / "dense" / f"{NAME_7B}-{blocks}blocks",
+                                  {**SHAPE_7B, "num_hidden_layers": blocks}, seed)
     return build_random_llama(cache_dir() / "dense" / NAME_7B, SHAPE_7B, seed)
+
+
+def model_7b_built() -> bool:
+    from prunekit.core.models import cache_dir
+    return (cache_dir() / "dense" / NAME_7B / "prunekit.json").is_file()
 
 
 def fp32_bytes(model_dir: Path) -> int:
@@ -199,15 +209,15 @@ def run_child(**kw) -> dict:
     return out
 
 
-def m1(metric: str = "wanda", dtype: str = "bf16") -> dict:
-    path = model_7b()
-    fp32 = fp32_bytes(path)
+def m1(metric: str = "wanda", dtype: str = "bf16", blocks: int | None = None) -> dict:
+    path = model_7b(blocks=blocks)
+    fp32 = fp32_bytes(model_7b()) if (model_7b_built() or not blocks) else fp32_bytes(path)
     r = run_child(model=str(path), offload="disk", metric=metric, dtype=dtype, calib_samples=2,
                   calib_seqlen=128, eval_windows=1, eval_seqlen=128)
     r["fp32_gb"] = fp32 / 2 ** 30
     r["ratio"] = r["peak_mb"] * 2 ** 20 / fp32
     goal = 0.15 if metric == "wanda" else 0.2
-    print(f"M1[{metric}, offload=disk, {dtype}]: peak RSS {r['peak_mb'] / 1024:.2f} GiB ÷ fp32 model "
+    print(f"M1[{metric}, offload=disk, {dtype}{f', {blocks}-block proxy' if blocks else ''}]: peak RSS {r['peak_mb'] / 1024:.2f} GiB ÷ fp32 model "
           f"{r['fp32_gb']:.2f} GiB = {r['ratio']:.3f} (goal ≤ {goal}); interpreter baseline "
           f"{r['base_mb']:.0f} MB; phases " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items())
           + f"; wall {r['wall_s']:.0f} s; sparsity {r['global_sparsity']:.3f}; ppl {r['ppl']}")
@@ -253,6 +263,7 @@ def main(argv=None) -> None:
     ap.add_argument("what", choices=["build", "m1", "m2", "m3"])
     ap.add_argument("--metric", default="wanda", choices=["wanda", "sparsegpt"])
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--blocks", type=int, default=None, help="M1 on a shallower same-width proxy model")
     ap.add_argument("--calib-samples", type=int, default=None, help="M2/M3 calibration windows")
     ap.add_argument("--calib-seqlen", type=int, default=None)
     a = ap.parse_args(argv)
@@ -262,7 +273,7 @@ def main(argv=None) -> None:
         p = model_7b()
         print(f"built {p} in {time.perf_counter() - t0:.0f} s; fp32 bytes {fp32_bytes(p) / 2**30:.2f} GiB")
     elif a.what == "m1":
-        m1(a.metric, a.dtype)
+        m1(a.metric, a.dtype, a.blocks)
     elif a.what == "m2":
         m2(**cal)
     else:
