@@ -209,17 +209,34 @@ def test_session_without_snapshot_and_with_offload(tmp_path):
 
 # ----------------------------------------------------------------------------- load_model
 
-@pytest.fixture
-def tiny_dir(tmp_path):
-    """A tiny LLaMA saved as a HF directory with a word-level tokenizer (no network, no SmolLM2)."""
+def _save_tiny(tmp_path, kind="llama"):
+    """A tiny model saved as a HF directory with a word-level tokenizer (no network, no SmolLM2)."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
-    m = tiny_model("llama")
-    d = tmp_path / "tiny"
+    m = tiny_model(kind)
+    d = tmp_path / f"tiny-{kind}"
     m.save_pretrained(d, safe_serialization=True)
     tk = Tokenizer(models.WordLevel({str(i): i for i in range(256)}, unk_token="0"))
     PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="0").save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return _save_tiny(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gemma3", "opt"])
+def test_disk_load_other_families_matches_in_memory(tmp_path, kind):
+    from prunekit.core.models import load_model
+    d = _save_tiny(tmp_path, kind)
+    ids = tiny_calib(2, 16).input_ids
+    out = {}
+    for mode in ("none", "disk"):
+        m, _ = load_model(str(d), "cpu", "fp32", offload=mode)
+        with torch.no_grad():
+            out[mode] = m(input_ids=ids).logits
+    assert torch.equal(out["disk"], out["none"])
 
 
 @pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
