@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 
+from prunekit.core.offload import OFFLOAD_MODES
 from prunekit.errors import PrunekitError
 
 PREFIX = {"alphapruning": "alpha", "absorption": "absorption"}
@@ -180,6 +181,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--progress", action="store_true",
                    help="progress bars even when stderr is not a terminal (or PRUNEKIT_PROGRESS=1)")
     o.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    o.add_argument("--offload", default="auto", choices=OFFLOAD_MODES,
+                   help="where block weights live: none (on the device), cpu, disk (memory-mapped), or auto: "
+                   "none if model + calibration activations + 30%% headroom fit on the device, else cpu, else disk")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -233,6 +237,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     dm.add_argument("--model", default="smollm2-135m", help="model alias, .gguf, or HF directory")
     dm.add_argument("--profile", default="quick", choices=("quick", "cpu", "paper"), help="run profile")
     dm.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    dm.add_argument("--offload", default="auto", choices=OFFLOAD_MODES, help="where block weights live")
     _add_sweep(sub)
     return ap, table
 
@@ -339,6 +344,12 @@ def validate(args, table: dict | None = None) -> dict:
     from prunekit.core.preflight import peek_model
     from prunekit.utils import check_writable
     prep: dict = {}
+    if args.offload == "disk":  # the offload work directory must be writable: check before loading
+        import shutil
+
+        from prunekit.core.models import cache_dir
+        from prunekit.core.offload import make_work_dir
+        shutil.rmtree(make_work_dir(cache_dir() / "offload"), ignore_errors=True)
     prep["evals"] = _datasets(args.eval, "--eval")
     zs = [t.strip() for t in args.zero_shot.split(",") if t.strip()]
     if zs:
@@ -508,7 +519,7 @@ def run(argv=None) -> dict:
             print(f"{name:<14} {doc}")
         return {}
     if args.cmd == "demo":
-        return demo(args.model, args.profile)
+        return demo(args.model, args.profile, args.offload)
     if args.cmd == "tasks":
         return tasks_command(args.write, args.tasks, args.model)
     if args.cmd == "sweep":
@@ -531,7 +542,7 @@ def _execute(args, prep: dict, progress: bool) -> dict:
     if args.cmd == "eval":
         from prunekit.core.models import load_model
         try:
-            model, tok = load_model(args.model, args.device, args.dtype)
+            model, tok = load_model(args.model, args.device, args.dtype, offload=args.offload)
         except PrunekitError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
@@ -561,7 +572,8 @@ def _execute(args, prep: dict, progress: bool) -> dict:
             sess = Session(model_name=args.model, calib_dataset=args.calib_dataset,
                            calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                            eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
-                           batch_size=args.batch_size, device=args.device, dtype=args.dtype, progress=progress)
+                           batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                           offload=args.offload, restorable=False, progress=progress)
         except PrunekitError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
@@ -635,10 +647,10 @@ class SaveError(PrunekitError):
     """Writing an output failed after the run completed (exit 1: the input was fine)."""
 
 
-def demo(model: str = "smollm2-135m", profile: str = "quick") -> dict:
+def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "auto") -> dict:
     """Dense vs 50 % magnitude / Wanda / SparseGPT on the default model: the README's first command."""
     from prunekit.experiments.session import Session
-    sess = Session.from_profile(profile, model_name=model)
+    sess = Session.from_profile(profile, model_name=model, offload=offload)
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")
     rows = [("dense", 0.0, sess.dense()["wikitext2"])]

@@ -7,6 +7,13 @@
    block ("sequential across blocks, parallel within a block", ALGORITHMS.md §0.2); a callback may
    prune it; the (pruned) block is re-run and its outputs overwrite its inputs in place, so memory
    holds one block boundary of activations.
+3. ``Replay``: the clean block boundaries of a token set, kept every k blocks and recomputed in
+   between; the one replay path of the analyses (absorption probe, MRP findings, SV-NUP game).
+
+Memory (``core.offload``): each block is onloaded to its execution device while it is worked on
+(``offload`` none/cpu/disk); boundary activations live on the device or on CPU by the model's
+``MemoryPolicy`` and move to the block's device one batch at a time, so a model spread over
+several devices runs each block where it lives with its inputs following it.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from prunekit.utils import tqdm
 
 from prunekit.utils import bars_disabled
 from prunekit.core.models import layout
+from prunekit.core.offload import activation_device, block_device, exec_device, memory_policy, onload
 from prunekit.errors import PrunekitError
 
 _DROP = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -58,13 +66,6 @@ class BlockInputs:
     def block_kwargs(self, i: int, j: int) -> dict:
         return self.kwargs[self.hidden[j].shape[0]][i]
 
-    @property
-    def ntokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
-
-    def clone(self) -> "BlockInputs":
-        return BlockInputs([h.clone() for h in self.hidden], self.kwargs)
-
 
 @torch.no_grad()
 def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
@@ -73,7 +74,8 @@ def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
         raise PrunekitError(f"calibration needs batch_size >= 1 and at least one window, got "
                             f"batch_size={batch_size}, {input_ids.shape[0]} windows")
     lay = layout(model)
-    dev = next(model.parameters()).device
+    dev = exec_device(model)
+    store = activation_device(model)
     originals = list(lay.blocks)
     out = BlockInputs([])
     try:
@@ -86,7 +88,7 @@ def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
                 model(input_ids=x, use_cache=False)
             except _StopForward:
                 pass
-            out.hidden.append(sink["hidden"])
+            out.hidden.append(sink["hidden"].to(store))
             out.kwargs.setdefault(x.shape[0], sink["kwargs"])
     finally:
         for i, b in enumerate(originals):
@@ -110,7 +112,7 @@ def head_logits(model, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> t
     """Logits from hidden states after the last block (any architecture: the blocks are swapped
     for a replay and the model runs its own head; embeddings are recomputed, which is cheap)."""
     lay = layout(model)
-    dev = next(model.parameters()).device
+    dev = exec_device(model)
     originals = list(lay.blocks)
     try:
         for i in range(lay.num_blocks):
@@ -121,7 +123,21 @@ def head_logits(model, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> t
             lay.blocks[i] = b
 
 
+def _to(obj, dev: torch.device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, dev) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, dev) for k, v in obj.items()}
+    return obj
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """One decoder block on one batch, where the block lives (its inputs follow it)."""
+    dev = block_device(block)
+    if hidden.device != dev:
+        hidden, kwargs = hidden.to(dev), _to(kwargs, dev)
     out = block(hidden, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -188,38 +204,126 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
 
     ``collect`` names the statistics accumulated per linear (keys of ``STATS``); they reach
     ``on_block`` as ``stats[kind][linear_name]``. ``modifies=False`` declares a read-only
-    callback (a dense statistics pass): each block then runs once instead of twice."""
+    callback (a dense statistics pass): each block then runs once instead of twice. Block i is
+    onloaded for the whole step (written back to its home when ``modifies``); activations stay
+    where the model's memory policy puts them and move to the block one batch at a time."""
     lay = layout(model)
     acts = inputs if inputs is not None else capture(model, input_ids, batch_size)
+    store = activation_device(model)
     for i in tqdm(range(lay.num_blocks), desc=desc, disable=bars_disabled(progress), leave=False):
         block = lay.blocks[i]
-        linears = lay.linears(i)
-        stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
-        handles = [m.register_forward_hook(_collector(stats, n)) for n, m in linears.items()] if collect else []
-        dense_run_is_final = not modifies or on_block is None
-        try:
-            if collect or dense_run_is_final:
+        with onload(model, i, write=modifies and on_block is not None):
+            linears = lay.linears(i)
+            stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
+            handles = collect_hooks(linears, stats)
+            dense_run_is_final = not modifies or on_block is None
+            try:
+                if collect or dense_run_is_final:
+                    for j, h in enumerate(acts.hidden):
+                        out = run_block(block, h, acts.block_kwargs(i, j))
+                        if dense_run_is_final:
+                            acts.hidden[j] = out.to(store)
+            finally:
+                for hd in handles:
+                    hd.remove()
+            if on_block is not None:
+                on_block(i, block, stats)
+            if not dense_run_is_final:  # re-run the pruned block: later blocks see the pruned model
                 for j, h in enumerate(acts.hidden):
-                    out = run_block(block, h, acts.block_kwargs(i, j))
-                    if dense_run_is_final:
-                        acts.hidden[j] = out
-        finally:
-            for hd in handles:
-                hd.remove()
-        if on_block is not None:
-            on_block(i, block, stats)
-        if not dense_run_is_final:  # re-run the pruned block: later blocks see the pruned model
-            for j, h in enumerate(acts.hidden):
-                acts.hidden[j] = run_block(block, h, acts.block_kwargs(i, j))
-        del stats
+                    acts.hidden[j] = run_block(block, h, acts.block_kwargs(i, j)).to(store)
+            del stats
     return acts
 
 
-def _collector(stats: dict, name: str):
-    def hook(mod, inp, out):
-        for per_kind in stats.values():
-            per_kind[name].add(inp[0])
-    return hook
+def collect_hooks(linears: dict[str, nn.Linear], stats: dict) -> list:
+    """Forward hooks feeding each linear's inputs to its ``stats[kind][name]`` accumulators."""
+    if not stats:
+        return []
+
+    def hook_for(name):
+        def hook(mod, inp, out):
+            for per_kind in stats.values():
+                per_kind[name].add(inp[0])
+        return hook
+    return [m.register_forward_hook(hook_for(n)) for n, m in linears.items()]
+
+
+class Replay:
+    """Clean block boundaries of ``ids`` under the current weights, for analyses that re-run the
+    tail of the model many times (absorption probe, MRP's LPS, SV-NUP's game).
+
+    Boundary b is the input of block b (b = L: after the last block). Boundaries 0, k, 2k, …, L
+    are kept (``checkpoint_every`` k from the memory policy unless given) where the policy puts
+    activations; the others are recomputed from the nearest kept one. ``block_runs`` counts every
+    decoder-block call made through this object."""
+
+    @torch.no_grad()
+    def __init__(self, model, ids: torch.Tensor, batch_size: int = 8, *, checkpoint_every: int | None = None,
+                 store: str | None = None, progress: bool = False, desc: str = "clean run"):
+        self.model, self.lay = model, layout(model)
+        self.L = self.lay.num_blocks
+        pol = memory_policy(model)
+        k = int(checkpoint_every or pol.checkpoint_every)
+        where = store or pol.activations
+        self.store = torch.device("cpu") if where == "cpu" else exec_device(model)
+        self.device = exec_device(model)
+        self.block_runs = 0
+        self.acts = capture(model, ids, batch_size)
+        self.ids = [ids[s:s + batch_size] for s in range(0, ids.shape[0], batch_size)]
+        self.nbatches = len(self.acts.hidden)
+        keep = set(range(0, self.L + 1, k)) | {self.L}
+        self.ckpt: dict[int, list[torch.Tensor]] = {0: [h.to(self.store) for h in self.acts.hidden]}
+        h = list(self.ckpt[0])
+        for i in tqdm(range(self.L), desc=desc, disable=not progress, leave=False):
+            with onload(model, i):
+                h = [self.run(i, x, j).to(self.store) for j, x in enumerate(h)]
+            if i + 1 in keep:
+                self.ckpt[i + 1] = h
+        self.acts.hidden = self.ckpt[0]  # only kwargs are used from here on
+
+    def block_kwargs(self, i: int, j: int) -> dict:
+        return self.acts.block_kwargs(i, j)
+
+    def run(self, i: int, h: torch.Tensor, j: int) -> torch.Tensor:
+        """Block i (current weights) on batch j's hidden states ``h``."""
+        self.block_runs += 1
+        return run_block(self.lay.blocks[i], h, self.acts.block_kwargs(i, j))
+
+    @torch.no_grad()
+    def boundaries(self, start: int, j: int):
+        """Yield (b, clean boundary b of batch j on the execution device) for b = start … L."""
+        c = max(b for b in self.ckpt if b <= start)
+        h = self.ckpt[c][j].to(self.device)
+        for b in range(c, self.L + 1):
+            if b > c:
+                h = self.ckpt[b][j].to(self.device) if b in self.ckpt else self.run(b - 1, h, j)
+            if b >= start:
+                yield b, h
+
+    def boundary(self, b: int, j: int) -> torch.Tensor:
+        return next(self.boundaries(b, j))[1]
+
+    @torch.no_grad()
+    def tail(self, start: int, h: torch.Tensor, j: int) -> torch.Tensor:
+        """Blocks start … L-1 (current weights) on ``h``, batch j."""
+        for i in range(start, self.L):
+            h = self.run(i, h, j)
+        return h
+
+    @torch.no_grad()
+    def tail_nll(self, start: int) -> float:
+        """Mean per-window next-token NLL when blocks start … L-1 are re-run from clean boundary
+        ``start`` with the current weights (one block onloaded at a time, all batches through it)."""
+        hs = [self.boundary(start, j) for j in range(self.nbatches)]
+        for i in range(start, self.L):
+            with onload(self.model, i):
+                hs = [self.run(i, h, j) for j, h in enumerate(hs)]
+        return float(torch.cat([self.head_nll(h, j) for j, h in enumerate(hs)]).mean())
+
+    @torch.no_grad()
+    def head_nll(self, final: torch.Tensor, j: int) -> torch.Tensor:
+        """Per-window mean next-token CE from the hidden state after the last block."""
+        return next_token_ce(head_logits(self.model, final, self.ids[j]), self.ids[j]).cpu()
 
 
 def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

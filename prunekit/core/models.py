@@ -244,23 +244,152 @@ def resolve(name_or_path: str) -> tuple[str, str]:
         "or a hub id like 'meta-llama/Llama-2-7b-hf'")
 
 
+def _checkpoint_params(loc: str, block_path: str | None) -> tuple[int, int]:
+    """(all parameters, parameters of block 0) from the safetensors headers (nothing is read)."""
+    from prunekit.core.offload import checkpoint_sources
+    from safetensors import safe_open
+    try:
+        sources = checkpoint_sources(Path(loc))
+    except PrunekitError:
+        return 0, 0
+    total = block0 = 0
+    files: dict[str, list[str]] = {}
+    for k, (f, name) in sources.items():
+        files.setdefault(f, []).append(name)
+    for f, names in files.items():
+        with safe_open(f, framework="pt") as h:
+            for name in names:
+                n = 1
+                for d in h.get_slice(name).get_shape():
+                    n *= d
+                total += n
+                if block_path and name.startswith(f"{block_path}.0."):
+                    block0 += n
+    return total, block0
+
+
+def _load_disk(loc: str, dt: torch.dtype, dev: torch.device, work: Path):
+    """Meta-device init, non-block weights read onto ``dev``, block weights left in the checkpoint's
+    safetensors files (read when a block is worked on): the model is never whole in memory."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prunekit.core.offload import attach, checkpoint_sources
+    cfg = AutoConfig.from_pretrained(loc)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
+    prefix = block_prefix(model)
+    sources = checkpoint_sources(Path(loc))
+    state = dict(model.state_dict(keep_vars=True))
+    for key, (f, name) in sources.items():
+        if key.startswith(prefix) or key not in state:
+            continue
+        with safe_open(f, framework="pt", device="cpu") as h:
+            t = h.get_tensor(name)
+        set_module_tensor_to_device(model, key, dev, value=t, dtype=dt if t.is_floating_point() else None)
+    if getattr(model.config, "tie_word_embeddings", False) or getattr(
+            model.config.get_text_config(), "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [k for k, v in model.state_dict(keep_vars=True).items()
+               if v.device.type == "meta" and not k.startswith(prefix)]
+    missing += [k for k in state if k.startswith(prefix) and k not in sources]
+    if missing:
+        raise PrunekitError(f"--offload disk: checkpoint {loc} lacks {len(missing)} tensors the model needs "
+                            f"(first: {missing[0]})")
+    lay = layout(model)
+    attach(model, "disk", dev, lay.blocks, prefix, {k: v for k, v in sources.items() if k.startswith(prefix)},
+           work)
+    return model
+
+
+@torch.no_grad()
+def _keep_blocks_on_cpu(model, dev: torch.device) -> None:
+    """``offload='cpu'``: everything but the decoder blocks moves to ``dev`` (same Parameter objects,
+    so tied embeddings stay tied); blocks stay in CPU RAM."""
+    from prunekit.core.offload import attach
+    lay = layout(model)
+    in_blocks = {id(t) for t in lay.blocks.parameters()} | {id(t) for t in lay.blocks.buffers()}
+    for p in model.parameters():
+        if id(p) not in in_blocks:
+            p.data = p.data.to(dev)
+    for mod in model.modules():
+        for n, b in list(mod._buffers.items()):
+            if b is not None and id(b) not in in_blocks:
+                mod._buffers[n] = b.to(dev)
+    attach(model, "cpu", dev, lay.blocks, block_prefix(model))
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
-               dtype: str | torch.dtype | None = None):
+               dtype: str | torch.dtype | None = None, offload: str = "auto", calib_tokens: int = 0):
     """Return (model, tokenizer) in eval mode, on ``device`` (CUDA if present) and ``dtype``
-    (fp16/bf16 on GPU, fp32 on CPU unless overridden)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    (fp16/bf16 on GPU, fp32 on CPU unless overridden).
+
+    ``offload`` (none | cpu | disk | auto, see ``core.offload``) decides where the decoder blocks'
+    weights live; the model is never staged twice (from_pretrained loads straight onto the device;
+    ``disk`` initialises on the meta device and leaves blocks in the safetensors files).
+    ``calib_tokens`` (calibration samples × seqlen) sizes the activations for the ``auto`` rule."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from prunekit.core.offload import check_mode, estimate_auto, free_bytes, make_work_dir
+    check_mode(offload)
     kind, loc = resolve(name_or_path)
     if loc.endswith(".gguf"):
         loc = str(_dense_cache_for_gguf(Path(loc)))
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    work = make_work_dir(cache_dir() / "offload") if offload == "disk" else None  # fail before loading
+    if kind == "hub" and offload != "none":  # size it and memory-map it: the files on local disk first
+        try:
+            from huggingface_hub import snapshot_download
+            loc = snapshot_download(loc, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
+                                                         "*.txt", "*.jinja"])
+            kind = "dir"
+        except Exception as e:
+            raise PrunekitError(f"cannot download model '{name_or_path}' from the Hugging Face hub "
+                                f"(needs network access): {str(e).splitlines()[0]}") from e
+    mode = offload
+    if kind != "hub" and (mode in ("auto", "cpu", "disk")):
+        try:
+            cfg = AutoConfig.from_pretrained(loc)
+            path = _BLOCK_PATHS.get(getattr(cfg, "model_type", ""))
+            hidden = getattr(cfg.get_text_config(), "hidden_size", 0)
+        except Exception:
+            cfg, path, hidden = None, None, 0
+        total, block0 = _checkpoint_params(loc, path)
+        size = torch.empty((), dtype=dt).element_size()
+        if mode == "auto":
+            mode = estimate_auto(total * size, 2 * calib_tokens * hidden * 4, dev) if total else "none"
+        if mode in ("cpu", "disk") and block0 and block0 * size > free_bytes(dev):
+            raise PrunekitError(
+                f"one decoder block of '{name_or_path}' needs {block0 * size / 2**30:.2f} GiB but the execution "
+                f"device {dev} has {free_bytes(dev) / 2**30:.2f} GiB free; use a larger device or a smaller dtype")
+    elif mode == "auto":
+        mode = "none"
+    if mode == "disk" and work is None:
+        work = make_work_dir(cache_dir() / "offload")
     try:
         tok = AutoTokenizer.from_pretrained(loc)
-        model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt)
+        if mode == "disk":
+            model = _load_disk(loc, dt, dev, work)
+        elif mode == "none" and dev.type == "cuda" and device in (None, "auto") and torch.cuda.device_count() > 1:
+            # several GPUs (70B): accelerate spreads the blocks; each block runs where it lives and
+            # the engine moves its inputs there (engine.run_block)
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map="auto")
+        elif mode == "none" and dev.type != "cpu":
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt, device_map={"": str(dev)})
+        else:
+            model = AutoModelForCausalLM.from_pretrained(loc, dtype=dt)
     except OSError as e:
         where = "the Hugging Face hub (needs network access)" if kind == "hub" else loc
         raise PrunekitError(f"cannot load model '{name_or_path}' from {where}: {str(e).splitlines()[0]}") from e
-    model.to(dev).eval()
+    if mode == "cpu":
+        _keep_blocks_on_cpu(model, dev)
+    if work is not None and mode != "disk":
+        import shutil as _sh
+        _sh.rmtree(work, ignore_errors=True)
+    model.eval()
     model.config.use_cache = False
     model.prunekit_name = name_or_path
     layout(model)  # fail early on an unsupported architecture
@@ -286,6 +415,10 @@ def save_model(model, tokenizer, out_dir: str | Path, dtype: str | None = None, 
         raise PrunekitError(f"--save-model target {out} exists and is not empty; choose a new directory")
     if dtype is not None and dtype not in SAVE_DTYPES:
         raise PrunekitError(f"unknown save dtype '{dtype}'; choose from {', '.join(SAVE_DTYPES)}")
+    from prunekit.core.offload import offloader
+    off = offloader(model)
+    if off is not None and off.needs_moving:  # never whole in memory: block by block
+        return _save_offloaded(model, tokenizer, out, dtype, {"saved_by": "prunekit", **(meta or {})}, extra_files)
     to_save = model
     if dtype is not None and next(model.parameters()).dtype != SAVE_DTYPES[dtype]:
         to_save = copy.deepcopy(model).to(SAVE_DTYPES[dtype])
@@ -295,6 +428,60 @@ def save_model(model, tokenizer, out_dir: str | Path, dtype: str | None = None, 
         return _save_dir(to_save, tokenizer, out, {"saved_by": "prunekit", **(meta or {})}, extra_files)
     finally:
         to_save.config.use_cache = use_cache
+
+
+def _save_offloaded(model, tok, target: Path, dtype: str | None = None, meta: dict | None = None,
+                    extra_files: dict | None = None) -> Path:
+    """Sharded safetensors, one block at a time (an offloaded model is never whole in memory);
+    staged and renamed into place like ``_save_dir``; ``dtype`` casts each tensor as it is written."""
+    from safetensors.torch import save_file
+
+    from prunekit.core.offload import onload
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    prefix = block_prefix(model)
+    lay = layout(model)
+    weight_map = {}
+
+    def write(fname, tensors):
+        keep, seen = {}, set()  # per shard: freed blocks' addresses are reused later
+        for k, v in tensors.items():  # tied weights are stored once (HF drops the tied copy)
+            if v.device.type == "meta" or (v.data_ptr(), v.shape) in seen:
+                continue
+            seen.add((v.data_ptr(), v.shape))
+            v = v.detach().to("cpu")
+            if dtype is not None and v.is_floating_point():
+                v = v.to(SAVE_DTYPES[dtype])
+            keep[k] = v.contiguous()
+        save_file(keep, str(tmp / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in keep})
+
+    try:
+        write("model-rest.safetensors", {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
+        for i in range(lay.num_blocks):
+            with onload(model, i):
+                write(f"model-block{i:04d}.safetensors",
+                      {f"{prefix}{i}.{k}": v for k, v in lay.blocks[i].state_dict().items()})
+        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        use_cache = model.config.use_cache
+        model.config.use_cache = True  # calibration turned it off; generation wants it
+        try:
+            model.config.save_pretrained(tmp)
+        finally:
+            model.config.use_cache = use_cache
+        tok.save_pretrained(tmp)
+        if meta is not None:
+            (tmp / "prunekit.json").write_text(json.dumps(meta))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        publish_modes(tmp)
+        if target.exists() and not any(target.iterdir()):
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 # ----------------------------------------------------------------------------- architecture adapter
@@ -327,6 +514,14 @@ class Layout:
         return [[m.weight.numel() for m in self.linears(i).values()] for i in range(self.num_blocks)]
 
 
+def block_prefix(model) -> str:
+    """State-dict prefix of the decoder blocks, e.g. 'model.layers.'."""
+    mt = getattr(model.config, "model_type", "?")
+    if mt not in _BLOCK_PATHS:
+        layout(model)  # raises the unsupported-architecture error
+    return _BLOCK_PATHS[mt] + "."
+
+
 def find_linears(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 
@@ -349,16 +544,36 @@ def layout(model) -> Layout:
     return Layout(mt, obj, names)
 
 
-def fingerprint(model) -> str:
+def _sample(w: torch.Tensor):
+    w = w.detach().reshape(-1)
+    return w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
+
+
+def fingerprint(model, digests: list | None = None) -> str:
     """Cheap identity of a model's weights: config + name + a strided sample of every block linear.
-    Used to key the statistics cache; changes when weights are pruned or replaced."""
+    Used to key the statistics cache; changes when weights are pruned or replaced. ``digests``
+    (a list) receives one hash per block of its samples, for ``block_digest`` checks."""
+    from prunekit.core.offload import onload
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     h.update(str(getattr(model, "prunekit_name", "")).encode())
     lay = layout(model)
     for i in range(lay.num_blocks):
-        for n, m in lay.linears(i).items():
-            w = m.weight.detach().reshape(-1)
-            sample = w[:: max(1, w.numel() // 4096)].float().cpu().numpy()
-            h.update(n.encode())
-            h.update(sample.tobytes())
+        bh = hashlib.sha256()
+        with onload(model, i):
+            for n, m in lay.linears(i).items():
+                sample = _sample(m.weight)
+                for x in (h, bh):
+                    x.update(n.encode())
+                    x.update(sample.tobytes())
+        if digests is not None:
+            digests.append(bh.hexdigest())
     return h.hexdigest()[:20]
+
+
+def block_digest(model, i: int) -> str:
+    """Hash of block i's strided weight samples (as in ``fingerprint``); the block must be onloaded."""
+    bh = hashlib.sha256()
+    for n, m in layout(model).linears(i).items():
+        bh.update(n.encode())
+        bh.update(_sample(m.weight).tobytes())
+    return bh.hexdigest()

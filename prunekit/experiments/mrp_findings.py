@@ -32,8 +32,10 @@ from prunekit.utils import tqdm
 from prunekit.utils import bars_disabled
 from prunekit.allocation.plan import fit_budget
 from prunekit.allocation.registry import methods as registered_methods
-from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
+from prunekit.core.engine import Replay, head_logits, next_token_ce, sequential
 from prunekit.core.models import layout
+from prunekit.core.offload import exec_device, onload
+from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.experiments.correlation import bootstrap_spearman, coefficient_of_variation, spearman  # noqa: F401 (notebook API)
 from prunekit.scoring.statistics import Statistics
@@ -66,31 +68,15 @@ def heldout_ids(session, nsamples: int = 2, seed: int | None = None) -> torch.Te
 
 # ----------------------------------------------------------------------------- dense boundaries
 
-@dataclass
-class Boundaries:
-    """Dense activations entering every block (``hidden[l][j]``, batch j, CPU) and after the last
-    block (``hidden[L]``), with the blocks' kwargs and the token ids of every batch."""
-    hidden: list[list[torch.Tensor]]
-    inputs: BlockInputs
-    ids: list[torch.Tensor]
-
-    def block_kwargs(self, i: int, j: int) -> dict:
-        return self.inputs.block_kwargs(i, j)
+# The replay engine is ``core.engine.Replay``: dense boundaries kept every k blocks where the model's
+# memory policy puts activations (all of them on CPU for an in-memory model), recomputed in between.
+Boundaries = Replay
 
 
 @torch.no_grad()
-def dense_boundaries(model, ids: torch.Tensor, batch_size: int = 8) -> Boundaries:
-    """One dense walk (the sequential engine, read-only) recording every block boundary on CPU."""
-    acts = capture(model, ids, batch_size)
-    hidden = [[h.detach().cpu() for h in acts.hidden]]
-    kw = BlockInputs(list(acts.hidden), acts.kwargs)
-
-    def record(i, block, stats):
-        hidden.append([h.detach().cpu() for h in acts.hidden])
-
-    sequential(model, inputs=acts, collect=(), on_block=record, modifies=False, desc="dense boundaries",
-               progress=False)
-    return Boundaries(hidden, kw, [ids[s:s + batch_size] for s in range(0, ids.shape[0], batch_size)])
+def dense_boundaries(model, ids: torch.Tensor, batch_size: int = 8, checkpoint_every: int | None = None) -> Replay:
+    """One dense walk recording the block boundaries of ``ids`` (``Replay``)."""
+    return Replay(model, ids, batch_size, checkpoint_every=checkpoint_every, desc="dense boundaries")
 
 
 @torch.no_grad()
@@ -101,17 +87,9 @@ def head_nll(model, final_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def tail_nll(model, bounds: Boundaries, start: int) -> float:
-    """Mean window NLL when blocks start..L-1 are re-run from the cached dense boundary ``start``."""
-    lay = layout(model)
-    dev = next(model.parameters()).device
-    out = []
-    for j, h in enumerate(bounds.hidden[start]):
-        x = h.to(dev)
-        for i in range(start, lay.num_blocks):
-            x = run_block(lay.blocks[i], x, bounds.block_kwargs(i, j))
-        out.append(head_nll(model, x, bounds.ids[j]))
-    return float(torch.cat(out).mean())
+def tail_nll(model, bounds: Replay, start: int) -> float:
+    """Mean window NLL when blocks start..L-1 are re-run from the dense boundary ``start``."""
+    return bounds.tail_nll(start)
 
 
 # ----------------------------------------------------------------------------- finding 1: LPS
@@ -153,33 +131,35 @@ def layer_sensitivity(source, metric: str = "wanda", sparsities=(0.5, 0.7, 0.9),
     names = list(lay.linear_names)
     blocks = list(range(lay.num_blocks)) if blocks is None else list(blocks)
     bounds = bounds or dense_boundaries(model, eval_ids, bs)
-    base = float(torch.cat([head_nll(model, h, ids) for h, ids in zip(bounds.hidden[-1], bounds.ids)]).mean())
+    base = bounds.tail_nll(lay.num_blocks)
     rows = []
     bar = tqdm(total=len(blocks) * len(sparsities), desc=f"LPS[{metric}]", disable=bars_disabled(progress), leave=False)
 
-    def measure(i, block, st):
-        if i not in blocks:
-            return
-        saved = {n: m.weight.detach().clone() for n, m in lay.linears(i).items()}
-        for s in sparsities:
-            values = np.zeros((lay.num_blocks, len(names)))
-            values[i] = s
-            prune_block(i, block, st, values, metric, None, names)
-            loss = tail_nll(model, bounds, i)
-            rows.append({"block": i, "sparsity": s, "metric": metric, "loss": loss, "lps": loss - base})
-            for n, m in lay.linears(i).items():
-                m.weight.copy_(saved[n])
-            bar.update(1)
+    with weight_snapshot(model) as snap:  # the one save/restore scheme; dense again on exit
 
-    if metric == "sparsegpt":  # the OBS update needs the block's dense Hessians: one dense pass
-        sequential(model, stats.calib.input_ids, collect=("hessian",), on_block=measure, modifies=False,
-                   batch_size=bs, desc="LPS hessians", progress=False)
-    else:
-        norms = stats.wanda_norms() if metric == "wanda" else None
-        dev = next(model.parameters()).device
-        for i in blocks:
-            st = {"wanda": {n: SimpleNamespace(norm=norms[i][n].to(dev)) for n in names}} if norms else {}
-            measure(i, lay.blocks[i], st)
+        def measure(i, block, st):
+            if i not in blocks:
+                return
+            for s in sparsities:
+                values = np.zeros((lay.num_blocks, len(names)))
+                values[i] = s
+                with snap.modify(i):
+                    prune_block(i, block, st, values, metric, None, names)
+                    loss = bounds.tail_nll(i)
+                snap.restore([i])
+                rows.append({"block": i, "sparsity": s, "metric": metric, "loss": loss, "lps": loss - base})
+                bar.update(1)
+
+        if metric == "sparsegpt":  # the OBS update needs the block's dense Hessians: one dense pass
+            sequential(model, stats.calib.input_ids, collect=("hessian",), on_block=measure, modifies=False,
+                       batch_size=bs, desc="LPS hessians", progress=False)
+        else:
+            norms = stats.wanda_norms() if metric == "wanda" else None
+            dev = exec_device(model)
+            for i in blocks:
+                st = {"wanda": {n: SimpleNamespace(norm=norms[i][n].to(dev)) for n in names}} if norms else {}
+                with onload(model, i):
+                    measure(i, lay.blocks[i], st)
     bar.close()
     table = pd.DataFrame(rows).sort_values(["sparsity", "block"]).reset_index(drop=True)
     cv = table.groupby("sparsity").lps.apply(coefficient_of_variation).rename("lps_cv")
@@ -281,11 +261,12 @@ def measured_redundancy(model, masks: list[dict[str, torch.Tensor]], denominator
     out = []
     for i in range(lay.num_blocks):
         non = surv = tot = 0
-        for n, lin in lay.linears(i).items():
-            alive = (lin.weight != 0).cpu()
-            non += int((alive & masks[i][n]).sum())
-            surv += int(alive.sum())
-            tot += alive.numel()
+        with onload(model, i):
+            for n, lin in lay.linears(i).items():
+                alive = (lin.weight != 0).cpu()
+                non += int((alive & masks[i][n]).sum())
+                surv += int(alive.sum())
+                tot += alive.numel()
         den = surv if denominator == "surviving" else tot
         out.append(non / den if den else 0.0)
     return np.asarray(out)
@@ -343,13 +324,11 @@ def redundancy_uniformity(session, target: float = 0.7, metric: str = "wanda", *
     ds = session.eval_datasets[0]
     for name, kind, per_block in tqdm(plans, desc="allocations", disable=bars_disabled(progress), leave=False):
         session.restore()
-        try:
+        with weight_snapshot(session.model):  # pruned outside Session.run: restored on exit
             prune_model(session.model, session.calib.input_ids, np.asarray(per_block), metric,
                         batch_size=session.batch_size, progress=False)
             nor = measured_redundancy(session.model, masks, denominator)
             ppl = session.evaluate([ds])[ds]["perplexity"]
-        finally:
-            session.restore(force=True)  # pruned outside Session.run: its dirty flag is not set
         rows.append({"allocation": name, "kind": kind, "nor_std": float(nor.std()),
                      "nor_range": float(nor.max() - nor.min()), "ppl": ppl,
                      "sparsity_std": float(np.std(per_block)), "per_block": list(map(float, per_block)),

@@ -1,10 +1,12 @@
 """Experiment: the end-to-end run (data → calibrate → score → allocate → prune → evaluate) as a
 reusable session, shared by the CLI, the notebooks and the benchmarks.
 
-A ``Session`` loads the model once, keeps a copy of the dense block weights, and reuses one
-calibration set and one ``Statistics`` (so a sweep of allocations × sparsities runs the dense
-statistics pass once). ``session.run(...)`` restores the dense weights, prunes, evaluates and
-returns the JSON-ready record.
+A ``Session`` loads the model once (``offload`` none | cpu | disk | auto decides where block
+weights live, ``core.offload``), keeps one lazy weight snapshot (``core.snapshot``: a block's dense
+weights are copied the first time it is pruned) and reuses one calibration set and one
+``Statistics`` (so a sweep of allocations × sparsities runs the dense statistics pass once).
+``session.run(...)`` restores the dense weights, prunes, evaluates and returns the JSON-ready
+record. ``restorable=False`` (a single CLI run) keeps no snapshot at all.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prunekit.allocation import allocate, with_solver_metric
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.core.data import calibration_data
 from prunekit.core.models import DEFAULT_MODEL, layout, load_model
+from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.evaluation.perplexity import perplexity
 from prunekit.experiments.profiles import profile
@@ -40,6 +43,8 @@ class Session:
     batch_size: int = 8
     device: str | None = None
     dtype: str | None = None
+    offload: str = "auto"
+    restorable: bool = True
     progress: bool = True
     model: object = None
     tokenizer: object = None
@@ -48,11 +53,12 @@ class Session:
     def __post_init__(self):
         t0 = time.perf_counter()
         if self.model is None:
-            self.model, self.tokenizer = load_model(self.model_name, self.device, self.dtype)
+            self.model, self.tokenizer = load_model(self.model_name, self.device, self.dtype, offload=self.offload,
+                                                    calib_tokens=self.calib_samples * self.calib_seqlen)
         self.timings["load_s"] = time.perf_counter() - t0
         self.layout = layout(self.model)
-        self._dense = {(i, n): m.weight.detach().to("cpu", copy=True)
-                       for i in range(self.layout.num_blocks) for n, m in self.layout.linears(i).items()}
+        # the one dense snapshot: copies a block lazily when it is first pruned, restores on demand
+        self._snap = weight_snapshot(self.model).__enter__() if self.restorable else None
         t0 = time.perf_counter()
         utils.seed_everything(self.seed)
         self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
@@ -82,12 +88,20 @@ class Session:
 
     @torch.no_grad()
     def restore(self, force: bool = False) -> None:
-        """Put the dense block weights back (between runs of a sweep); a no-op while dense."""
-        if not (self._pruned or force):
-            return
-        for (i, n), w in self._dense.items():
-            self.layout.linears(i)[n].weight.copy_(w)
+        """Put the dense block weights back (between runs of a sweep); a no-op while dense.
+        ``force`` is accepted for compatibility: the snapshot knows which blocks were modified."""
+        if self._snap is not None:
+            self._snap.restore()
+        elif self._pruned:
+            raise PrunekitError("this Session was created with restorable=False and its model is pruned; "
+                                "create a new Session (or pass restorable=True) to run again")
         self._pruned = False
+
+    def close(self) -> None:
+        """Restore the dense weights and stop snapshotting."""
+        if self._snap is not None:
+            self._snap.__exit__(None, None, None)
+            self._snap = None
 
     def plan(self, allocation: str = "uniform", sparsity: float = 0.5, **options) -> SparsityPlan:
         self.restore()

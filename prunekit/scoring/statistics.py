@@ -19,7 +19,8 @@ import torch
 from prunekit.core import cache
 from prunekit.core.data import Calibration
 from prunekit.core.engine import sequential
-from prunekit.core.models import cache_dir, fingerprint, layout
+from prunekit.core.models import block_digest, cache_dir, fingerprint, layout
+from prunekit.core.offload import offloader, onload
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import wanda_score
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
@@ -98,8 +99,30 @@ class Statistics:
         self.cache = cache if isinstance(cache, StatsCache) else StatsCache(enabled=bool(cache))
         self.batch_size, self.progress = batch_size, progress
         self.dense_passes = 0
-        self.fingerprint = fingerprint(model)
+        self._fingerprint: str | None = None
+        self._digests: list[str] = []
         self._mem: dict[str, object] = {}
+        if not getattr(model, "prunekit_modified", None):
+            self.fingerprint  # noqa: B018  (dense now: fingerprint eagerly, the cheap path later)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the dense model these statistics describe (computed once, while dense)."""
+        if self._fingerprint is None:
+            mod = getattr(self.model, "prunekit_modified", None)
+            if mod:
+                raise PrunekitError(f"Statistics need the dense model but blocks {sorted(mod)} are modified; "
+                                    "restore the dense weights first (Session.restore / weight snapshot)")
+            self._fingerprint = fingerprint(self.model, self._digests)
+        return self._fingerprint
+
+    def check_dense(self, i: int) -> None:
+        """Raise when block i (onloaded) no longer holds the weights that were fingerprinted: scores
+        from dense statistics and pruned weights must never be mixed under the dense cache key."""
+        self.fingerprint  # noqa: B018
+        if block_digest(self.model, i) != self._digests[i]:
+            raise PrunekitError(f"block {i} differs from the model these Statistics fingerprinted (was it pruned?); "
+                                "restore the dense weights (Session.restore / weight snapshot) before asking for scores")
 
     # ---- generic cached computation, also used by plugin modules (MRP, SV-NUP, absorption)
     def cached(self, name: str, compute: Callable[[], dict[str, torch.Tensor]], *, data: bool = True,
@@ -135,7 +158,12 @@ class Statistics:
 
     # ---- statistics
     def weight(self, i: int, name: str) -> torch.Tensor:
-        return self.layout.linears(i)[name].weight.detach()
+        """Dense weight of block i's linear ``name`` (a copy when the block is offloaded)."""
+        off = offloader(self.model)
+        with onload(self.model, i):
+            self.check_dense(i)
+            w = self.layout.linears(i)[name].weight.detach()
+            return w.clone() if off is not None and off.needs_moving else w
 
     def wanda_norms(self) -> list[dict[str, torch.Tensor]]:
         """Per block, per linear: ||X_j||_2 column norms from a dense calibration pass."""
@@ -154,8 +182,11 @@ class Statistics:
         """Dense importance scores of block i's linears under ``metric``:
         magnitude |W|, Wanda |W|·||X_j||, SparseGPT W²/[H⁻¹]_jj² (docs/methods.md §1)."""
         out = {}
+        with onload(self.model, i):
+            self.check_dense(i)
+            ws = {n: self.layout.linears(i)[n].weight.detach() for n in self.linear_names}
         for n in self.linear_names:
-            W = self.weight(i, n).float()
+            W = ws[n].float()
             if metric == "magnitude":
                 out[n] = W.abs()
             elif metric == "wanda":

@@ -14,6 +14,7 @@ import torch
 
 from prunekit.core.engine import sequential
 from prunekit.core.models import layout
+from prunekit.core.offload import onload
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import _check_nm_width, check_sparsity_value, magnitude_mask, parse_nm, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
@@ -79,7 +80,8 @@ def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=
                    batch_size=batch_size, desc=f"prune[{metric}]", progress=progress)
     else:
         for i in range(lay.num_blocks):
-            on_block(i, lay.blocks[i], {})
+            with onload(model, i, write=True):
+                on_block(i, lay.blocks[i], {})
     return {"prune_s": time.perf_counter() - t0, **measure_sparsity(model)}
 
 
@@ -90,9 +92,10 @@ def measure_sparsity(model) -> dict:
     per_block, zeros, total = [], 0, 0
     for i in range(lay.num_blocks):
         z = n = 0
-        for m in lay.linears(i).values():
-            z += int((m.weight == 0).sum())
-            n += m.weight.numel()
+        with onload(model, i):
+            for m in lay.linears(i).values():
+                z += int((m.weight == 0).sum())
+                n += m.weight.numel()
         per_block.append(z / n)
         zeros, total = zeros + z, total + n
     return {"layer_sparsity": per_block, "global_sparsity": zeros / total}

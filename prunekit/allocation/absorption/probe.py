@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from prunekit.utils import tqdm
 
+from prunekit.core.engine import STATS, Replay, collect_hooks
+from prunekit.core.snapshot import weight_snapshot
 from prunekit.utils import bars_disabled
-from prunekit.core.engine import STATS, capture, run_block
 from prunekit.core.models import layout
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import parse_nm
@@ -163,47 +164,37 @@ class Probe:
     ``block_runs`` counts every decoder-block call made (clean + perturbed) for cost accounting."""
 
     @torch.no_grad()
-    def __init__(self, model, input_ids: torch.Tensor, *, batch_size: int = 8, checkpoint_every: int = 1,
-                 store: str = "cpu", skip_first: bool = True, progress: bool = True):
+    def __init__(self, model, input_ids: torch.Tensor, *, batch_size: int = 8, checkpoint_every: int | None = None,
+                 store: str | None = None, skip_first: bool = True, progress: bool = True):
         if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] < 2:
             raise PrunekitError("absorption needs calibration input_ids of shape (n, seqlen>=2)")
-        if checkpoint_every < 1:
+        if checkpoint_every is not None and checkpoint_every < 1:
             raise PrunekitError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-        _check_choice("store", store, ("cpu", "device"))
+        if store is not None:
+            _check_choice("store", store, ("cpu", "device"))
         self.model = model
         self.lay = layout(model)
         self.L = self.lay.num_blocks
-        self.device = next(model.parameters()).device
-        self.store = torch.device("cpu") if store == "cpu" else self.device
         self.skip_first, self.progress = skip_first, progress
         self.norm = _final_norm(model, self.lay.blocks)
-        self.block_runs = 0
-        self.acts = capture(model, input_ids, batch_size)
-        self.nbatches = len(self.acts.hidden)
-        keep = set(range(0, self.L + 1, checkpoint_every)) | {self.L}
-        self.ckpt: dict[int, list[torch.Tensor]] = {0: [h.to(self.store) for h in self.acts.hidden]}
-        h = list(self.acts.hidden)
-        for i in tqdm(range(self.L), desc="absorption: clean run", disable=bars_disabled(progress), leave=False):
-            h = [self._run(i, x, j) for j, x in enumerate(h)]
-            if i + 1 in keep:
-                self.ckpt[i + 1] = [x.to(self.store) for x in h]
-        self.acts.hidden = self.ckpt[0]  # only kwargs are used from here on
+        # the one replay engine: clean boundaries kept every k blocks (memory policy defaults)
+        self.replay = Replay(model, input_ids, batch_size, checkpoint_every=checkpoint_every, store=store,
+                             progress=progress, desc="absorption: clean run")
+        self.device = self.replay.device
+        self.acts, self.ckpt, self.nbatches = self.replay.acts, self.replay.ckpt, self.replay.nbatches
+
+    @property
+    def block_runs(self) -> int:
+        return self.replay.block_runs
 
     # ---- primitives
     def _run(self, i: int, h: torch.Tensor, j: int) -> torch.Tensor:
-        self.block_runs += 1
-        return run_block(self.lay.blocks[i], h, self.acts.block_kwargs(i, j))
+        return self.replay.run(i, h, j)
 
     def _clean(self, start: int, j: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Clean boundary b (b = 0: input of block 0; b = k+1: output of block k) for
         b = start … L, batch j, recomputed from the nearest checkpoint when not stored."""
-        c = max(b for b in self.ckpt if b <= start)
-        h = self.ckpt[c][j].to(self.device)
-        for b in range(c, self.L + 1):
-            if b > c:
-                h = self.ckpt[b][j].to(self.device) if b in self.ckpt else self._run(b - 1, h, j)
-            if b >= start:
-                yield b, h
+        return self.replay.boundaries(start, j)
 
     def _mask(self, h: torch.Tensor) -> torch.Tensor:
         m = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
@@ -247,10 +238,11 @@ class Probe:
         if draws < 1:
             raise PrunekitError(f"draws must be >= 1, got {draws}")
         _check_choice("relative_to", relative_to, ("state", "update"))
-        gens = [torch.Generator().manual_seed(_seed(seed, layer, d)) for d in range(draws)]
+        # drawn on the execution device from a seeded device generator (no host round trip)
+        gens = [torch.Generator(device=self.device).manual_seed(_seed(seed, layer, d)) for d in range(draws)]
 
         def perturb(j, d, h_in, h_out):
-            z = torch.randn(h_out.shape, generator=gens[d], dtype=torch.float32).to(h_out.device)
+            z = torch.randn(h_out.shape, generator=gens[d], dtype=torch.float32, device=self.device).to(h_out.device)
             ref = h_out.float() if relative_to == "state" else (h_out.float() - h_in.float())
             scale = eta * ref.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(1e-30)
             return (h_out.float() + scale * z).to(h_out.dtype)
@@ -269,34 +261,37 @@ class Probe:
             raise PrunekitError(f"injection block {layer} is outside [0, {self.L - 1}]")
         nm = parse_nm(nm)
         block = self.lay.blocks[layer]
-        linears = self.lay.linears(layer)
         names = list(self.lay.linear_names)
         row = np.broadcast_to(np.asarray(sparsity, dtype=float), (len(names),))
         if (row < 0).any() or (row >= 1).any():
             raise PrunekitError(f"sparsity {sparsity} is outside [0, 1)")
         values = np.zeros((self.L, len(names)))
         values[layer] = row
-        stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in COLLECT[metric]}
-        if stats:  # dense statistics of block `layer` from its clean inputs (one extra block run)
-            hooks = [m.register_forward_hook(_collector(stats, n)) for n, m in linears.items()]
-            try:
-                for j in range(self.nbatches):
-                    self._run(layer, next(self._clean(layer, j))[1], j)
+        with weight_snapshot(self.model) as snap, snap.modify(layer):  # dense again on exit
+            linears = self.lay.linears(layer)
+            stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in COLLECT[metric]}
+            hooks = collect_hooks(linears, stats)
+            # the dense output of block `layer` is a clean boundary that recomputation would take
+            # from the pruned block: keep it for this experiment (one boundary)
+            extra = layer + 1 not in self.ckpt
+            try:  # dense statistics of block `layer` from its clean inputs (one extra block run)
+                outs = [self._run(layer, next(self._clean(layer, j))[1], j).to(self.replay.store)
+                        for j in range(self.nbatches if (stats or extra) else 0)]
             finally:
                 for hk in hooks:
                     hk.remove()
-        saved = {n: m.weight.detach().clone() for n, m in linears.items()}
-        try:
-            prune_block(layer, block, stats, values, metric, nm, names, blocksize, percdamp)
+            if extra:
+                self.ckpt[layer + 1] = outs
+            try:
+                prune_block(layer, block, stats, values, metric, nm, names, blocksize, percdamp)
 
-            def perturb(j, d, h_in, h_out):  # pruned block on its clean input; later blocks dense
-                return self._run(layer, h_in, j)
+                def perturb(j, d, h_in, h_out):  # pruned block on its clean input; later blocks dense
+                    return self._run(layer, h_in, j)
 
-            out = self._follow(layer, perturb, f"prune({metric}, s={float(np.mean(row)):g})")
-        finally:
-            for n, m in linears.items():
-                m.weight.data.copy_(saved[n])
-        return out
+                return self._follow(layer, perturb, f"prune({metric}, s={float(np.mean(row)):g})")
+            finally:
+                if extra:
+                    del self.ckpt[layer + 1]
 
     # ---- scans
     def scan(self, kind: str = "noise", layers=None, desc: str | None = None, **kw) -> list[Trajectory]:
@@ -313,13 +308,6 @@ class Probe:
                      layers=None) -> np.ndarray:
         trajs = self.scan("noise", layers, eta=eta, draws=draws, seed=seed, relative_to=relative_to)
         return coefficients(trajs, reduction, depth, final_norm)
-
-
-def _collector(stats, name):
-    def hook(mod, inp, out):
-        for per_kind in stats.values():
-            per_kind[name].add(inp[0])
-    return hook
 
 
 def probe_from_stats(stats, skip_first: bool = True, probe_samples: int = 0, probe_seqlen: int = 0) -> Probe:

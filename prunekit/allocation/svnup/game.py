@@ -9,6 +9,8 @@ import torch
 from prunekit.core.data import Calibration
 from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
 from prunekit.core.models import layout
+from prunekit.core.offload import activation_device, exec_device, offloader, onload
+from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
@@ -21,25 +23,29 @@ class LayerGame:
     ``calib_ids``: pruning samples (n, seqlen) from which each block's pruned weights are computed
     one-shot on dense activations. ``heldout_ids``: the value set (tensor or Calibration).
     The model's weights are swapped in place while the game is used; ``restore()`` (or leaving a
-    ``with`` block) puts the dense weights back; build the game on the dense model. ``store``:
-    'weights' keeps each block's pruned weights (a swap is one copy per linear) or 'masks' keeps
-    boolean masks (magnitude / Wanda; 1 byte per weight, slower swap) for large models.
+    ``with`` block) puts the dense weights back; build the game on the dense model. The dense
+    weights live in the one weight snapshot (``core.snapshot``; a block is copied the first time
+    it is pruned, to CPU or, with disk offload, not at all); the pruned state is ``store``:
+    'masks' (magnitude / Wanda: 1 byte per weight, where the memory policy keeps activations),
+    'weights' (the pruned weights, on CPU; SparseGPT always, since it updates surviving weights)
+    or 'auto' (masks when possible). Never a second full copy on the device.
     ``value_cache`` memoises coalition values; hidden states entering block k are kept per prefix
-    configuration (LRU, up to ``state_cache_mb``), so an evaluation runs only the blocks from the
-    first one that differs from a cached prefix (≈ half the blocks for sliding window and MC)."""
+    configuration (LRU, up to ``state_cache_mb``, where the memory policy keeps activations), so
+    an evaluation runs only the blocks from the first one that differs from a cached prefix
+    (≈ half the blocks for sliding window and MC)."""
 
     def __init__(self, model, calib_ids: torch.Tensor | None, heldout_ids, target: float,
                  base_metric: str = "wanda", game: str = "dense_coalition", batch_size: int = 8,
                  state_cache_mb: float = 512.0, blocksize: int = 128, percdamp: float = 0.01,
-                 store: str = "weights", progress: bool = True):
+                 store: str = "auto", progress: bool = True):
         if base_metric not in BASE_METRICS:
             raise PrunekitError(f"unknown base metric '{base_metric}'; choose from {', '.join(BASE_METRICS)}")
         if game not in GAMES:
             raise PrunekitError(f"unknown game '{game}'; choose from {', '.join(GAMES)}")
         if not (0.0 < float(target) < 1.0):
             raise PrunekitError(f"target sparsity {target} must lie in (0, 1)")
-        if store not in ("weights", "masks"):
-            raise PrunekitError(f"store must be 'weights' or 'masks', got '{store}'")
+        if store not in ("auto", "weights", "masks"):
+            raise PrunekitError(f"store must be 'auto', 'weights' or 'masks', got '{store}'")
         if base_metric != "magnitude" and calib_ids is None:
             raise PrunekitError(f"base metric '{base_metric}' needs calibration samples (calib_ids)")
         ids = heldout_ids.input_ids if isinstance(heldout_ids, Calibration) else heldout_ids
@@ -49,17 +55,16 @@ class LayerGame:
         self.layout = layout(model)
         self.n = self.layout.num_blocks
         self.full = (1 << self.n) - 1
-        self.batch_size, self.progress, self.store = batch_size, progress, store
+        self.batch_size, self.progress = batch_size, progress
+        self.store = "weights" if base_metric == "sparsegpt" or store == "weights" else "masks"
         self.heldout_ids = ids
         self._state_budget = int(state_cache_mb * 2 ** 20)
+        self._acts = activation_device(model)
         t0 = time.perf_counter()
-        self._dense: list[dict[str, torch.Tensor]] = [
-            {k: m.weight.detach().clone() for k, m in self.layout.linears(i).items()} for i in range(self.n)]
         self._pruned = self._build_pruned(calib_ids, blocksize, percdamp)
         self.build_seconds = time.perf_counter() - t0
         self._is_dense = [True] * self.n
-        p0 = next(model.parameters())
-        self._zero = torch.zeros((), dtype=p0.dtype, device=p0.device)
+        self._snap = None
         self._inputs: BlockInputs = capture(model, ids, batch_size)  # embeddings: shared by every coalition
         self._states: OrderedDict[tuple[int, int], list[torch.Tensor]] = OrderedDict()
         self._state_bytes = 0
@@ -67,13 +72,11 @@ class LayerGame:
         self.blocks_run = 0     # block forwards spent (cost accounting: L per plain forward)
         self.forwards = 0       # coalition evaluations actually computed
 
-    # ---- pruned weights, one-shot per block on dense activations
+    # ---- pruned state, one-shot per block on dense activations
     @torch.no_grad()
     def _build_pruned(self, calib_ids, blocksize, percdamp) -> list[dict[str, torch.Tensor]]:
-        """Per block and linear: the pruned weight (``store='weights'``: a swap is one copy) or, for
-        magnitude / Wanda with ``store='masks'``, a boolean mask (True = pruned; 1 byte per weight
-        but a slower swap). SparseGPT always stores weights (it updates surviving weights).
-        The model is not modified."""
+        """Per block and linear: a boolean mask (True = pruned) for ``store='masks'``, else the
+        pruned weight on CPU. The model is not modified."""
         s, out = self.target, [dict() for _ in range(self.n)]
 
         def keep(i, block, stats):
@@ -82,13 +85,15 @@ class LayerGame:
                 if self.base_metric in ("magnitude", "wanda"):
                     mask = magnitude_mask(W, s) if self.base_metric == "magnitude" else \
                         wanda_mask(W, stats["wanda"][name].norm, s)
-                    out[i][name] = mask if self.store == "masks" else W.masked_fill(mask, 0)
+                    out[i][name] = mask.to(self._acts) if self.store == "masks" else W.masked_fill(mask, 0).cpu()
                 else:
-                    out[i][name] = sparsegpt(W, stats["hessian"][name].H, s, None, blocksize, percdamp).to(W.dtype)
+                    out[i][name] = sparsegpt(W, stats["hessian"][name].H, s, None, blocksize,
+                                             percdamp).to(W.dtype).cpu()
 
         if self.base_metric == "magnitude":
             for i in range(self.n):
-                keep(i, self.layout.blocks[i], {})
+                with onload(self.model, i):
+                    keep(i, self.layout.blocks[i], {})
         else:
             collect = ("wanda",) if self.base_metric == "wanda" else ("hessian",)
             sequential(self.model, calib_ids, collect=collect, on_block=keep, modifies=False,
@@ -96,37 +101,49 @@ class LayerGame:
                        progress=self.progress)
         return out
 
-    # ---- weight swapping
+    # ---- weight swapping (block i must be onloaded)
+    @torch.no_grad()
+    def _apply_pruned(self, i: int) -> None:
+        for name, lin in self.layout.linears(i).items():
+            p = self._pruned[i][name]
+            if p.dtype == torch.bool:
+                lin.weight.masked_fill_(p.to(lin.weight.device), 0)
+            else:
+                lin.weight.copy_(p.to(lin.weight.device))
+
     @torch.no_grad()
     def _set_block(self, i: int, dense: bool) -> None:
+        """Block i dense or pruned for the next run. Offloaded blocks are private copies while
+        onloaded (a pruned state vanishes on release); resident ones go through the snapshot."""
+        off = offloader(self.model)
+        if off is not None and off.needs_moving:
+            if not dense:
+                self._apply_pruned(i)
+            return
         if self._is_dense[i] == dense:
             return
-        for name, lin in self.layout.linears(i).items():
-            W, p = lin.weight, self._pruned[i][name]
-            if dense:
-                W.copy_(self._dense[i][name])
-            elif p.dtype == torch.bool:  # one fused pass: W = dense with the mask zeroed
-                torch.where(p, self._zero, self._dense[i][name], out=W)
-            else:
-                W.copy_(p)
+        if dense:
+            self._snap.restore([i], keep=True)
+        else:
+            if self._snap is None:
+                self._snap = weight_snapshot(self.model).__enter__()
+            with self._snap.modify(i):
+                self._apply_pruned(i)
         self._is_dense[i] = dense
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every block's dense weights back."""
-        for i in range(self.n):
-            self._set_block(i, True)
+        if self._snap is not None:
+            self._snap.__exit__(None, None, None)
+            self._snap = None
+        self._is_dense = [True] * self.n
 
     def __enter__(self) -> "LayerGame":
         return self
 
     def __exit__(self, *exc) -> None:
         self.restore()
-
-    def pruned_weight(self, i: int, name: str) -> torch.Tensor:
-        """Block i's pruned weight for linear ``name`` (for checks)."""
-        p = self._pruned[i][name]
-        return self._dense[i][name].masked_fill(p, 0) if p.dtype == torch.bool else p.clone()
 
     # ---- evaluation
     def dense_set(self, coalition: int) -> int:
@@ -166,9 +183,11 @@ class LayerGame:
                 start, states = k, self._states[key]
                 break
         for i in range(start, self.n):
-            self._set_block(i, bool(dense_mask >> i & 1))
             block = self.layout.blocks[i]
-            states = [run_block(block, h, self._inputs.block_kwargs(i, j)) for j, h in enumerate(states)]
+            with onload(self.model, i):
+                self._set_block(i, bool(dense_mask >> i & 1))
+                states = [run_block(block, h, self._inputs.block_kwargs(i, j)).to(self._acts)
+                          for j, h in enumerate(states)]
             self.blocks_run += 1
             if i + 1 < self.n:
                 self._store((i + 1, dense_mask & ((1 << (i + 1)) - 1)), states)
@@ -184,7 +203,7 @@ class LayerGame:
     @torch.no_grad()
     def plain_forward_nll(self) -> float:
         """One ordinary full forward over the held-out set with the current weights (reference cost)."""
-        dev = next(self.model.parameters()).device
+        dev = exec_device(self.model)
         nll = [next_token_ce(self.model(input_ids=x.to(dev), use_cache=False).logits, x).cpu()
                for x in self._batches()]
         return float(torch.cat(nll).mean())

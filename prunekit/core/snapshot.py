@@ -1,0 +1,184 @@
+"""The one weight snapshot: dense block weights saved lazily, restored on exit (also on an exception).
+
+    with weight_snapshot(model) as snap:   # nothing is copied yet
+        prune_model(model, ids, 0.5)       # each block is copied the first time it is modified
+        ...
+        snap.restore()                     # dense again (the snapshot stays active)
+    # leaving the block restores every modified block, also when an exception escapes
+
+A block is saved by ``snap.save(i)`` — called automatically by every writer that declares its writes
+(``offload.onload(model, i, write=True)``: the sequential engine when it prunes, ``snap.modify(i)``)
+while the snapshot is active. ``store``: where the saved copies live — ``cpu`` (RAM), ``disk``
+(safetensors under ``$PRUNEKIT_CACHE/offload``), ``device`` (the block's own device; fastest swap),
+or ``auto``: with disk offload the block's unmodified checkpoint file itself (no copy at all), else
+cpu. Only the decoder-block linear weights are saved (the solvers modify nothing else).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from prunekit.core.models import cache_dir, layout
+from prunekit.core.offload import make_work_dir, offloader, onload
+from prunekit.errors import PrunekitError
+
+STORES = ("auto", "cpu", "disk", "device")
+
+
+class WeightSnapshot:
+    def __init__(self, model, store: str = "auto"):
+        if store not in STORES:
+            raise PrunekitError(f"unknown snapshot store '{store}'; use one of {', '.join(STORES)}")
+        self.model, self.lay = model, layout(model)
+        off = offloader(model)
+        if store == "auto":
+            store = "sources" if off is not None and off.mode == "disk" else "cpu"
+        self.store = store
+        self.saved: dict[int, object] = {}
+        self.active = False
+        self._dir: Path | None = None
+
+    # ---- lifecycle
+    def __enter__(self) -> "WeightSnapshot":
+        snaps = self.model.__dict__.setdefault("prunekit_snapshots", [])
+        if self not in snaps:
+            snaps.append(self)
+        self.active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.restore()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop watching the model and drop the saved copies (without restoring)."""
+        snaps = self.model.__dict__.get("prunekit_snapshots", [])
+        if self in snaps:
+            snaps.remove(self)
+        self.active = False
+        self._drop(list(self.saved))
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    @property
+    def modified(self) -> list[int]:
+        """Blocks saved (hence possibly modified) since the last restore."""
+        return sorted(self.saved)
+
+    # ---- save / restore
+    @torch.no_grad()
+    def save(self, i: int) -> None:
+        """Copy block i's current linear weights, unless already saved since the last restore."""
+        if i in self.saved:
+            return
+        off = offloader(self.model)
+        dense = i not in self.model.__dict__.get("prunekit_modified", set())
+        if dense:  # nested snapshots share one immutable dense copy instead of copying again
+            for other in self.model.__dict__.get("prunekit_snapshots", []):
+                if other is not self and i in other.saved and other.saved[i][2] and other.saved[i][0] != "file":
+                    kind, data, _ = other.saved[i]
+                    if kind == "sources":
+                        off.pin({f for f, _ in data.values()}, +1)
+                    self.saved[i] = (kind, data, True)
+                    return
+        if self.store == "sources":
+            if off is None or off.refs[i] > 0 and off.dirty[i]:
+                # an onloaded block already being written: its source is stale, copy it instead
+                self.saved[i] = (*self._copy(i, "cpu"), dense)
+            else:
+                src = off.block_sources(i)
+                off.pin({f for f, _ in src.values()}, +1)
+                self.saved[i] = ("sources", src, dense)
+            return
+        self.saved[i] = (*self._copy(i, self.store), dense)
+
+    def _copy(self, i: int, store: str):
+        with onload(self.model, i):
+            ws = {n: m.weight.detach() for n, m in self.lay.linears(i).items()}
+            if store == "device":
+                return ("mem", {n: w.clone() for n, w in ws.items()})
+            if store == "cpu":
+                return ("mem", {n: w.to("cpu", copy=True) for n, w in ws.items()})
+            from safetensors.torch import save_file
+            if self._dir is None:
+                self._dir = make_work_dir(cache_dir() / "offload")
+                self._fin = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+            path = self._dir / f"snap-block{i:04d}.safetensors"
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file({n: w.to("cpu").contiguous() for n, w in ws.items()}, str(tmp))
+            os.replace(tmp, path)
+            return ("file", str(path))
+
+    @torch.no_grad()
+    def restore(self, blocks=None, keep: bool = False) -> None:
+        """Put the saved weights of ``blocks`` (default: all saved) back; they may be modified
+        (and saved) again afterwards. ``keep``: keep the saved copies (a block swapped back and
+        forth is copied once)."""
+        todo = sorted(self.saved) if blocks is None else [b for b in blocks if b in self.saved]
+        for i in todo:
+            kind, data, dense = self.saved[i]
+            off = offloader(self.model)
+            if kind == "sources" and off.refs[i] == 0:
+                off.dirty[i] = False
+                off.set_block_sources(i, data)
+            else:
+                self._write_back(i, kind, data)
+            mod = self.model.__dict__.setdefault("prunekit_modified", set())
+            mod.discard(i) if dense else mod.add(i)
+        if not keep:
+            self._drop(todo)
+
+    def dense_weight(self, i: int, name: str, device=None) -> torch.Tensor | None:
+        """The saved dense weight of block i's linear ``name`` (None when block i is not saved)."""
+        if i not in self.saved:
+            return None
+        kind, data, _ = self.saved[i]
+        if kind == "mem":
+            t = data[name]
+        else:
+            f, key = (data[f"{name}.weight"] if kind == "sources" else (data, name))
+            from safetensors import safe_open
+            with safe_open(f, framework="pt") as h:
+                t = h.get_tensor(key)
+        return t.to(device) if device is not None else t
+
+    def _write_back(self, i: int, kind: str, data) -> None:
+        # snapshot observers must not re-save the block while it is written back
+        snaps = self.model.__dict__.get("prunekit_snapshots", [])
+        self.model.__dict__["prunekit_snapshots"] = []
+        try:
+            with onload(self.model, i, write=True):
+                for n, m in self.lay.linears(i).items():
+                    m.weight.data.copy_(self.dense_weight(i, n, m.weight.device))
+        finally:
+            self.model.__dict__["prunekit_snapshots"] = snaps
+
+    def _drop(self, blocks) -> None:
+        off = offloader(self.model)
+        for i in blocks:
+            kind, data, _ = self.saved.pop(i)
+            if kind == "sources":
+                off.pin({f for f, _ in data.values()}, -1)
+            elif kind == "file":
+                Path(data).unlink(missing_ok=True)
+
+    @contextmanager
+    def modify(self, i: int):
+        """Block i onloaded for writing (saved first); its changes persist until ``restore``."""
+        if not self.active:
+            raise PrunekitError("weight snapshot is not active; use it as `with weight_snapshot(model) as snap:`")
+        with onload(self.model, i, write=True):
+            yield self.lay.blocks[i]
+
+
+def weight_snapshot(model, store: str = "auto") -> WeightSnapshot:
+    """A ``WeightSnapshot`` of ``model`` to use as a context manager (see module docstring)."""
+    return WeightSnapshot(model, store)
