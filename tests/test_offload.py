@@ -8,7 +8,6 @@ bit-identical Wanda / SparseGPT masks; a failure inside a snapshot leaves the mo
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
