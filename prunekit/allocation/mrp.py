@@ -138,6 +138,15 @@ class BlockTable:
                 fam.csum = torch.nn.functional.pad(fam.sorted.double().cumsum(1), (1, 0))
             self.families.append(fam)
 
+    def with_m(self, m: float) -> "BlockTable":
+        """A shallow copy reading the same sorted scores with multiplier ``m`` (reading "current"
+        only: its counts are computed per query, so nothing else depends on m)."""
+        import copy
+        t = copy.copy(self)
+        t.m = float(m)
+        t.tau = t.m * (self.tau / self.m) if self.m else 0.0
+        return t
+
     def owl_ratio(self, s: float) -> float:
         """Reading "current": OWL's outlier test on the block pruned at ``s`` (the ``int(n_g·s)``
         lowest of every group removed, removed entries scoring 0). ``tau = m · (Σ surviving A)/n``
@@ -208,6 +217,15 @@ def build_tables(stats, metric: str = "wanda", m: float = 5.0, threshold: str = 
     """One ``BlockTable`` per block from the dense scores in ``stats`` (``stats.model`` must hold
     the dense weights). ``threshold`` is a table mode (dense|current|owl; ``READINGS`` maps the
     method's readings to them). Frozen-threshold tables are memoised per Statistics object."""
+    if threshold == "owl":  # sorted scores do not depend on m: keep one entry per Statistics, re-m'd copies
+        key = (stats.fingerprint, metric, "owl", blocksize)
+        memo = _TABLES.setdefault(stats, {})
+        if key not in memo:
+            for old in [k for k in memo if len(k) == 4]:  # ~3 fp32 copies of the weights: keep only one
+                del memo[old]
+            memo[key] = [BlockTable(stats.scores(i, metric), metric, m, threshold, blocksize)
+                         for i in range(stats.num_blocks)]
+        return [t.with_m(m) for t in memo[key]]
     key = (stats.fingerprint, metric, float(m), threshold, blocksize)
     memo = _TABLES.setdefault(stats, {}) if threshold == "dense" else {}
     if key not in memo:
