@@ -379,3 +379,19 @@ def test_current_reading_refresh_runs_and_restores(het):
     assert plan.extras["refreshes"] >= 2 and abs(plan.global_sparsity - 0.7) < 1e-9
     after = mrp._snapshot(het)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_current_redundancy_of_pruned_model_matches_table(het):
+    """Finding 3's measure "current" on a model pruned with dense-statistics masks equals the
+    MRP table's reading "current" at the same per-block sparsities."""
+    snap = mrp._snapshot(het)
+    s = np.array([0.2, 0.5, 0.7, 0.4])
+    try:
+        for i in range(L):
+            for n, lin in het.layout.linears(i).items():
+                with torch.no_grad():
+                    lin.weight[wanda_mask(lin.weight, het.wanda_norms()[i][n], float(s[i]))] = 0
+        got = analysis.current_redundancy(het, "wanda", 5.0)
+    finally:
+        mrp._restore(het, snap)
+    np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "wanda", 5.0, threshold="owl"), atol=1e-9)
