@@ -57,7 +57,8 @@ def run_comparison(session, seeds, metrics, sparsities, configs=None, options: d
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of every numeric column, per (allocation, metric, sparsity)."""
     value_cols = [c for c in df.columns if c.startswith("ppl_") or c == "zero_shot_mean"]
-    g = df.groupby(["allocation", "metric", "sparsity"])[value_cols]
+    keys = (["model"] if "model" in df else []) + ["allocation", "metric", "sparsity"]
+    g = df.groupby(keys)[value_cols]
     out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
     out["seeds"] = g.size()
     return out.reset_index()
