@@ -21,7 +21,7 @@ MS = (3.0, 5.0, 7.0)
 BASELINES = {"uniform": ("uniform", {}), "owl": ("owl", {}), "alphapruning": ("alphapruning", {})}
 
 
-def candidates(readings=READINGS, ms=MS, baselines=("uniform", "owl"), other_ms=(5.0,)) -> dict:
+def candidates(readings=READINGS, ms=MS, baselines=("uniform", "owl", "alphapruning"), other_ms=(5.0,)) -> dict:
     """label -> (method, options): the baselines first, then MRP's reading "current" × ``ms`` and the
     other readings × ``other_ms`` (their known failure mode does not depend on M; docs/methods.md §1)."""
     out = {b: BASELINES[b] for b in baselines}
@@ -77,7 +77,7 @@ def choose(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def beats_baselines(df: pd.DataFrame, config: str, baselines=("uniform", "owl")) -> pd.DataFrame:
+def beats_baselines(df: pd.DataFrame, config: str, baselines=("uniform", "owl", "alphapruning")) -> pd.DataFrame:
     """Per (model, sparsity): held-out NLL of ``config`` minus the best baseline (negative = better)."""
     g = df.pivot_table(index=["model", "sparsity"], columns="config", values="heldout_nll")
     best = g[[b for b in baselines if b in g]].min(axis=1)
@@ -100,11 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument("--test-at", default="0.7", help="sparsities with a WikiText-2 test perplexity (report only)")
     ap.add_argument("--readings", default=",".join(READINGS))
     ap.add_argument("--ms", default=",".join(f"{m:g}" for m in MS))
-    ap.add_argument("--baselines", default="uniform,owl")
+    ap.add_argument("--baselines", default="uniform,owl,alphapruning")
     a = ap.parse_args(argv)
     sess = Session(a.model, calib_samples=8, calib_seqlen=256, seed=0, eval_datasets=("wikitext2",),
                    eval_seqlen=1024, eval_windows=2, progress=False)
-    cfg = candidates(a.readings.split(","), [float(m) for m in a.ms.split(",")],
+    cfg = candidates([r for r in a.readings.split(",") if r], [float(m) for m in a.ms.split(",")],
                      [b for b in a.baselines.split(",") if b])
 
     def write(row):

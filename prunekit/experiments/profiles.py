@@ -42,8 +42,8 @@ def profile(name: str) -> dict:
 #   70 %  Wanda: every allocation (all claims but two are Wanda at 70 %);
 #   70 %  SparseGPT: uniform, OWL, AlphaPruning, MRP, SV-NUP (the SparseGPT claims; ATP and the
 #         absorption correction have no SparseGPT claim, and absorption would prune 4× more for γ);
-#   50/60 % Wanda: uniform, OWL (the best baseline at 70 % in earlier renders), MRP (the seed method),
-#         where methods are farther from collapse;
+#   50/60 % Wanda: uniform, AlphaPruning (the best baseline at 70 % in the earlier cpu render),
+#         MRP (the seed method), where methods are farther from collapse;
 #   50 %  magnitude: uniform (the Wanda-vs-magnitude claim).
 # 20 runs per seed, 60 per model. WikiText-2 only (PTB / C4 added no claim), no zero-shot (16-item
 # lm-eval limits add noise, not power), bf16 weights are not used (CPU matmuls are fp32).
@@ -51,8 +51,8 @@ _CPU_GROUPS = [
     {"sparsity": 0.7, "metric": "wanda", "allocations": ["uniform", "owl", "alphapruning", "atp", "mrp", "svnup",
                                                          "absorption(owl)", "absorption(alphapruning)"]},
     {"sparsity": 0.7, "metric": "sparsegpt", "allocations": ["uniform", "owl", "alphapruning", "mrp", "svnup"]},
-    {"sparsity": 0.6, "metric": "wanda", "allocations": ["uniform", "owl", "mrp"]},
-    {"sparsity": 0.5, "metric": "wanda", "allocations": ["uniform", "owl", "mrp"]},
+    {"sparsity": 0.6, "metric": "wanda", "allocations": ["uniform", "alphapruning", "mrp"]},
+    {"sparsity": 0.5, "metric": "wanda", "allocations": ["uniform", "alphapruning", "mrp"]},
     {"sparsity": 0.5, "metric": "magnitude", "allocations": ["uniform"]},
 ]
 COMPARISON = {
