@@ -111,3 +111,11 @@ def test_per_window_nlls_and_model_columns():
     assert r2.verdict.startswith("inconclusive")
     m = reproduction_matrix(t)
     assert list(m.columns[-2:]) == ["m1", "m2"] and "reproduced" in m["m1"].iloc[0]
+
+
+def test_matrix_one_row_per_claim_even_without_paper_number():
+    rows = [{"model": m, "seed": 0, "allocation": a, "metric": "wanda", "sparsity": 0.7, "ppl_wikitext2": p}
+            for m in ("m1", "m2") for a, p in (("mrp", 40), ("owl", 50), ("alphapruning", 45), ("uniform", 60))]
+    t = reproduction_table(pd.DataFrame(rows))
+    m = reproduction_matrix(t)
+    assert len(m) == len(CLAIMS) and list(m.columns) == ["paper", "claim", "paper_change_%", "m1", "m2"]

@@ -214,10 +214,15 @@ def reproduction_matrix(table: pd.DataFrame) -> pd.DataFrame:
             return "not measured"
         return (f"{r['measured_change_%']:+.1f} % [{r['ci_low_%']:+.1f}, {r['ci_high_%']:+.1f}] "
                 f"{r['verdict'].split(' (')[0]}")
-    t = table.assign(cell=table.apply(cell, axis=1))
-    out = t.pivot_table(index=["paper", "claim", "paper_change_%"], columns="model", values="cell",
-                        aggfunc="first", dropna=False, sort=False)
-    return out.reset_index()
+    models = list(dict.fromkeys(table["model"]))
+    rows = []
+    for (paper, claim), g in table.groupby(["paper", "claim"], sort=False):
+        row = {"paper": paper, "claim": claim, "paper_change_%": g["paper_change_%"].iloc[0]}
+        for m in models:
+            sub = g[g["model"] == m]
+            row[m] = cell(sub.iloc[0]) if len(sub) else "not measured"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _pct(x):
