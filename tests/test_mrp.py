@@ -395,3 +395,15 @@ def test_current_redundancy_of_pruned_model_matches_table(het):
     finally:
         mrp._restore(het, snap)
     np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "wanda", 5.0, threshold="owl"), atol=1e-9)
+
+
+def test_selection_ranks_on_common_cells_only():
+    import pandas as pd
+    from prunekit.experiments import mrp_selection as sel
+    rows = [{"model": "a", "sparsity": 0.7, "config": c, "heldout_nll": v}
+            for c, v in (("mrp[current,M=3]", 3.0), ("mrp[current,M=5]", 2.0), ("uniform", 2.5))]
+    rows += [{"model": "a", "sparsity": 0.6, "config": "mrp[current,M=3]", "heldout_nll": 0.1}]  # M=5 lacks this cell
+    out = sel.choose(pd.DataFrame(rows)).set_index("config")
+    assert out.loc["mrp[current,M=5]", "mrp_rank"] == 1 and out.loc["mrp[current,M=5]", "cells"] == 1
+    vs = sel.beats_baselines(pd.DataFrame(rows), "mrp[current,M=5]")
+    assert vs["diff"].iloc[-1] == pytest.approx(-0.5)

@@ -66,12 +66,15 @@ def study(session, sparsities=(0.7, 0.6, 0.5), configs: dict | None = None, metr
 
 
 def choose(df: pd.DataFrame) -> pd.DataFrame:
-    """Rank the MRP configurations by mean held-out NLL over sparsities and models (lower is better);
-    baselines are listed for comparison. Columns: config, mean_heldout_nll, per-(model, sparsity)
-    NLLs, rank among MRP configs."""
+    """Rank the MRP configurations by mean held-out NLL (lower is better) over the (model, sparsity)
+    cells that every configuration has (complete cases, so a configuration is never ranked on fewer or
+    easier cells than another); baselines are listed for comparison. Columns: config,
+    mean_heldout_nll, per-(model, sparsity) NLLs, cells (how many were averaged), mrp_rank."""
     wide = df.pivot_table(index="config", columns=["model", "sparsity"], values="heldout_nll")
     wide.columns = [f"{m}@{s:g}" for m, s in wide.columns]
-    out = wide.assign(mean_heldout_nll=wide.mean(axis=1)).sort_values("mean_heldout_nll")
+    common = wide.columns[wide.notna().all(axis=0)]
+    out = wide.assign(mean_heldout_nll=wide[common].mean(axis=1), cells=len(common))
+    out = out.sort_values("mean_heldout_nll")
     is_mrp = out.index.str.startswith("mrp[")
     out["mrp_rank"] = np.where(is_mrp, out["mean_heldout_nll"].where(is_mrp).rank(), np.nan)
     return out.reset_index()
