@@ -91,7 +91,7 @@ def test_plan_respects_cap_and_bad_options(het):
 
 def test_redundancy_spread_smaller_than_uniform(het):
     for metric in ("wanda", "magnitude", "sparsegpt"):
-        plan = allocate("mrp", het, 0.7, score=metric, reading="frozen")
+        plan = allocate("mrp", het, 0.7, score=metric, reading="frozen", m=5.0)
         r_mrp = mrp.redundancy_levels(het, plan.per_block, metric)
         r_uni = mrp.redundancy_levels(het, np.full(L, 0.7), metric)
         assert r_mrp.std() < 0.5 * r_uni.std(), (metric, r_mrp, r_uni)

@@ -360,7 +360,7 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
           bounds={"m": (0.0, None), "delta": (0.0, 1.0), "k": (1, None), "s0": (0.0, 1.0), "s_cap": (0.0, 1.0),
                   "refresh": (0, None), "blocksize": (1, None)})
 def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
-        reading: Literal["current", "frozen", "recomputed"] = "current", m: float = 5.0,
+        reading: Literal["current", "frozen", "recomputed"] = "current", m: float = 7.0,
         delta: float = 0.01, k: int = 1, s0: float | None = None, s_cap: float = 0.95,
         denominator: Literal["surviving", "dense"] = "surviving", refresh: int = 0,
         blocksize: int = 128) -> SparsityPlan:
@@ -377,7 +377,8 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
     (allocate's s_min/s_max clip afterwards); ``refresh`` = K re-measures the scores on the
     partially pruned model every K steps (one sequential pruning pass each, plus one at the start
     for ``current``; 0 = off); ``blocksize`` SparseGPT's column block.
-    Defaults chosen on held-out calibration NLL (notebook 21, docs/results.md)."""
+    Defaults (reading ``current``, ``m`` = 7) chosen on held-out calibration NLL among the readings
+    and M ∈ {3, 5, 7} (``experiments/mrp_selection.py``; measured cells in docs/results.md)."""
     metric = score
     threshold = READINGS.get(reading)
     if threshold is None:
