@@ -12,7 +12,9 @@ spec and an option ``reading``):
   block: ``tau_l = m · mean(A_l)`` with the mean over ALL entries of the block, pruned weights
   scoring 0; ``NOR_l = #{entries with A <= tau_l} / n_l`` (pruned entries count as non-outliers).
   Pruning lowers the block mean, so survivors near the tail become outliers and NOR falls: the
-  loop converges to an OWL-like band without a λ. At s = 0 it is 1 − OWL's outlier ratio.
+  loop converges without a λ. At s = 0 it is 1 − OWL's outlier ratio. Caveat (measured): a block
+  whose scores have a far tail keeps a nearly constant ratio while pruned and can be pushed to the
+  cap; larger m softens this (default m = 7, chosen on held-out NLL).
 - ``frozen``: ``tau_l`` frozen at the dense mean; ``NOR_l = #{surviving with A <= tau_l} /
   #{surviving}`` (``denominator="surviving"``) or ``/ n_l`` (``"dense"``).
 - ``recomputed``: ``tau_l`` = m · mean over the surviving weights (not monotone).
@@ -35,9 +37,12 @@ Incremental cost. With the frozen threshold, the weights of a group sorted ascen
 non-outliers first, so a group with ``c`` non-outliers that lost its ``k`` lowest keeps
 ``max(c-k, 0)`` of them. Per block we cache the sorted per-group counts ``c`` and their suffix sums
 ("prefix counts"); the NOR of a block at any sparsity is then one ``searchsorted`` per group size,
-and each greedy step recomputes only the blocks it changed. ``threshold="current"`` additionally
-keeps each group's sorted scores (fp32) and their cumulative sums (fp64) — about three fp32 copies
-of the block weights — because the threshold moves with the surviving mean.
+and each greedy step recomputes only the blocks it changed. Readings ``recomputed`` and ``current``
+(table modes "current" / "owl") keep each group's sorted scores (fp32) and their cumulative sums
+(fp64) — about three fp32 copies of the block weights (≈1.2 GB for SmolLM2-135M) — because the
+threshold moves with the mean; for ``current`` a group with ``c`` scores ≤ tau that lost its ``k``
+lowest keeps ``n_g − max(c, k)`` outliers, and tau = m · (Σ A − removed prefix sum) / n_l.
+The ``current`` table does not depend on m and is memoised once per Statistics.
 
 What the ``frozen`` reading converges to. With the frozen threshold and the surviving denominator, while a
 block still holds all its outliers (fraction ``o_l`` of its dense weights)
