@@ -277,10 +277,11 @@ def test_registered_correction_measures_once_and_caches():
 
     ab.Probe.__init__ = counting
     try:
-        p1 = allocate("absorption", stats, 0.5, base="uniform", eta=1e-2)
-        p2 = allocate("absorption", stats, 0.6, base="uniform", eta=1e-2, depth="mean")
+        kw = dict(perturbation="noise", gamma=ab.DEFAULT_GAMMA)
+        p1 = allocate("absorption", stats, 0.5, base="uniform", eta=1e-2, **kw)
+        p2 = allocate("absorption", stats, 0.6, base="uniform", eta=1e-2, depth="mean", **kw)
         # a new Statistics object on the same model/calibration hits the disk cache
-        p3 = allocate("absorption", Statistics(model, stats.calib, progress=False), 0.5, base="uniform")
+        p3 = allocate("absorption", Statistics(model, stats.calib, progress=False), 0.5, base="uniform", **kw)
     finally:
         ab.Probe.__init__ = orig
     assert calls["n"] == 1
@@ -308,10 +309,69 @@ def test_eta_sweep_table_shape():
 def test_prune_based_coefficients_option():
     model = tiny_model("llama", layers=4)
     stats = Statistics(model, tiny_calib(n=2, seqlen=16), progress=False)
-    plan = allocate("absorption", stats, 0.5, base="uniform", perturbation="prune", prune_metric="magnitude")
+    plan = allocate("absorption", stats, 0.5, base="uniform", perturbation="prune", prune_metric="magnitude",
+                    gamma=ab.DEFAULT_GAMMA)
     probe = ab.Probe(model, stats.calib.input_ids, progress=False)
     direct = [probe.pruned(l, 0.5, "magnitude").coefficient() for l in range(4)]
     np.testing.assert_allclose(plan.extras["absorption_r"], direct, rtol=1e-6)
     assert plan.global_sparsity == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(PrunekitError):
         allocate("absorption", stats, 0.5, base="uniform", perturbation="both")
+
+
+# ---------------------------------------------------------------- pruning scale: matched noise, gamma selection
+
+def test_matched_noise_uses_the_pruning_drift_per_block():
+    """perturbation='matched': block l gets noise of size η_l = the drift pruning block l injects."""
+    model = tiny_model("llama", layers=4)
+    stats = Statistics(model, tiny_calib(n=2, seqlen=16), progress=False, cache=False)
+    r, trajs = ab.coefficients_from_stats(stats, perturbation="matched", sparsity=0.6, prune_metric="magnitude")
+    probe = ab.Probe(model, stats.calib.input_ids, progress=False)
+    etas = [probe.pruned(l, 0.6, "magnitude").drift[0] for l in range(4)]
+    direct = [probe.noise(l, eta=e).coefficient() for l, e in enumerate(etas)]
+    np.testing.assert_allclose(r, direct, rtol=1e-6)
+    # the injected noise has exactly the pruning drift's relative size (per token, so the mean too)
+    np.testing.assert_allclose([t.drift[0] for t in trajs], etas, rtol=1e-5)
+
+
+def test_tilt_correlation_is_pearson():
+    d = np.array([0.3, -0.1, -0.2, 0.0])
+    base = np.array([0.75, 0.62, 0.66, 0.77])
+    t = base - 0.7
+    dm, tm = d - d.mean(), t - t.mean()
+    want = (dm * tm).sum() / np.sqrt((dm ** 2).sum() * (tm ** 2).sum())
+    assert ab.tilt_correlation(d, base, 0.7) == pytest.approx(want, abs=1e-12)
+    assert np.isnan(ab.tilt_correlation(d, np.full(4, 0.7), 0.7))
+
+
+def test_gamma_selected_on_heldout_nll_and_recorded():
+    """gamma=None picks the grid value whose pruned model has the lowest held-out NLL, measured
+    independently here on a pruned copy; the model is restored; extras record the tilt correlation."""
+    import copy
+    from prunekit.allocation.plan import fit_budget
+    from prunekit.solvers.prune import prune_model
+    model = tiny_model("llama", layers=4, seed=3)
+    stats = Statistics(model, tiny_calib(n=2, seqlen=16), progress=False, cache=False)
+    held = tiny_calib(n=2, seqlen=16, seed=7).input_ids
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = ab.absorption(stats, 0.6, base="owl", score="wanda", heldout=held)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert plan.options["gamma_selected"] and plan.options["gamma"] in ab.GAMMA_GRID
+    assert plan.options["perturbation"] == "prune" and plan.options["prune_metric"] == "wanda"
+    base = allocate("owl", stats, 0.6)
+    r = plan.extras["absorption_r"]
+    got = {}
+    for g in ab.GAMMA_GRID:
+        m2 = copy.deepcopy(model)
+        vals = fit_budget(ab.absorption_correction(base.values, r, g), stats.sizes, 0.6, 0.0, 0.99)
+        prune_model(m2, stats.calib.input_ids, vals, "wanda", progress=False)
+        with torch.no_grad():
+            logits = m2(input_ids=held).logits
+        got[g] = float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                         held[:, 1:].reshape(-1)))
+    for g in ab.GAMMA_GRID:
+        assert plan.extras["gamma_nll"][f"{g:.6g}"] == pytest.approx(got[g], rel=1e-5)
+    assert plan.options["gamma"] == min(got, key=lambda g: (round(got[g], 6), g))
+    assert plan.extras["tilt_correlation"] == pytest.approx(
+        ab.tilt_correlation(plan.extras["absorption_delta"], base.per_block, 0.6), abs=1e-12)

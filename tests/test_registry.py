@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = (0.1, 0.5, 0.9)
 # cheap settings for the methods that run experiments of their own (documented options)
 CHEAP = {"svnup": lambda held: {"estimator": "exact", "heldout": held},
-         "mrp": lambda held: {"delta": 0.02}}
+         "mrp": lambda held: {"delta": 0.02},
+         "absorption": lambda held: {"heldout": held}}  # gamma chosen on these held-out windows
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_absorption_wraps_every_method(env, base):
     opts = CHEAP.get(base, lambda h: {})(held)
     for t in TARGETS:
         ref = allocate(base, stats, t, **opts)
-        plan = allocate("absorption", stats, t, base=base, base_options=opts)
+        plan = allocate("absorption", stats, t, base=base, base_options=opts, heldout=held)
         assert abs(plan.global_sparsity - t) < 1e-6
         assert plan.values.min() >= 0.0 and plan.values.max() <= 0.99 + 1e-12
         r = np.asarray(plan.extras["absorption_r"])

@@ -1,19 +1,29 @@
-"""MRP — Maximum Redundancy Pruning (Gao et al., arXiv:2503.18377; ALGORITHMS.md §1).
+"""MRP — Maximum Redundancy Pruning (Gao et al., arXiv:2503.18377; docs/methods.md §1).
 
 Greedy allocation: start every block at a uniform sparsity ``s0`` and repeatedly add ``delta``
 sparsity to the ``k`` block(s) with the highest *non-outlier ratio* (NOR, the paper's redundancy
 level) until the parameter-weighted budget is met exactly (the last step is partial).
 
-Definitions (the paper body was not reachable; every item below is [I] in the spec and an option):
+Readings of the non-outlier ratio (the paper body was not reachable; every item is [I] in the
+spec and an option ``reading``):
 
-- score ``A`` of the solver that will prune (option ``score``, principle 2: set it to the pruning
-  metric): Wanda ``|W|·||X_j||``, magnitude ``|W|``, SparseGPT ``W²/[H⁻¹]_jj²``, from the dense
-  calibration statistics;
-- outlier threshold of block l: ``tau_l = m · mean(A over the block)`` (OWL's definition, §4),
-  frozen at the dense value (``threshold="dense"``) or recomputed over the surviving weights of the
-  current state (``threshold="current"``, ablation; not monotone);
-- ``NOR_l = #{surviving weights with A <= tau_l} / #{surviving weights}`` (``denominator="surviving"``)
-  or ``/ n_l`` (``denominator="dense"``).
+- ``current`` (default; docs/methods.md §1 revision 2): start from the real sparse model pruned
+  uniformly at ``s0`` (default S − 0.1) and read OWL's own outlier test on the CURRENT sparse
+  block: ``tau_l = m · mean(A_l)`` with the mean over ALL entries of the block, pruned weights
+  scoring 0; ``NOR_l = #{entries with A <= tau_l} / n_l`` (pruned entries count as non-outliers).
+  Pruning lowers the block mean, so survivors near the tail become outliers and NOR falls: the
+  loop converges without a λ. At s = 0 it is 1 − OWL's outlier ratio. Caveat (measured): a block
+  whose scores have a far tail keeps a nearly constant ratio while pruned and can be pushed to the
+  cap; larger m softens this (default m = 7, chosen on held-out NLL).
+- ``frozen``: ``tau_l`` frozen at the dense mean; ``NOR_l = #{surviving with A <= tau_l} /
+  #{surviving}`` (``denominator="surviving"``) or ``/ n_l`` (``"dense"``).
+- ``recomputed``: ``tau_l`` = m · mean over the surviving weights (not monotone).
+
+Score ``A`` of the solver that will prune (option ``score``, principle 2): Wanda ``|W|·||X_j||``,
+magnitude ``|W|``, SparseGPT ``W²/[H⁻¹]_jj²``, from the dense calibration statistics. With Wanda's
+dense statistics the surviving scores do not change as other weights are pruned, so the loop is
+exact and incremental without a model pass; ``refresh=K`` re-collects the statistics on the
+partially pruned model every K steps (and once at the start for ``current``).
 
 Simulated pruning order (what "adding delta to block l" removes) follows the solver's comparison
 group: Wanda removes the ``round(d_in·s)`` lowest scores of every row, magnitude the ``round(numel·s)``
@@ -27,11 +37,14 @@ Incremental cost. With the frozen threshold, the weights of a group sorted ascen
 non-outliers first, so a group with ``c`` non-outliers that lost its ``k`` lowest keeps
 ``max(c-k, 0)`` of them. Per block we cache the sorted per-group counts ``c`` and their suffix sums
 ("prefix counts"); the NOR of a block at any sparsity is then one ``searchsorted`` per group size,
-and each greedy step recomputes only the blocks it changed. ``threshold="current"`` additionally
-keeps each group's sorted scores (fp32) and their cumulative sums (fp64) — about three fp32 copies
-of the block weights — because the threshold moves with the surviving mean.
+and each greedy step recomputes only the blocks it changed. Readings ``recomputed`` and ``current``
+(table modes "current" / "owl") keep each group's sorted scores (fp32) and their cumulative sums
+(fp64) — about three fp32 copies of the block weights (≈1.2 GB for SmolLM2-135M) — because the
+threshold moves with the mean; for ``current`` a group with ``c`` scores ≤ tau that lost its ``k``
+lowest keeps ``n_g − max(c, k)`` outliers, and tau = m · (Σ A − removed prefix sum) / n_l.
+The ``current`` table does not depend on m and is memoised once per Statistics.
 
-What the default converges to. With the frozen threshold and the surviving denominator, while a
+What the ``frozen`` reading converges to. With the frozen threshold and the surviving denominator, while a
 block still holds all its outliers (fraction ``o_l`` of its dense weights)
 ``NOR_l = 1 - o_l / (1 - s_l)``: equal NOR means each block's density is proportional to its dense
 outlier fraction — the statistic OWL reads, but without OWL's ±λ band, so the spread can be wide.
@@ -57,9 +70,13 @@ from prunekit.solvers.prune import COLLECT, prune_block
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
 
 METRICS = ("wanda", "magnitude", "sparsegpt")
-_COLLECT = {"wanda": ("wanda",), "sparsegpt": ("hessian",)}  # statistics each solver needs
-THRESHOLDS = ("dense", "current")
+THRESHOLDS = ("dense", "current", "owl")
 DENOMINATORS = ("surviving", "dense")
+# reading -> BlockTable threshold mode. "current" (default): OWL's own outlier test on the CURRENT
+# sparse block; "frozen" / "recomputed": the two earlier readings (tau frozen at the dense mean /
+# recomputed over the surviving weights, NOR over the surviving or the dense count).
+READINGS = {"current": "owl", "frozen": "dense", "recomputed": "current"}
+S0_GAP = 0.1  # [I] reading "current" starts from a real sparse model pruned uniformly at S - 0.1
 
 
 # ----------------------------------------------------------------------------- comparison groups
@@ -115,19 +132,48 @@ class BlockTable:
             for g in comparison_groups(a.float(), metric, blocksize):
                 by_size.setdefault(g.shape[1], []).append(g)
         self.families = []
+        self.size = sum(a.numel() for a in scores.values())
         for n, gs in sorted(by_size.items()):
             G = torch.cat(gs, 0)
             counts = np.sort((G <= self.tau).sum(1).cpu().numpy().astype(np.int64))
             suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0]]).astype(np.int64)
             fam = _Family(n, counts, suffix)
-            if threshold == "current":
+            if threshold in ("current", "owl"):
                 fam.sorted = torch.sort(G.cpu(), dim=1)[0]
                 fam.csum = torch.nn.functional.pad(fam.sorted.double().cumsum(1), (1, 0))
             self.families.append(fam)
 
+    def with_m(self, m: float) -> "BlockTable":
+        """A shallow copy reading the same sorted scores with multiplier ``m`` (reading "current"
+        only: its counts are computed per query, so nothing else depends on m)."""
+        import copy
+        t = copy.copy(self)
+        t.m = float(m)
+        t.tau = t.m * (self.tau / self.m) if self.m else 0.0
+        return t
+
+    def owl_ratio(self, s: float) -> float:
+        """Reading "current": OWL's outlier test on the block pruned at ``s`` (the ``prune_count(n_g, s)``
+        lowest of every group removed, removed entries scoring 0). ``tau = m · (Σ surviving A)/n``
+        (mean over ALL n entries, zeros included); survivors above tau are outliers; the ratio is
+        over all n entries, pruned ones counting as non-outliers. A group with ``c`` scores ≤ tau
+        that lost its ``k`` lowest keeps ``n_g − max(c, k)`` outliers."""
+        removed = 0.0
+        ks = []
+        for f in self.families:
+            k = prune_count(f.n, s)  # the solvers' count
+            ks.append(k)
+            removed += float(f.csum[:, k].sum())
+        tau = self.m * (self.total - removed) / self.size
+        out = 0.0
+        for f, k in zip(self.families, ks):
+            c = torch.searchsorted(f.sorted, torch.full((f.groups, 1), tau, dtype=f.sorted.dtype), right=True)
+            out += float((f.n - c.squeeze(1).clamp_min(k)).sum())
+        return 1.0 - out / self.size
+
     def counts(self, s: float) -> tuple[float, float]:
         """(surviving non-outliers, surviving weights) after removing ``prune_count(n_g, s)`` lowest of
-        every group."""
+        every group (readings "frozen" / "recomputed")."""
         non = surv = 0.0
         if self.threshold == "dense":
             for f in self.families:
@@ -150,6 +196,8 @@ class BlockTable:
         return non, surv
 
     def nor(self, s: float, denominator: str = "surviving") -> float:
+        if self.threshold == "owl":  # the denominator is fixed by OWL's test (all n entries)
+            return self.owl_ratio(s)
         non, surv = self.counts(s)
         den = surv if denominator == "surviving" else self.n
         return non / den if den > 0 else 0.0
@@ -172,7 +220,17 @@ def _check(metric: str, threshold: str, denominator: str) -> None:
 def build_tables(stats, metric: str = "wanda", m: float = 5.0, threshold: str = "dense",
                  blocksize: int = 128) -> list[BlockTable]:
     """One ``BlockTable`` per block from the dense scores in ``stats`` (``stats.model`` must hold
-    the dense weights). Frozen-threshold tables are memoised per Statistics object."""
+    the dense weights). ``threshold`` is a table mode (dense|current|owl; ``READINGS`` maps the
+    method's readings to them). Frozen-threshold tables are memoised per Statistics object."""
+    if threshold == "owl":  # sorted scores do not depend on m: keep one entry per Statistics, re-m'd copies
+        key = (stats.fingerprint, metric, "owl", blocksize)
+        memo = _TABLES.setdefault(stats, {})
+        if key not in memo:
+            for old in [k for k in memo if len(k) == 4]:  # ~3 fp32 copies of the weights: keep only one
+                del memo[old]
+            memo[key] = [BlockTable(stats.scores(i, metric), metric, m, threshold, blocksize)
+                         for i in range(stats.num_blocks)]
+        return [t.with_m(m) for t in memo[key]]
     key = (stats.fingerprint, metric, float(m), threshold, blocksize)
     memo = _TABLES.setdefault(stats, {}) if threshold == "dense" else {}
     if key not in memo:
@@ -195,8 +253,10 @@ def redundancy_levels(stats, per_block, metric: str = "wanda", m: float = 5.0, t
 
 def greedy(tables: list[BlockTable], block_sizes: np.ndarray, target: float, *, delta: float = 0.01,
            k: int = 1, s0: float = 0.0, s_cap: float = 0.95, denominator: str = "surviving",
-           refresh: int = 0, refresher=None, on_step=None, progress: bool = False) -> dict:
-    """MRP's iteration. ``refresher(s) -> tables`` is called every ``refresh`` steps;
+           refresh: int = 0, refresher=None, refresh_start: bool = False, on_step=None,
+           progress: bool = False) -> dict:
+    """MRP's iteration. ``refresher(s) -> tables`` is called every ``refresh`` steps (and once at
+    the start when ``refresh_start``: the statistics of the real model pruned uniformly at s0);
     ``on_step(step, s, nor, tables)`` observes every state (tests). Returns s, nor, steps, ..."""
     sizes = np.asarray(block_sizes, dtype=float)
     L = len(tables)
@@ -204,10 +264,13 @@ def greedy(tables: list[BlockTable], block_sizes: np.ndarray, target: float, *, 
     budget = target * total
     s = np.full(L, float(s0))
     steps = np.zeros(L, dtype=np.int64)
+    n, refreshes = 0, 0
+    if refresh and refresher is not None and refresh_start and s0 > 0:
+        tables = refresher(s.copy())
+        refreshes += 1
     nor = np.array([t.nor(s0, denominator) for t in tables])
     nor_initial = nor.copy()
     idx = np.arange(L)
-    n, refreshes = 0, 0
     est = int(np.ceil(max(target - s0, 0) * L / (delta * k))) + 1
     bar = tqdm(total=est, desc="mrp", disable=not progress, leave=False)
     while (s * sizes).sum() < budget - 1e-12 * total:
@@ -301,21 +364,33 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
 @register("mrp", solver_metric="score", reads=("wanda", "hessian"),
           bounds={"m": (0.0, None), "delta": (0.0, 1.0), "k": (1, None), "s0": (0.0, 1.0), "s_cap": (0.0, 1.0),
                   "refresh": (0, None), "blocksize": (1, None)})
-def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda", m: float = 5.0,
-        delta: float = 0.01, k: int = 1, s0: float = 0.0, s_cap: float = 0.95,
-        threshold: Literal["dense", "current"] = "dense", denominator: Literal["surviving", "dense"] = "surviving",
-        refresh: int = 0, blocksize: int = 128) -> SparsityPlan:
+def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
+        reading: Literal["current", "frozen", "recomputed"] = "current", m: float = 7.0,
+        delta: float = 0.01, k: int = 1, s0: float | None = None, s_cap: float = 0.95,
+        denominator: Literal["surviving", "dense"] = "surviving", refresh: int = 0,
+        blocksize: int = 128) -> SparsityPlan:
     """MRP: greedily prune the block with the highest non-outlier ratio until the budget is met.
 
     ``score``: whose importance score defines outliers and the removal order (wanda|magnitude|
-    sparsegpt; set it to the solver that will prune — principle 2); ``m`` outlier
-    multiplier; ``delta`` sparsity added per step; ``k`` blocks per step; ``s0`` start sparsity;
-    ``s_cap`` per-block cap (spec's s_max; allocate's s_min/s_max clip afterwards);
-    ``threshold`` dense|current; ``denominator`` surviving|dense; ``refresh`` = K re-measures the
-    scores on the partially pruned model every K steps (one sequential pruning pass each; 0 = off);
-    ``blocksize`` SparseGPT's column block."""
+    sparsegpt; set it to the solver that will prune — principle 2); ``reading``: how the
+    non-outlier ratio is read — ``current`` (default) OWL's outlier test on the current sparse
+    block (tau = m × mean over all entries, pruned ones scoring 0; ratio over all entries),
+    ``frozen`` tau frozen at the dense mean, ``recomputed`` tau over the surviving weights (the
+    earlier readings; ``denominator`` surviving|dense applies to them only); ``m`` outlier
+    multiplier; ``delta`` sparsity added per step; ``k`` blocks per step; ``s0`` start sparsity
+    (default: S − 0.1 for ``current``, 0 for the earlier readings); ``s_cap`` per-block cap
+    (allocate's s_min/s_max clip afterwards); ``refresh`` = K re-measures the scores on the
+    partially pruned model every K steps (one sequential pruning pass each, plus one at the start
+    for ``current``; 0 = off); ``blocksize`` SparseGPT's column block.
+    Defaults (reading ``current``, ``m`` = 7) chosen on held-out calibration NLL among the readings
+    and M ∈ {3, 5, 7} (``experiments/mrp_selection.py``; measured cells in docs/results.md)."""
     metric = score
+    threshold = READINGS.get(reading)
+    if threshold is None:
+        raise PrunekitError(f"unknown MRP reading '{reading}'; choose from {', '.join(READINGS)}")
     _check(metric, threshold, denominator)
+    if s0 is None:
+        s0 = max(round(target - S0_GAP, 12), 0.0) if reading == "current" else 0.0
     if not (0 < delta <= 1):
         raise PrunekitError(f"MRP delta {delta} must lie in (0, 1]; e.g. --mrp-delta 0.01")
     if k < 1 or int(k) != k:
@@ -335,15 +410,15 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
     if refresh:
         def refresher(s):
             return refresh_tables(stats, dense, s, metric, m, threshold, blocksize)
-    try:
+    try:  # the model is pruned during refreshes; the dense weights always come back
         out = greedy(tables, block_sizes, target, delta=delta, k=int(k), s0=s0, s_cap=s_cap,
                      denominator=denominator, refresh=int(refresh), refresher=refresher,
-                     progress=getattr(stats, "progress", False))
+                     refresh_start=reading == "current", progress=getattr(stats, "progress", False))
     finally:
         if dense is not None:
             _restore(stats, dense)
     vals = np.repeat(out["s"][:, None], np.asarray(stats.sizes).shape[1], axis=1)
-    options = dict(score=metric, m=m, delta=delta, k=int(k), s0=s0, s_cap=s_cap, threshold=threshold,
+    options = dict(score=metric, reading=reading, m=m, delta=delta, k=int(k), s0=s0, s_cap=s_cap,
                    denominator=denominator, refresh=int(refresh), blocksize=blocksize)
     extras = {"nor_initial": out["nor_initial"], "nor_final": out["nor"], "steps": out["steps"],
               "refreshes": out["refreshes"], "tau": np.array([t.tau for t in out["tables"]])}

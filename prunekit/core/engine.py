@@ -4,7 +4,7 @@
    keeping the hidden states entering block 0 and the kwargs each block receives (rotary
    ``position_embeddings``, masks, positions: Gemma3 gives sliding/full blocks different ones).
 2. ``sequential``: for block i, forward hooks on its linears accumulate statistics from the *dense*
-   block ("sequential across blocks, parallel within a block", ALGORITHMS.md §0.2); a callback may
+   block ("sequential across blocks, parallel within a block", docs/methods.md §0.2); a callback may
    prune it; the (pruned) block is re-run and its outputs overwrite its inputs in place, so memory
    holds one block boundary of activations.
 3. ``Replay``: the clean block boundaries of a token set, kept every k blocks and recomputed in

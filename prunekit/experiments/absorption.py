@@ -36,7 +36,7 @@ def compare_correction(session, bases=BASES, sparsities=(0.6, 0.7), metrics=("wa
                 base = session.run(b, metric, s)
                 pb = base["perplexity"][dataset]
                 for v in variants:
-                    extra = {"perturbation": "prune", "prune_metric": metric} if v == "prune" else {}
+                    extra = {"perturbation": v, **({"prune_metric": metric} if v == "prune" else {})}
                     corr = session.run("absorption", metric, s, base=b, gamma=gamma, **extra, **absorption_options)
                     pc = corr["perplexity"][dataset]
                     rows.append({"base": b, "metric": metric, "sparsity": s, "variant": v, "ppl_base": pb,

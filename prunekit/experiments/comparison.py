@@ -1,11 +1,18 @@
 """The grand comparison: every registered allocation × metric × sparsity over several calibration
 seeds, and the reproduction table of the three papers' headline claims (plus the baselines').
 
-A claim is a relative perplexity change of configuration A vs configuration B at one setting.
-Per seed Δ = ppl_A / ppl_B − 1; the verdict compares mean Δ with its spread across seeds:
-``inconclusive`` when |mean| ≤ std (or fewer than 2 seeds), ``reproduced`` when the sign matches
-the paper's, ``not reproduced`` otherwise. The paper's magnitude is shown beside ours, not judged:
-our models and data are far smaller than the papers'.
+A claim compares configuration A with configuration B (or the best of several B) at one setting,
+paired: same seed, same calibration set, same evaluation windows. Per seed s the relative
+perplexity change is ``Δ_s = exp(mean_w nll_A[s, w] − mean_w nll_B[s, w]) − 1`` (= ppl_A/ppl_B − 1,
+with ``nll[s, w]`` the mean next-token NLL of evaluation window w); the claim's effect is the mean
+over seeds. Its 95 % interval comes from a two-stage paired bootstrap (``paired_bootstrap``): each
+replicate draws the seeds with replacement and, independently, the evaluation windows with
+replacement, and applies the same draw to A and B. (``scipy.stats.bootstrap`` resamples one axis of
+paired observations; the seeds × windows design is crossed, and resampling only flattened cells
+would ignore that all seeds share the windows, so the resample is written out here.) The verdict
+reads the interval: ``reproduced`` when it lies entirely on the paper's side of 0, ``contradicted``
+when it lies entirely on the other side, ``inconclusive`` when it contains 0. The paper's magnitude
+is shown beside ours, not judged: our models and data are far smaller than the papers'.
 """
 from __future__ import annotations
 
@@ -50,7 +57,8 @@ def run_comparison(session, seeds, metrics, sparsities, configs=None, options: d
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of every numeric column, per (allocation, metric, sparsity)."""
     value_cols = [c for c in df.columns if c.startswith("ppl_") or c == "zero_shot_mean"]
-    g = df.groupby(["allocation", "metric", "sparsity"])[value_cols]
+    keys = (["model"] if "model" in df else []) + ["allocation", "metric", "sparsity"]
+    g = df.groupby(keys)[value_cols]
     out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
     out["seeds"] = g.size()
     return out.reset_index()
@@ -91,38 +99,129 @@ CLAIMS = [
 ]
 
 
-def _per_seed(df: pd.DataFrame, label: str, metric: str, sparsity: float, col: str, other_metric=None) -> pd.Series:
-    sel = df[(df.allocation == label) & (df.metric == (other_metric or metric)) & np.isclose(df.sparsity, sparsity)]
-    return sel.set_index("seed")[col] if col in sel else pd.Series(dtype=float)
+BOOTSTRAP_REPLICATES = 4000
+CONFIDENCE = 0.95
 
 
-def reproduction_table(df: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
-    """Each claim beside what was measured, with a verdict over the calibration seeds."""
+def _cells(df: pd.DataFrame, label: str, metric: str, sparsity: float, quantity: str) -> pd.Series:
+    """seed -> per-window NLL array of one configuration (``nll_<dataset>`` lists when the sweep
+    recorded them; otherwise one pseudo-window log(ppl) per seed, so the bootstrap runs over seeds)."""
+    sel = df[(df.allocation == label) & (df.metric == metric) & np.isclose(df.sparsity, sparsity)]
+    nll_col = quantity.replace("ppl_", "nll_", 1)
+    if nll_col in sel and sel[nll_col].notna().all() and len(sel):
+        return sel.set_index("seed")[nll_col].map(lambda v: np.asarray(v, dtype=float))
+    if quantity in sel and len(sel):
+        return sel.set_index("seed")[quantity].dropna().map(lambda v: np.log(np.array([float(v)])))
+    return pd.Series(dtype=object)
+
+
+def paired_bootstrap(a, b, n_boot: int = BOOTSTRAP_REPLICATES, seed: int = 0,
+                     confidence: float = CONFIDENCE) -> dict:
+    """Mean relative perplexity change of A vs B with a percentile bootstrap interval.
+
+    ``a``: (S, W) per-window NLLs of A for S seeds and W windows shared by all seeds; ``b``: (S, W)
+    or (K, S, W) for K baselines (the best one per seed and replicate, i.e. the lowest mean NLL).
+    Statistic: ``mean_s [exp(mean_w a[s, w] − min_k mean_w b[k, s, w]) − 1]``. Each replicate
+    draws seed indices and window indices with replacement, the same ones for A and every B.
+    Returns mean (on the data), lo, hi, seeds, windows, replicates."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if b.ndim == 2:
+        b = b[None]
+    if a.ndim != 2 or b.shape[1:] != a.shape:
+        raise ValueError(f"paired bootstrap needs A (S, W) and B (K, S, W) of the same S, W; got {a.shape}, {b.shape}")
+    S, W = a.shape
+
+    def stat(si, wi):  # si (R, S), wi (R, W) -> (R,)
+        A = a[si[:, :, None], wi[:, None, :]].mean(-1)
+        B = b[:, si[:, :, None], wi[:, None, :]].mean(-1).min(0)
+        return np.expm1(A - B).mean(-1)
+
+    point = float(stat(np.arange(S)[None], np.arange(W)[None])[0])
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, S, size=(n_boot, S))
+    wi = rng.integers(0, W, size=(n_boot, W))
+    reps = stat(si, wi)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(reps, [alpha, 1 - alpha])
+    return {"mean": point, "lo": float(lo), "hi": float(hi), "seeds": S, "windows": W, "replicates": n_boot}
+
+
+def verdict(lo: float, hi: float, expect: float = -1.0, replicated: bool = True) -> str:
+    """reproduced | contradicted | inconclusive from the interval [lo, hi] and the paper's sign."""
+    if not replicated:
+        return "inconclusive (one seed and one window: no interval)"
+    if expect < 0:
+        lo, hi = -hi, -lo
+    if lo > 0:
+        return "reproduced"
+    if hi < 0:
+        return "contradicted"
+    return "inconclusive (interval contains 0)"
+
+
+def claim_effect(df: pd.DataFrame, c: "Claim", n_boot: int = BOOTSTRAP_REPLICATES, seed: int = 0) -> dict | None:
+    """Paired bootstrap of one claim on one model's sweep; None when a side was not measured."""
+    b_metric = "magnitude" if c.paper == "Wanda" else c.metric
+    a = _cells(df, c.a, c.metric, c.sparsity, c.quantity)
+    bs = [_cells(df, b, b_metric, c.sparsity, c.quantity) for b in ([c.b] if isinstance(c.b, str) else c.b)]
+    bs = [x for x in bs if len(x)]
+    if not len(a) or not bs:
+        return None
+    seeds = sorted(set(a.index).intersection(*[set(x.index) for x in bs]))
+    if not seeds:
+        return None
+    W = min(min(len(a[s]) for s in seeds), *(len(x[s]) for x in bs for s in seeds))
+    A = np.stack([a[s][:W] for s in seeds])
+    B = np.stack([np.stack([x[s][:W] for s in seeds]) for x in bs])
+    return paired_bootstrap(A, B, n_boot, seed)
+
+
+def reproduction_table(df: pd.DataFrame, claims=CLAIMS, n_boot: int = BOOTSTRAP_REPLICATES,
+                       seed: int = 0) -> pd.DataFrame:
+    """Each claim beside what was measured: paired mean Δ with its 95 % bootstrap interval and the
+    verdict from the interval; one row per (claim, model) when ``df`` has a ``model`` column."""
+    models = list(dict.fromkeys(df["model"])) if "model" in df else [None]
     rows = []
-    for c in claims:
-        b_metric = "magnitude" if c.paper == "Wanda" else None
-        a = _per_seed(df, c.a, c.metric, c.sparsity, c.quantity)
-        bs = [c.b] if isinstance(c.b, str) else list(c.b)
-        parts = [_per_seed(df, b, c.metric, c.sparsity, c.quantity, b_metric) for b in bs]
-        parts = [p for p in parts if len(p)]
-        if not len(a) or not parts:
-            rows.append({"paper": c.paper, "claim": c.text, "paper_change_%": _pct(c.paper_change),
-                         "measured_change_%": None, "std_%": None, "seeds": 0,
-                         "verdict": "not measured (method or setting not in this run)", "source": c.source})
-            continue
-        base = pd.concat(parts, axis=1).min(axis=1)
-        delta = (a / base - 1).dropna()
-        mean, std = float(delta.mean()), float(delta.std(ddof=1)) if len(delta) > 1 else float("nan")
-        expect = -1.0 if c.paper_change is None else np.sign(c.paper_change)
-        if len(delta) < 2 or abs(mean) <= std:
-            verdict = "inconclusive within the seed spread"
-        elif np.sign(mean) == expect:
-            verdict = "reproduced"
-        else:
-            verdict = "not reproduced"
-        rows.append({"paper": c.paper, "claim": c.text, "paper_change_%": _pct(c.paper_change),
-                     "measured_change_%": 100 * mean, "std_%": 100 * std if np.isfinite(std) else None,
-                     "seeds": len(delta), "verdict": verdict, "source": c.source})
+    for model in models:
+        part = df if model is None else df[df["model"] == model]
+        for c in claims:
+            row = {"paper": c.paper, "claim": c.text, "paper_change_%": _pct(c.paper_change)}
+            if model is not None:
+                row = {"model": model, **row}
+            eff = claim_effect(part, c, n_boot, seed)
+            if eff is None:
+                row.update({"measured_change_%": None, "ci_low_%": None, "ci_high_%": None, "seeds": 0,
+                            "windows": 0, "verdict": "not measured (method or setting not in this run)",
+                            "source": c.source})
+            else:
+                expect = -1.0 if c.paper_change is None else float(np.sign(c.paper_change))
+                row.update({"measured_change_%": 100 * eff["mean"], "ci_low_%": 100 * eff["lo"],
+                            "ci_high_%": 100 * eff["hi"], "seeds": eff["seeds"], "windows": eff["windows"],
+                            "verdict": verdict(eff["lo"], eff["hi"], expect, eff["seeds"] * eff["windows"] > 1),
+                            "source": c.source})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reproduction_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """The reproduction table with one column per model: "Δ % [lo, hi] verdict" per cell."""
+    if "model" not in table:
+        table = table.assign(model="model")
+
+    def cell(r):
+        if r["measured_change_%"] is None or pd.isna(r["measured_change_%"]):
+            return "not measured"
+        return (f"{r['measured_change_%']:+.1f} % [{r['ci_low_%']:+.1f}, {r['ci_high_%']:+.1f}] "
+                f"{r['verdict'].split(' (')[0]}")
+    models = list(dict.fromkeys(table["model"]))
+    rows = []
+    for (paper, claim), g in table.groupby(["paper", "claim"], sort=False):
+        row = {"paper": paper, "claim": claim, "paper_change_%": g["paper_change_%"].iloc[0]}
+        for m in models:
+            sub = g[g["model"] == m]
+            row[m] = cell(sub.iloc[0]) if len(sub) else "not measured"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -130,7 +229,52 @@ def _pct(x):
     return None if x is None else 100 * x
 
 
+# ---------------------------------------------------------------- the designed sweep with per-window NLLs
 
+def window_recorder(session, datasets=None):
+    """``on_run`` hook for ``Session.sweep(..., evaluate=False)``: per-window NLLs of every
+    evaluation dataset (``nll_<d>``, the paired bootstrap's input) and ``ppl_<d>`` from them, on the
+    pruned model before it is restored (one evaluation per run)."""
+    from prunekit.core.data import eval_tokens
+    from prunekit.evaluation.perplexity import perplexity_from_nlls, window_nlls
+    datasets = list(datasets or session.eval_datasets)
+    ids = {d: eval_tokens(d, session.tokenizer, session.eval_seqlen)[0] for d in datasets}
+
+    def on_run(rec, row):
+        for d in datasets:
+            nll = window_nlls(session.model, ids[d], session.eval_seqlen, session.eval_windows, progress=False)
+            row[f"nll_{d}"] = [float(x) for x in nll]
+            row[f"ppl_{d}"] = perplexity_from_nlls(nll, session.eval_seqlen)
+    return on_run
+
+
+def run_groups(session, seeds, groups, options: dict | None = None, on_group=None) -> pd.DataFrame:
+    """The designed sweep: ``groups`` = [{"sparsity", "metric", "allocations": [labels]}] (labels of
+    ``configurations()``), every group for every seed (seed outermost, so a cut run keeps whole
+    seeds), with per-window NLLs recorded. ``options`` as in ``run_comparison``."""
+    options = options or {}
+    known = {lab: (m, o) for lab, m, o in configurations()}
+    rec = window_recorder(session)
+    parts = []
+    for seed in seeds:
+        for g in groups:
+            variants = {}
+            for lab in g["allocations"]:
+                if lab not in known:
+                    continue
+                method, opts = known[lab]
+                if method == "absorption":
+                    opts = {"base_options": options.get(opts["base"], {}), **opts}
+                variants[lab] = (method, opts)
+            if not variants:
+                continue
+            df = session.sweep(variants, [g["metric"]], [g["sparsity"]], options, seeds=[seed], on_run=rec,
+                               evaluate=False)
+            df.insert(0, "model", session.model_name)
+            parts.append(df)
+            if on_group is not None:
+                on_group(df)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def settings(profile: str, **overrides) -> dict:

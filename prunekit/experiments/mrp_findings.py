@@ -272,6 +272,21 @@ def measured_redundancy(model, masks: list[dict[str, torch.Tensor]], denominator
     return np.asarray(out)
 
 
+@torch.no_grad()
+def current_redundancy(stats, metric: str = "wanda", m: float = 5.0) -> np.ndarray:
+    """MRP reading "current" measured on the model as it is now (``stats.model`` pruned): per block,
+    OWL's outlier test on the current weights scored with the dense statistics (pruned weights
+    score 0): ``1 − #{A > m · mean A} / n`` (mean and ratio over all entries)."""
+    out = []
+    for i in range(stats.num_blocks):
+        A = torch.cat([a.reshape(-1) for a in stats.scores(i, metric).values()]).double()
+        out.append(1.0 - float((A > m * A.mean()).sum()) / A.numel())
+    return np.asarray(out)
+
+
+MEASURES = ("current", "frozen")
+
+
 def random_allocations(sizes, target: float, n: int = 20, seed: int = 0, max_spread: float = 0.2,
                        concentration: float = 2.0, s_min: float = 0.0, s_max: float = 0.95) -> list[np.ndarray]:
     """``n`` seeded random budget-exact per-block allocations: ``target + spread·(L·p − 1)`` with
@@ -302,10 +317,14 @@ class Uniformity:
 def redundancy_uniformity(session, target: float = 0.7, metric: str = "wanda", *, methods=None,
                           n_random: int = 20, seed: int = 0, m: float = 5.0, denominator: str = "surviving",
                           max_spread: float = 0.2, n_boot: int = 2000, method_options: dict | None = None,
-                          progress: bool = True) -> Uniformity:
+                          progress: bool = True, measure: str = "current") -> Uniformity:
     """Prune with every allocation at ``target`` (real sequential pruning with ``metric``), measure
     the blocks' redundancy levels in the pruned model and the session's perplexity, and correlate
-    redundancy spread with perplexity (seeded bootstrap CI)."""
+    redundancy spread with perplexity (seeded bootstrap CI). ``measure``: ``current`` (MRP's
+    default reading: OWL's test on the current sparse block) or ``frozen`` (dense non-outliers
+    among the survivors, with ``denominator``)."""
+    if measure not in MEASURES:
+        raise PrunekitError(f"unknown redundancy measure '{measure}'; choose from {', '.join(MEASURES)}")
     avail = registered_methods()
     methods = [mt for mt in (methods or DEFAULT_METHODS) if mt in avail]
     method_options = method_options or {}
@@ -327,7 +346,8 @@ def redundancy_uniformity(session, target: float = 0.7, metric: str = "wanda", *
         with weight_snapshot(session.model):  # pruned outside Session.run: restored on exit
             prune_model(session.model, session.calib.input_ids, np.asarray(per_block), metric,
                         batch_size=session.batch_size, progress=False)
-            nor = measured_redundancy(session.model, masks, denominator)
+            nor = (current_redundancy(session.stats, metric, m) if measure == "current"
+                   else measured_redundancy(session.model, masks, denominator))
             ppl = session.evaluate([ds])[ds]["perplexity"]
         rows.append({"allocation": name, "kind": kind, "nor_std": float(nor.std()),
                      "nor_range": float(nor.max() - nor.min()), "ppl": ppl,
@@ -376,7 +396,7 @@ def findings_table(lps: LPSResult | None = None, dep: MetricDependency | None = 
 # ----------------------------------------------------------------------------- MRP vs baselines / ablations
 
 def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities=(0.7,), *, m: float = 5.0,
-                        denominator: str = "surviving") -> pd.DataFrame:
+                        denominator: str = "surviving", measure: str = "current") -> pd.DataFrame:
     """``Session.sweep`` over variants (label -> (allocation, options)) × metric × sparsity that also
     measures, on each pruned model, the redundancy levels (non-outlier ratio under that metric's
     dense score, multiplier ``m``). Unregistered allocations are skipped. Columns: variant,
@@ -384,13 +404,15 @@ def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities
     allocate_s, options."""
     session.restore()
     masks = {mt: nonoutlier_masks(session.stats, mt, m) for mt in metrics}  # dense scores
-    nor_dense = {mt: np.array([sum(int(v.sum()) for v in blk.values()) / sum(v.numel() for v in blk.values())
-                               for blk in masks[mt]]) for mt in metrics}  # "before" redundancy levels
+    nor_dense = {mt: (current_redundancy(session.stats, mt, m) if measure == "current" else
+                      np.array([sum(int(v.sum()) for v in blk.values()) / sum(v.numel() for v in blk.values())
+                                for blk in masks[mt]])) for mt in metrics}  # "before" redundancy levels
     ds = session.eval_datasets[0]
 
     def measure(rec, row):
         mt = row["metric"]
-        nor = measured_redundancy(session.model, masks[mt], denominator)
+        nor = (current_redundancy(session.stats, mt, m) if measure == "current"
+               else measured_redundancy(session.model, masks[mt], denominator))
         row.update(ppl=rec["perplexity"][ds], nor_std=float(nor.std()), nor_range=float(nor.max() - nor.min()),
                    nor_dense_std=float(nor_dense[mt].std()), per_block=rec["planned_sparsity"],
                    nor=nor.tolist(), nor_dense=nor_dense[mt].tolist(),

@@ -43,20 +43,28 @@ def parameters(nb) -> dict:
 
 
 def models_per_profile(nb_path: Path) -> dict[str, list[str]]:
-    """The models each profile of a notebook loads, from its parameters and the profile tables the
-    notebook reads (20: ``extra_models`` outside quick; 40: the ABSORPTION profile's model list)."""
+    """The models each profile of a notebook loads, from its parameters: ``model`` (None: the
+    default model), ``extra_models`` outside quick (20), and ``models`` (21, 30, 40, 50; None: the
+    notebook's model for quick, both families — smollm2-135m and gemma3-270m — for cpu and paper,
+    as every two-family profile table in experiments/profiles.py lists)."""
     import nbformat
-    from prunekit.experiments.profiles import ABSORPTION
+    from prunekit.core.models import DEFAULT_MODEL
     p = parameters(nbformat.read(nb_path, as_version=4))
     out = {}
     for prof in PROFILES:
-        models = [p["model"]]
+        models = [p.get("model") or DEFAULT_MODEL]
         if "extra_models" in p and prof != "quick":
             models += list(p["extra_models"])
-        if "models" in p:  # 40_absorption: None = the profile's list with `model` first
-            models = list(p["models"]) if p["models"] else [p["model"]] + ABSORPTION[prof]["models"][1:]
+        if "models" in p:
+            if p["models"]:
+                models = list(p["models"])
+            elif prof != "quick":
+                models += [m for m in TWO_FAMILIES if m not in models]
         out[prof] = list(dict.fromkeys(models))
     return out
+
+
+TWO_FAMILIES = ("smollm2-135m", "gemma3-270m")
 
 
 def model_packages(models) -> list[str]:

@@ -82,6 +82,10 @@ CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
 DEFAULT_GAMMA = LAMBDA_CORR / CLIP  # [I] γ = λ_corr / c
 ETAS = (1e-4, 1e-3, 1e-2, 5e-2, 1e-1, 3e-1)  # 0.3 ≈ the drift pruning one block injects
 CENTERS = ("mean", "none")
+PERTURBATIONS = ("prune", "matched", "noise")
+# [I] γ grid for the held-out selection: λ_corr ∈ {0, 0.02, 0.04, 0.08} (0 = keep the base plan)
+LAMBDA_GRID = (0.0, 0.02, 0.04, 0.08)
+GAMMA_GRID = tuple(lam / CLIP for lam in LAMBDA_GRID)
 
 
 def absorption_coefficients(model, input_ids, *, eta: float = 1e-2, draws: int = 1, seed: int = 0,
@@ -182,51 +186,160 @@ def coefficients_from_stats(stats, eta: float = 1e-2, draws: int = 1, seed: int 
     """(r, trajectories) of ``stats.model`` on ``stats.calib``; reduction/depth/final_norm are
     applied to the cached trajectories, so they share one cache entry. ``perturbation="prune"``
     [I]: r from the real pruning perturbation (each block pruned alone at ``sparsity`` with
-    ``prune_metric``) instead of Gaussian noise of size η."""
+    ``prune_metric``); ``"matched"`` [I]: Gaussian noise whose size matches, block by block, the
+    drift that pruning injects there (η_l = the measured injected drift R_l of the pruned block);
+    ``"noise"``: Gaussian noise of one size η for every block."""
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("depth", depth, DEPTHS)
-    _check_choice("perturbation", perturbation, ("noise", "prune"))
-    if perturbation == "prune":
+    _check_choice("perturbation", perturbation, PERTURBATIONS)
+    if perturbation in ("prune", "matched"):
         if sparsity is None:
-            raise PrunekitError("perturbation='prune' needs a sparsity")
-        trajs = prune_trajectories_from_stats(stats, sparsity, prune_metric, skip_first, probe_samples, probe_seqlen)
+            raise PrunekitError(f"perturbation='{perturbation}' needs a sparsity")
+        box: dict = {}
+        trajs = prune_trajectories_from_stats(stats, sparsity, prune_metric, skip_first, probe_samples,
+                                              probe_seqlen, _probe=box)
+        if perturbation == "matched":
+            trajs = matched_noise_trajectories(stats, [float(t.drift[0]) for t in trajs], draws, seed, skip_first,
+                                               probe_samples, probe_seqlen, _probe=box,
+                                               tag=f"{prune_metric}@{float(sparsity):g}")
     else:
         trajs = trajectories_from_stats(stats, eta, draws, seed, relative_to, skip_first, probe_samples,
                                         probe_seqlen)
     return coefficients(trajs, reduction, depth, final_norm), trajs
 
 
+def matched_noise_trajectories(stats, etas, draws: int = 1, seed: int = 0, skip_first: bool = True,
+                               probe_samples: int = 0, probe_seqlen: int = 0, _probe: dict | None = None,
+                               tag: str = "") -> list[Trajectory]:
+    """Noise trajectories with one η per block (``etas[l]``: the drift pruning injects at block l),
+    cached with ``stats.cached`` under the η vector."""
+    from prunekit.allocation.absorption.probe import probe_from_stats
+    box = _probe if _probe is not None else {}
+    etas = [float(e) for e in etas]
+    if len(etas) != stats.num_blocks or not all(math.isfinite(e) and e >= 0 for e in etas):
+        raise PrunekitError("matched noise needs one finite drift >= 0 per block")
+
+    def compute():
+        if "probe" not in box:
+            box["probe"] = probe_from_stats(stats, skip_first, probe_samples, probe_seqlen)
+        flat = {}
+        for l, e in enumerate(etas):
+            flat.update(box["probe"].noise(l, eta=e, draws=draws, seed=seed).to_tensors(str(l)))
+        return flat
+
+    flat = stats.cached("absorption_matched_trajectories", compute, etas=[round(e, 9) for e in etas],
+                        draws=int(draws), seed=int(seed), skip_first=bool(skip_first),
+                        probe_samples=int(probe_samples), probe_seqlen=int(probe_seqlen), tag=tag)
+    return [Trajectory.from_tensors(flat, str(l), f"noise(eta={etas[l]:.3g}, matched)") for l in range(stats.num_blocks)]
+
+
+def heldout_ids(stats, samples: int = 4, seqlen: int = 0, heldout=None) -> torch.Tensor:
+    """Held-out calibration windows (seed + 1, disjoint from the pruning samples; SV-NUP's set);
+    ``heldout``: a dataset name, or a Calibration / token tensor used as given."""
+    from prunekit.allocation.svnup.game import heldout_data
+    from prunekit.core.data import Calibration
+    if isinstance(heldout, Calibration):
+        return heldout.input_ids
+    if isinstance(heldout, torch.Tensor):
+        if heldout.dim() != 2 or heldout.shape[1] < 2:
+            raise PrunekitError("held-out tokens must be a (samples, seqlen >= 2) tensor")
+        return heldout
+    try:
+        return heldout_data(stats, samples, seqlen or None, heldout).input_ids
+    except PrunekitError:
+        raise
+    except Exception as e:  # e.g. a synthetic calibration set that has no text to draw from
+        raise PrunekitError(f"absorption's gamma selection needs held-out windows of the calibration dataset "
+                            f"({e}); pass gamma=<value> to skip the selection") from None
+
+
+@torch.no_grad()
+def select_gamma(stats, base_values: np.ndarray, r, target: float, metric: str, grid=GAMMA_GRID,
+                 clip: float = CLIP, center: str = "mean", heldout=None, s_min: float = 0.0,
+                 s_max: float = 0.99) -> tuple[float, dict]:
+    """γ from ``grid`` with the lowest held-out NLL of the model pruned (``metric``, sequential
+    on ``stats.calib``) with the corrected, budget-fitted plan; weights restored afterwards.
+    Returns (γ, {γ: NLL}); ties go to the smallest γ."""
+    from prunekit.allocation.plan import fit_budget
+    from prunekit.core.engine import next_token_ce
+    from prunekit.solvers.prune import prune_model
+    lay = layout(stats.model)
+    ids = heldout if heldout is not None else heldout_ids(stats)
+    saved = {(i, n): m.weight.detach().to("cpu", copy=True) for i in range(lay.num_blocks)
+             for n, m in lay.linears(i).items()}
+    nll = {}
+    try:
+        for g in grid:
+            vals = fit_budget(absorption_correction(base_values, r, g, clip, center), stats.sizes, target,
+                              s_min, s_max)
+            calib = stats.calib.input_ids if metric != "magnitude" else None
+            prune_model(stats.model, calib, vals, metric, batch_size=getattr(stats, "batch_size", 8), progress=False)
+            dev = next(stats.model.parameters()).device
+            nll[float(g)] = float(torch.cat([next_token_ce(stats.model(input_ids=x.to(dev), use_cache=False).logits,
+                                                           x.to(dev)).cpu() for x in ids.split(4)]).mean())
+            for (i, n), w in saved.items():
+                lay.linears(i)[n].weight.copy_(w)
+    finally:
+        for (i, n), w in saved.items():
+            lay.linears(i)[n].weight.copy_(w)
+    best = min(nll, key=lambda g: (nll[g], g))
+    return best, nll
+
+
+def tilt_correlation(delta, base_per_block, target: float) -> float:
+    """Pearson correlation between the correction Δ and the base plan's own tilt (S_base − S);
+    near +1 the correction double-counts what the base already did; NaN when either is constant."""
+    d = np.asarray(delta, dtype=float)
+    t = np.asarray(base_per_block, dtype=float) - target
+    if d.std() == 0 or t.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(d, t)[0, 1])
+
+
 @register("absorption", wraps="base", solver_metric="score", reads=("model", "calibration"),
           bounds={"gamma": (0.0, None), "eta": (0.0, None), "draws": (1, None), "clip": (0.0, None),
-                  "seed": (0, None), "probe_samples": (0, None), "probe_seqlen": (0, None)})
-def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_GAMMA, eta: float = 1e-2,
+                  "seed": (0, None), "probe_samples": (0, None), "probe_seqlen": (0, None),
+                  "heldout_samples": (1, None), "heldout_seqlen": (0, None)})
+def absorption(stats, target: float, base: str = "owl", gamma: float | None = None, eta: float = 1e-2,
                draws: int = 1, clip: float = CLIP, seed: int = 0,
                reduction: Literal["mean_of_ratios", "ratio_of_means"] = "mean_of_ratios",
                depth: Literal["final", "mean"] = "final", final_norm: bool = False, skip_first: bool = True,
                center: Literal["mean", "none"] = "mean", probe_samples: int = 0, probe_seqlen: int = 0,
-               perturbation: Literal["noise", "prune"] = "noise",
-               prune_metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
-               base_options: dict | None = None, score: Literal["wanda", "magnitude", "sparsegpt"] | None = None) -> SparsityPlan:
+               perturbation: Literal["prune", "matched", "noise"] = "prune",
+               prune_metric: Literal["wanda", "magnitude", "sparsegpt"] | None = None,
+               heldout_samples: int = 4, heldout_seqlen: int = 0,
+               heldout: str | None = None,
+               base_options: dict | None = None, score: Literal["wanda", "magnitude", "sparsegpt"] | None = None,
+               ) -> SparsityPlan:
     """Absorption-aware correction of a base allocation: s' = s_base + γΔ from absorption coefficients.
 
-    ``base``: any registered allocation (``base_options`` are passed to it); ``gamma`` γ (default
-    λ_corr/c = 0.04/log 3, [I]); ``eta`` noise scale; ``draws`` noise draws; ``clip`` c; ``seed``;
+    ``base``: any registered allocation (``base_options`` are passed to it); ``gamma`` γ, or None
+    (default): chosen from ``GAMMA_GRID`` (λ_corr/c for λ_corr ∈ {0, 0.02, 0.04, 0.08}) on the
+    held-out calibration NLL of the pruned model (``heldout_samples`` windows of ``heldout_seqlen``
+    tokens, 0 = the calibration length; disjoint from the pruning samples; ``heldout``: another
+    dataset name, or a Calibration / (n, seqlen) token tensor to use instead); ``perturbation``:
+    ``prune`` (default, [I]: the real pruning perturbation, each block pruned alone at the target
+    sparsity with ``prune_metric``), ``matched`` ([I]: noise of the size pruning injects, block by
+    block) or ``noise`` (spec: η for every block); ``prune_metric`` defaults to the solver's metric
+    (``score``) or wanda; ``eta`` noise scale; ``draws`` noise draws; ``clip`` c; ``seed``;
     ``reduction`` mean_of_ratios | ratio_of_means; ``depth`` final | mean; ``final_norm``;
     ``skip_first`` (exclude position 0); ``center`` mean (spec) | none; ``probe_samples`` /
-    ``probe_seqlen`` measure on the first windows / tokens of the calibration set only (0 = all);
-    ``perturbation`` noise (spec) | prune ([I]: r of each block pruned alone at the target sparsity
-    with ``prune_metric``). ``score``: the solver's metric, passed on to a base that ranks by it
-    (MRP principle 2) unless ``base_options`` sets its own.
-    γ = 0 returns the base plan
-    without measuring. Extras: ``absorption_r``, ``absorption_u``, ``absorption_delta``,
-    ``base_per_block`` and the base method's extras prefixed ``base.``."""
+    ``probe_seqlen`` measure on the first windows / tokens of the calibration set only (0 = all).
+    ``score``: the solver's metric, passed on to a base that ranks by it (MRP principle 2) unless
+    ``base_options`` sets its own, and used to prune during the γ selection.
+    γ = 0 returns the base plan without measuring. Extras: ``absorption_r``, ``absorption_u``,
+    ``absorption_delta``, ``base_per_block``, ``tilt_correlation`` (corr of Δ with S_base − S),
+    ``gamma_nll`` (held-out NLL per γ when selected) and the base's extras prefixed ``base.``."""
     if base == "absorption":
         raise PrunekitError("absorption cannot wrap itself; pass base=owl|alphapruning|uniform|...")
+    _check_choice("perturbation", perturbation, PERTURBATIONS)
     base_options = dict(base_options or {})
     if score is not None:  # the solver's metric reaches a base that declared it wants it
         base_options = with_solver_metric(base, base_options, score)
+    solver = score or "wanda"
+    prune_metric = prune_metric or solver
     base_plan = allocate(base, stats, target, **base_options)
-    opts = {"base": base, "gamma": float(gamma), "eta": float(eta), "draws": int(draws), "clip": float(clip),
+    opts = {"base": base, "gamma": gamma, "eta": float(eta), "draws": int(draws), "clip": float(clip),
             "seed": int(seed), "reduction": reduction, "depth": depth, "final_norm": bool(final_norm),
             "skip_first": bool(skip_first), "center": center, "probe_samples": int(probe_samples),
             "probe_seqlen": int(probe_seqlen), "perturbation": perturbation, "prune_metric": prune_metric,
@@ -241,8 +354,16 @@ def absorption(stats, target: float, base: str = "owl", gamma: float = DEFAULT_G
                                    probe_seqlen=probe_seqlen, perturbation=perturbation, sparsity=target,
                                    prune_metric=prune_metric)
     u, delta = correction_signal(r, clip, center)
+    if gamma is None:
+        ho = heldout_ids(stats, heldout_samples, heldout_seqlen, heldout)
+        gamma, nll = select_gamma(stats, base_plan.values, r, target, solver, GAMMA_GRID, clip, center, ho)
+        extras["gamma_nll"] = {f"{g:.6g}": v for g, v in nll.items()}
+        opts.update(gamma_selected=True, gamma_grid=[float(g) for g in GAMMA_GRID], selection_metric=solver,
+                    heldout_samples=int(ho.shape[0]), heldout_seqlen=int(ho.shape[1]))
+    opts["gamma"] = float(gamma)
     values = absorption_correction(base_plan.values, r, gamma, clip, center)
     extras.update({"absorption_r": r, "absorption_u": u, "absorption_delta": delta,
+                   "tilt_correlation": tilt_correlation(delta, base_plan.per_block, target),
                    "pre_budget_per_block": (values * base_plan.sizes).sum(1) / base_plan.sizes.sum(1)})
     return SparsityPlan(values, base_plan.sizes, target, "absorption", opts, list(base_plan.linear_names), extras)
 
