@@ -18,6 +18,20 @@ from prunekit.solvers.prune import prune_model
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
 
+def _copy_weights(stats) -> dict:
+    """Test-local copy of every block linear (the brute forces below write weights directly)."""
+    lay = stats.layout
+    return {(i, n): m.weight.detach().to("cpu", copy=True) for i in range(lay.num_blocks)
+            for n, m in lay.linears(i).items()}
+
+
+@torch.no_grad()
+def _put_back(stats, dense: dict) -> None:
+    lay = stats.layout
+    for (i, n), w in dense.items():
+        lay.linears(i)[n].weight.copy_(w)
+
+
 L = 4
 
 
@@ -147,11 +161,11 @@ def test_incremental_nor_matches_brute_force(het, metric, threshold, denominator
 
 
 def test_refresh_runs_and_restores(het):
-    before = mrp._snapshot(het)
+    before = _copy_weights(het)
     plan = allocate("mrp", het, 0.6, delta=0.05, refresh=3, reading="frozen")
     assert plan.extras["refreshes"] >= 3
     assert abs(plan.global_sparsity - 0.6) < 1e-9
-    after = mrp._snapshot(het)
+    after = _copy_weights(het)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
@@ -159,10 +173,10 @@ def test_refresh_is_identity_for_magnitude(het):
     """Magnitude scores do not depend on data and pruning only zeroes the lowest ones, so refreshed
     tables must give the original NOR at every sparsity above the refresh state, and the plan
     must not change."""
-    snap = mrp._snapshot(het)
+    from prunekit.core.snapshot import weight_snapshot
     s = np.array([0.3, 0.1, 0.45, 0.2])
-    fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "dense")
-    mrp._restore(het, snap)
+    with weight_snapshot(het.model) as snap:  # dense again on exit
+        fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "dense")
     orig = mrp.build_tables(het, "magnitude", 5.0, "dense")
     for i in range(L):
         for x in (s[i], s[i] + 0.07, 0.9):
@@ -176,11 +190,11 @@ def test_measured_redundancy_matches_simulation_for_one_shot_masks(het):
     """On a model pruned with dense-statistics masks (no sequential drift), the measured redundancy
     equals the table's simulated NOR."""
     masks = analysis.nonoutlier_masks(het, "magnitude", 5.0)
-    snap = mrp._snapshot(het)
+    snap = _copy_weights(het)
     s = np.array([0.2, 0.5, 0.7, 0.4])
     prune_model(het.model, None, s, "magnitude", progress=False)
     got = analysis.measured_redundancy(het.model, masks)
-    mrp._restore(het, snap)
+    _put_back(het, snap)
     np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "magnitude", 5.0), atol=1e-12)
 
 
@@ -209,7 +223,7 @@ def owl_ratio_of_pruned_model(stats, i, s, metric, m, blocksize=128):
     """Brute force for reading "current": prune the real weights of block i at s with the solver's
     own mask function (dense statistics), then apply OWL's outlier test to the CURRENT block exactly
     as OWL does (all entries pooled, pruned ones scoring 0, A > m·mean is an outlier)."""
-    snap = mrp._snapshot(stats)
+    snap = _copy_weights(stats)
     try:
         for n, lin in stats.layout.linears(i).items():
             W = lin.weight
@@ -221,10 +235,10 @@ def owl_ratio_of_pruned_model(stats, i, s, metric, m, blocksize=128):
                 A = W.float().pow(2) / stats.hinv_diag()[i][n].reshape(1, -1).pow(2)
                 for c in range(0, A.shape[1], blocksize):
                     W[:, c:c + blocksize][_global_mask(A[:, c:c + blocksize], s)] = 0
-        A = torch.cat([a.reshape(-1) for a in stats.scores(i, metric).values()]).double()
+        A = torch.cat([a.reshape(-1) for a in stats.scores(i, metric, current=True).values()]).double()
         return 1.0 - float((A > m * A.mean()).sum()) / A.numel()
     finally:
-        mrp._restore(stats, snap)
+        _put_back(stats, snap)
 
 
 @pytest.mark.parametrize("metric,m", [("wanda", 5.0), ("wanda", 1.0), ("magnitude", 3.0), ("sparsegpt", 3.0)])
@@ -266,17 +280,17 @@ def test_current_reading_raw_plan_meets_budget_within_delta(het):
 
 
 def test_current_reading_refresh_runs_and_restores(het):
-    before = mrp._snapshot(het)
+    before = _copy_weights(het)
     plan = allocate("mrp", het, 0.7, delta=0.05, refresh=2)
     assert plan.extras["refreshes"] >= 2 and abs(plan.global_sparsity - 0.7) < 1e-9
-    after = mrp._snapshot(het)
+    after = _copy_weights(het)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_current_redundancy_of_pruned_model_matches_table(het):
     """Finding 3's measure "current" on a model pruned with dense-statistics masks equals the
     MRP table's reading "current" at the same per-block sparsities."""
-    snap = mrp._snapshot(het)
+    snap = _copy_weights(het)
     s = np.array([0.2, 0.5, 0.7, 0.4])
     try:
         for i in range(L):
@@ -285,12 +299,13 @@ def test_current_redundancy_of_pruned_model_matches_table(het):
                     lin.weight[wanda_mask(lin.weight, het.wanda_norms()[i][n], float(s[i]))] = 0
         got = analysis.current_redundancy(het, "wanda", 5.0)
     finally:
-        mrp._restore(het, snap)
+        _put_back(het, snap)
     np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "wanda", 5.0, threshold="owl"), atol=1e-9)
 
 
 def test_selection_ranks_on_common_cells_only():
     import pandas as pd
+
     from prunekit.experiments import mrp_selection as sel
     rows = [{"model": "a", "sparsity": 0.7, "config": c, "heldout_nll": v}
             for c, v in (("mrp[current,M=3]", 3.0), ("mrp[current,M=5]", 2.0), ("uniform", 2.5))]

@@ -154,9 +154,9 @@ def test_absorption_wraps_every_method(env, base):
 
 def test_amplifiers_protected_without_centring(env):
     """With center='none' (Δ = −u) every amplifying block is protected whatever mean(u) is."""
-    _, stats, _ = env
+    _, stats, held = env
     ref = allocate("owl", stats, 0.5)
-    plan = allocate("absorption", stats, 0.5, base="owl", center="none")
+    plan = allocate("absorption", stats, 0.5, base="owl", center="none", heldout=held)
     r, pre = np.asarray(plan.extras["absorption_r"]), np.asarray(plan.extras["pre_budget_per_block"])
     assert (pre[r > 1] <= ref.per_block[r > 1] + 1e-12).all()
 

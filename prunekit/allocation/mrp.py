@@ -53,21 +53,23 @@ outlier fraction — the statistic OWL reads, but without OWL's ±λ band, so th
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from prunekit.utils import tqdm
 
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
 from prunekit.core.engine import sequential
+from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import prune_count, wanda_score
 from prunekit.solvers.prune import COLLECT, prune_block
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
+from prunekit.utils import tqdm
 
 METRICS = ("wanda", "magnitude", "sparsegpt")
 THRESHOLDS = ("dense", "current", "owl")
@@ -305,21 +307,8 @@ def greedy(tables: list[BlockTable], block_sizes: np.ndarray, target: float, *, 
 
 # ----------------------------------------------------------------------------- refresh
 
-def _snapshot(stats) -> dict:
-    lay = stats.layout
-    return {(i, n): m.weight.detach().to("cpu", copy=True) for i in range(lay.num_blocks)
-            for n, m in lay.linears(i).items()}
-
-
 @torch.no_grad()
-def _restore(stats, dense: dict) -> None:
-    lay = stats.layout
-    for (i, n), w in dense.items():
-        lay.linears(i)[n].weight.copy_(w)
-
-
-@torch.no_grad()
-def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: float, threshold: str,
+def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, threshold: str,
                    blocksize: int = 128, percdamp: float = 0.01) -> list[BlockTable]:
     """Prune the (restored) model at ``per_block`` with ``metric`` in one sequential pass and rebuild
     every block's table from the scores the solver sees there: block l's statistics come from the
@@ -328,8 +317,9 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
     weights scored with the refreshed statistics. Leaves the model pruned; the caller restores.
 
     Deviation from "prune_model + a fresh Statistics": the solver's own statistics are recorded in
-    the same pass (two block runs per block instead of three)."""
-    _restore(stats, dense)
+    the same pass (two block runs per block instead of three). ``snap``: the caller's active
+    ``weight_snapshot`` (the pass's writes are saved by it; every refresh starts dense)."""
+    snap.restore(keep=True)
     lay = stats.layout
     names = list(stats.linear_names)
     values = np.repeat(np.asarray(per_block, dtype=float)[:, None], len(names), axis=1)
@@ -339,7 +329,10 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
         prune_block(i, block, st, values, metric, None, names, blocksize, percdamp)
         cur, ref = {}, {}
         for n, lin in lay.linears(i).items():
-            W, Wd = lin.weight.detach().float(), dense[(i, n)].to(lin.weight.device).float()
+            Wd = snap.dense_weight(i, n, lin.weight.device)  # saved when the pass pruned block i
+            if Wd is None:
+                raise PrunekitError(f"MRP refresh: block {i} was modified outside the weight snapshot")
+            W, Wd = lin.weight.detach().float(), Wd.float()
             if metric == "wanda":
                 norm = st["wanda"][n].norm
                 cur[n], ref[n] = wanda_score(W, norm), wanda_score(Wd, norm)
@@ -352,7 +345,8 @@ def refresh_tables(stats, dense: dict, per_block: np.ndarray, metric: str, m: fl
 
     if metric == "magnitude":
         for i in range(lay.num_blocks):
-            on_block(i, lay.blocks[i], {})
+            with snap.modify(i) as block:  # a declared write: the snapshot saves block i first
+                on_block(i, block, {})
     else:
         sequential(stats.model, stats.calib.input_ids, collect=COLLECT[metric], on_block=on_block,
                    batch_size=stats.batch_size, desc="mrp refresh", progress=False)
@@ -405,18 +399,15 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
         raise PrunekitError(f"MRP with score '{metric}' needs calibration data; pass calib= to Statistics")
     tables = build_tables(stats, metric, m, threshold, blocksize)
     block_sizes = np.asarray(stats.sizes, dtype=float).sum(1)
-    dense = _snapshot(stats) if refresh else None
-    refresher = None
-    if refresh:
-        def refresher(s):
-            return refresh_tables(stats, dense, s, metric, m, threshold, blocksize)
-    try:  # the model is pruned during refreshes; the dense weights always come back
+    # the model is pruned during refreshes; the one weight snapshot brings the dense weights back
+    with (weight_snapshot(stats.model) if refresh else contextlib.nullcontext()) as snap:
+        refresher = None
+        if refresh:
+            def refresher(s):
+                return refresh_tables(stats, snap, s, metric, m, threshold, blocksize)
         out = greedy(tables, block_sizes, target, delta=delta, k=int(k), s0=s0, s_cap=s_cap,
                      denominator=denominator, refresh=int(refresh), refresher=refresher,
                      refresh_start=reading == "current", progress=getattr(stats, "progress", False))
-    finally:
-        if dense is not None:
-            _restore(stats, dense)
     vals = np.repeat(out["s"][:, None], np.asarray(stats.sizes).shape[1], axis=1)
     options = dict(score=metric, reading=reading, m=m, delta=delta, k=int(k), s0=s0, s_cap=s_cap,
                    denominator=denominator, refresh=int(refresh), blocksize=blocksize)

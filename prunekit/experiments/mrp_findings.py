@@ -279,7 +279,7 @@ def current_redundancy(stats, metric: str = "wanda", m: float = 5.0) -> np.ndarr
     score 0): ``1 − #{A > m · mean A} / n`` (mean and ratio over all entries)."""
     out = []
     for i in range(stats.num_blocks):
-        A = torch.cat([a.reshape(-1) for a in stats.scores(i, metric).values()]).double()
+        A = torch.cat([a.reshape(-1) for a in stats.scores(i, metric, current=True).values()]).double()
         out.append(1.0 - float((A > m * A.mean()).sum()) / A.numel())
     return np.asarray(out)
 

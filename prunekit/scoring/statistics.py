@@ -178,12 +178,16 @@ class Statistics:
         flat = self.cached("hinv_diag", lambda: self.dense_pass(("hessian",), reduce), percdamp=percdamp)
         return [{n: flat[f"{i}.{n}"] for n in self.linear_names} for i in range(self.num_blocks)]
 
-    def scores(self, i: int, metric: str = "wanda") -> dict[str, torch.Tensor]:
+    def scores(self, i: int, metric: str = "wanda", current: bool = False) -> dict[str, torch.Tensor]:
         """Dense importance scores of block i's linears under ``metric``:
-        magnitude |W|, Wanda |W|·||X_j||, SparseGPT W²/[H⁻¹]_jj² (docs/methods.md §1)."""
+        magnitude |W|, Wanda |W|·||X_j||, SparseGPT W²/[H⁻¹]_jj² (docs/methods.md §1).
+        ``current=True`` scores the block's weights as they are now (pruned ones score 0) with the
+        dense input statistics: MRP's reading "current" (§1); never cached, and asked for on
+        purpose — without it a modified block is an error."""
         out = {}
         with onload(self.model, i):
-            self.check_dense(i)
+            if not current:
+                self.check_dense(i)
             ws = {n: self.layout.linears(i)[n].weight.detach() for n in self.linear_names}
         for n in self.linear_names:
             W = ws[n].float()
