@@ -116,7 +116,7 @@ def main(argv=None):
     calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, a.seed)
     calib_file = work / "calib.safetensors"
     save_file({"input_ids": calib.input_ids.contiguous()}, str(calib_file))
-    dense_sd = {k: v.clone() for k, v in dense.state_dict().items()}
+    dense_sd = {k: v.detach().cpu().clone() for k, v in dense.state_dict().items()}
     lay = layout(dense)  # state-dict keys of the decoder-block linears, the only tensors to change
     lin_ids = {id(m.weight) for i in range(lay.num_blocks) for m in lay.linears(i).values()}
     linear_keys = {n for n, p in dense.named_parameters(remove_duplicate=False) if id(p) in lin_ids}
