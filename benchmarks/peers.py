@@ -37,7 +37,7 @@ DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 def model_dir(name: str, workdir: Path) -> Path:
     """The dense HF directory both tools load: prunekit's dequantised cache for a GGUF alias, the
     directory itself for a local one, else the loaded model saved into ``workdir``."""
-    from prunekit import models
+    models = _models()
     kind, loc = models.resolve(name)
     if kind == "dir":
         return Path(loc)
@@ -46,6 +46,15 @@ def model_dir(name: str, workdir: Path) -> Path:
         return Path(dense(Path(loc)))
     model, tok = models.load_model(name, dtype="fp32")
     return models.save_model(model, tok, workdir / "dense")
+
+
+def _models():
+    """prunekit's models module (prunekit.core.models in the split layout, prunekit.models before)."""
+    try:
+        from prunekit.core import models
+    except ImportError:
+        from prunekit import models
+    return models
 
 
 def zero_masks(model) -> dict:
@@ -99,7 +108,7 @@ def main(argv=None):
     import torch
     from safetensors.torch import load_file, save_file
     from prunekit import calibration_data, layout, load_model, measure_sparsity, perplexity, prune_model
-    from prunekit.models import pick_device, pick_dtype
+    pick_device, pick_dtype = _models().pick_device, _models().pick_dtype
     from prunekit.errors import PrunekitError
 
     if not Path(a.peer_python).is_file():

@@ -20,7 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def compare(W, H, sparsity: float, X=None) -> str:
     import torch
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
-    from prunekit.prune import sparsegpt
+    try:  # split layout (prunekit.solvers) or the flat one before it
+        from prunekit.solvers.sparsegpt import sparsegpt
+    except ImportError:
+        from prunekit.prune import sparsegpt
     lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
     lin.weight.data = W.clone()
     with torch.no_grad():
@@ -48,8 +51,7 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(1)
     if a.model:
-        from prunekit import calibration_data, load_model
-        from prunekit.calibrate import sequential
+        from prunekit import calibration_data, load_model, sequential
         model, tok = load_model(a.model, dtype="fp32")
         calib = calibration_data("c4", tok, 8, 256, a.seed)
         blocks, kept = {int(b) for b in a.blocks.split(",")}, {}
