@@ -36,7 +36,7 @@ DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 def model_dir(name: str, workdir: Path) -> Path:
     """The dense HF directory both tools load: prunekit's dequantised cache for a GGUF alias, the
     directory itself for a local one, else the loaded model saved into ``workdir``."""
-    from prunekit import models
+    models = _models()
     kind, loc = models.resolve(name)
     if kind == "dir":
         return Path(loc)
@@ -45,6 +45,15 @@ def model_dir(name: str, workdir: Path) -> Path:
         return Path(dense(Path(loc)))
     model, tok = models.load_model(name, dtype="fp32")
     return models.save_model(model, tok, workdir / "dense")
+
+
+def _models():
+    """prunekit's models module (prunekit.core.models in the split layout, prunekit.models before)."""
+    try:
+        from prunekit.core import models
+    except ImportError:
+        from prunekit import models
+    return models
 
 
 def zero_masks(model) -> dict:
@@ -98,7 +107,7 @@ def main(argv=None):
     import torch
     from safetensors.torch import load_file, save_file
     from prunekit import calibration_data, layout, load_model, measure_sparsity, perplexity, prune_model
-    from prunekit.models import pick_device, pick_dtype
+    pick_device, pick_dtype = _models().pick_device, _models().pick_dtype
     from prunekit.errors import PrunekitError
 
     if not Path(a.peer_python).is_file():
@@ -115,7 +124,7 @@ def main(argv=None):
     calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, a.seed)
     calib_file = work / "calib.safetensors"
     save_file({"input_ids": calib.input_ids.contiguous()}, str(calib_file))
-    dense_sd = {k: v.clone() for k, v in dense.state_dict().items()}
+    dense_sd = {k: v.detach().cpu().clone() for k, v in dense.state_dict().items()}
     lay = layout(dense)  # state-dict keys of the decoder-block linears, the only tensors to change
     lin_ids = {id(m.weight) for i in range(lay.num_blocks) for m in lay.linears(i).values()}
     linear_keys = {n for n, p in dense.named_parameters(remove_duplicate=False) if id(p) in lin_ids}

@@ -4,7 +4,9 @@ Separates the solvers from everything around them (calibration forwards, propaga
 blocks) when ``benchmarks/peers.py`` shows different pruned perplexities. Runs in ``.venv-peers``
 (it imports llm-compressor) with this checkout's ``prunekit`` on the path:
 
-    .venv-peers/bin/python benchmarks/peers_solver_check.py [--seed 0]
+    .venv-peers/bin/python benchmarks/peers_solver_check.py [--seed 0]            # synthetic linear
+    .venv-peers/bin/python benchmarks/peers_solver_check.py --model DIR --blocks 0,1,15
+        # real weights and dense-input Hessians (C4 8 x 256, seed 0) of those blocks' linears
 """
 from __future__ import annotations
 
@@ -15,37 +17,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def compare(W, H, sparsity: float, X=None) -> str:
+    import torch
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
+    try:  # split layout (prunekit.solvers) or the flat one before it
+        from prunekit.solvers.sparsegpt import sparsegpt
+    except ImportError:
+        from prunekit.prune import sparsegpt
+    lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
+    lin.weight.data = W.clone()
+    with torch.no_grad():
+        Wp = sparsegpt(W, H, sparsity)
+        _, Wl = sparsify_weight(lin, {lin: H.clone()}, sparsity, 0, 0, 128, 0.01, False)
+
+    def err(Q):  # layer reconstruction error tr(ΔW H ΔWᵀ) = ||ΔW Xᵀ||² up to H's scale
+        return float(torch.einsum("ij,jk,ik->", W - Q, H, W - Q))
+
+    mp, ml = Wp == 0, Wl == 0
+    return (f"pruned prunekit {int(mp.sum())}, llm-compressor {int(ml.sum())}; mask agreement "
+            f"{float((mp == ml).float().mean()):.5f}; relative weight difference "
+            f"{float((Wp - Wl).norm() / Wl.norm()):.2e}; reconstruction error prunekit ÷ llm-compressor "
+            f"{err(Wp) / err(Wl):.5f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--model", help="dense HF directory: use its real weights and Hessians")
+    ap.add_argument("--blocks", default="0,1,15")
     a = ap.parse_args(argv)
 
     import torch
-    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
-    from prunekit.prune import sparsegpt
     torch.set_num_threads(1)
+    if a.model:
+        from prunekit import calibration_data, load_model, sequential
+        model, tok = load_model(a.model, dtype="fp32")
+        calib = calibration_data("c4", tok, 8, 256, a.seed)
+        blocks, kept = {int(b) for b in a.blocks.split(",")}, {}
+
+        def keep(i, block, stats):  # dense inputs: a read-only pass, nothing pruned
+            if i in blocks:
+                mods = dict(block.named_modules())
+                for n, st in stats["hessian"].items():
+                    kept[(i, n)] = (mods[n].weight.data.clone(), st.H.clone())
+        sequential(model, calib.input_ids, collect=("hessian",), on_block=keep, modifies=False, progress=False)
+        for (i, n), (W, H) in kept.items():
+            print(f"block {i} {n}: {compare(W, H, a.sparsity)}", flush=True)
+        return
     g = torch.Generator().manual_seed(a.seed)
     d_out, d_in, ntok = 192, 576, 2048
     # correlated inputs with a few outlier channels, as LLM activations have
     X = torch.randn(ntok, d_in, generator=g) @ (torch.randn(d_in, d_in, generator=g) / d_in**0.5 + torch.eye(d_in))
     X[:, :5] *= 20
     W = torch.randn(d_out, d_in, generator=g) * 0.05
-    H = X.T @ X
-    lin = torch.nn.Linear(d_in, d_out, bias=False)
-    lin.weight.data = W.clone()
-    with torch.no_grad():
-        Wp = sparsegpt(W, H, a.sparsity)
-        _, Wl = sparsify_weight(lin, {lin: H.clone()}, a.sparsity, 0, 0, 128, 0.01, False)
-
-    def err(Q):  # layer reconstruction error ||(W - Q) X^T||^2 that SparseGPT minimises
-        return float(((W - Q) @ X.T).pow(2).sum())
-
-    mp, ml = Wp == 0, Wl == 0
-    print(f"sparsity: prunekit {mp.float().mean():.5f}, llm-compressor {ml.float().mean():.5f}")
-    print(f"mask agreement {(mp == ml).float().mean():.6f}; relative weight difference "
-          f"{float((Wp - Wl).norm() / Wl.norm()):.3e}")
-    print(f"reconstruction error prunekit ÷ llm-compressor {err(Wp) / err(Wl):.5f}")
+    print(f"synthetic {d_out}x{d_in}: {compare(W, X.T @ X, a.sparsity)}")
 
 
 if __name__ == "__main__":
