@@ -103,14 +103,19 @@ def test_packaged_grids_are_the_comparison_profiles():
         assert yaml.safe_load(path.read_text()) == comparison_grid(prof)
         g = load_grid(path)
         assert g == parse_grid(comparison_grid(prof))
-        assert g.seeds == cfg["seeds"] and g.metrics == cfg["metrics"] and g.sparsities == cfg["sparsities"]
+        assert g.seeds == cfg["seeds"]
+        assert g.groups == [(grp["sparsity"], grp["metric"], grp["allocations"]) for grp in cfg["groups"]]
         assert g.evaluation == {"datasets": cfg["eval_datasets"], "seqlen": cfg["eval_seqlen"],
                                 "windows": cfg["eval_windows"]}
-        assert list(g.allocations) == [label for label, _, _ in comparison.configurations()]
+        labels = [label for label, _, _ in comparison.configurations()]
+        assert set(g.allocations) <= set(labels)
         for m, opts in COMPARISON_METHOD_OPTIONS[prof].items():
-            assert all(g.allocations[m][1][k] == v for k, v in opts.items())
-        assert len(g.cells()) == (len(comparison.configurations()) * len(cfg["seeds"]) * len(cfg["metrics"])
-                                  * len(cfg["sparsities"]))
+            if m in g.allocations:
+                assert all(g.allocations[m][1][k] == v for k, v in opts.items())
+        # the designed runs: every group's allocations for every seed, nothing else
+        assert len(g.cells()) == len(cfg["seeds"]) * sum(len(grp["allocations"]) for grp in cfg["groups"])
+        assert {(c["sparsity"], c["metric"], c["allocation"]) for c in g.cells()} == {
+            (grp["sparsity"], grp["metric"], lab) for grp in cfg["groups"] for lab in grp["allocations"]}
 
 
 # ----------------------------------------------------------------------------- in-process runs

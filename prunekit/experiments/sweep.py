@@ -49,7 +49,7 @@ from pathlib import Path
 from prunekit.errors import PrunekitError
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
-GRID_KEYS = ("name", "description", "models", "allocations", "method_options", "metrics", "sparsities",
+GRID_KEYS = ("name", "description", "models", "allocations", "method_options", "metrics", "sparsities", "groups",
              "seeds", "calibration", "evaluation", "zero_shot", "device", "dtype")
 CALIBRATION = {"dataset": "c4", "samples": 32, "seqlen": 512, "batch_size": 8}
 EVALUATION = {"datasets": ["wikitext2"], "seqlen": 512, "windows": 16}
@@ -72,19 +72,26 @@ class Grid:
     device: str | None = None
     dtype: str | None = None
     name: str = "grid"
+    groups: list | None = None   # designed subsets [(sparsity, metric, [labels])] instead of the product
+
+    def _combos(self):
+        if self.groups is not None:
+            return [(s, mt, labs) for s, mt, labs in self.groups]
+        return [(s, mt, list(self.allocations)) for s in self.sparsities for mt in self.metrics]
 
     def cells(self) -> list[dict]:
-        """Every cell's resolved settings, in run order: model > seed > sparsity > metric > allocation."""
+        """Every cell's resolved settings, in run order: model > seed > (sparsity > metric, or the
+        designed groups in order) > allocation."""
         out = []
         for model in self.models:
             for seed in self.seeds:
-                for s in self.sparsities:
-                    for mt in self.metrics:
-                        for lab, (method, opts) in self.allocations.items():
-                            out.append({"model": model, "seed": seed, "sparsity": s, "metric": mt,
-                                        "allocation": lab, "method": method, "options": opts,
-                                        "calibration": self.calibration, "evaluation": self.evaluation,
-                                        "zero_shot": self.zero_shot, "device": self.device, "dtype": self.dtype})
+                for s, mt, labs in self._combos():
+                    for lab in labs:
+                        method, opts = self.allocations[lab]
+                        out.append({"model": model, "seed": seed, "sparsity": s, "metric": mt,
+                                    "allocation": lab, "method": method, "options": opts,
+                                    "calibration": self.calibration, "evaluation": self.evaluation,
+                                    "zero_shot": self.zero_shot, "device": self.device, "dtype": self.dtype})
         return out
 
 
@@ -217,8 +224,27 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
         if label in variants:
             _fail(w, f"duplicate label '{label}' (give each variant its own label)")
         variants[label] = (a["method"], _options(w, a["method"], a.get("options") or {}, mo))
-    metrics = _list(f"{where}: metrics", obj.get("metrics", ["wanda"]), str, _one_of(METRICS))
-    sparsities = _list(f"{where}: sparsities", obj.get("sparsities", [0.5]), float, check_sparsity_value)
+    groups = None
+    if obj.get("groups") is not None:  # a designed grid: only these (sparsity, metric, allocations) runs
+        gl = _list(f"{where}: groups", obj["groups"], dict)
+        groups = []
+        for i, g in enumerate(gl):
+            w = f"{where}: groups[{i}]"
+            if sorted(g) != ["allocations", "metric", "sparsity"]:
+                _fail(w, f"keys are sparsity, metric, allocations; got {', '.join(map(str, g))}")
+            check_sparsity_value(float(g["sparsity"]))
+            _one_of(METRICS)(g["metric"])
+            labs = _list(f"{w}: allocations", g["allocations"], str)
+            missing = [x for x in labs if x not in variants]
+            if missing:
+                _fail(w, f"allocation label(s) {', '.join(missing)} are not in 'allocations'")
+            groups.append((float(g["sparsity"]), g["metric"], labs))
+        if "metrics" in obj or "sparsities" in obj:
+            _fail(where, "give either 'groups' or 'metrics'/'sparsities', not both")
+    metrics = (list(dict.fromkeys(mt for _, mt, _ in groups)) if groups is not None else
+               _list(f"{where}: metrics", obj.get("metrics", ["wanda"]), str, _one_of(METRICS)))
+    sparsities = (list(dict.fromkeys(s for s, _, _ in groups)) if groups is not None else
+                  _list(f"{where}: sparsities", obj.get("sparsities", [0.5]), float, check_sparsity_value))
     seeds = _list(f"{where}: seeds", obj.get("seeds", [0]), int, _int(0))
     calib = _section(f"{where}: calibration", obj.get("calibration"), CALIBRATION,
                      {"dataset": _one_of(DATASETS), "samples": _int(), "seqlen": _int(), "batch_size": _int()})
@@ -232,7 +258,7 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
         if obj.get(k) is not None and not isinstance(obj[k], str):
             _fail(f"{where}: {k}", f"expected a string, got {obj[k]!r}")
     return Grid(models, variants, metrics, sparsities, seeds, calib, evaluation, zs,
-                obj.get("device"), obj.get("dtype"), obj.get("name") or "grid")
+                obj.get("device"), obj.get("dtype"), obj.get("name") or "grid", groups)
 
 
 def _grid_path(path_or_name) -> Path:
@@ -271,14 +297,18 @@ def comparison_grid(profile: str, model: str = "smollm2-135m") -> dict:
     from prunekit.experiments import comparison
     s = comparison.settings(profile)
     mo = s["method_options"]
+    used = {lab for g in s["groups"] for lab in g["allocations"]}
     allocs = []
     for label, method, opts in comparison.configurations():
-        allocs.append(method if (label == method and not opts) else {"label": label, "method": method,
-                                                                      "options": dict(opts)})
+        if label in used:
+            allocs.append(method if (label == method and not opts) else {"label": label, "method": method,
+                                                                          "options": dict(opts)})
     return {"name": f"comparison-{profile}",
             "description": f"notebook 50 (grand comparison), profile {profile}: experiments/profiles.py COMPARISON",
             "models": [model], "allocations": allocs, "method_options": {k: dict(v) for k, v in mo.items()},
-            "metrics": list(s["metrics"]), "sparsities": list(s["sparsities"]), "seeds": list(s["seeds"]),
+            "groups": [{"sparsity": g["sparsity"], "metric": g["metric"], "allocations": list(g["allocations"])}
+                       for g in s["groups"]],
+            "seeds": list(s["seeds"]),
             "calibration": {"dataset": "c4", "samples": s["calib_samples"], "seqlen": s["calib_seqlen"],
                             "batch_size": 8},
             "evaluation": {"datasets": list(s["eval_datasets"]), "seqlen": s["eval_seqlen"],
