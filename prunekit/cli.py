@@ -89,12 +89,15 @@ def _collect_options(args, method: str, table: dict) -> dict:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="alias, .gguf file, HF directory or hub id")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
-    p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16/bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", default=None, help="fp32, fp16, bf16, auto (default auto: bf16 where the GPU/CPU computes it "
+                   "natively, fp16 on older GPUs, else fp32; fp32 = reference numerics)")
     p.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4,ptb ('' to skip)")
     p.add_argument("--eval-seqlen", type=int, default=1024)
     p.add_argument("--eval-windows", type=int, default=None, help="at most this many windows (quick runs)")
     p.add_argument("--zero-shot", default="", help="comma-separated lm-eval tasks, e.g. boolq,rte,arc_easy")
     p.add_argument("--zero-shot-limit", type=int, default=None)
+    p.add_argument("--zero-shot-batch-size", default="1",
+                   help="lm-eval batch size: an integer or 'auto' (lm-eval's detection on CUDA; 8 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the JSON record here (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +142,8 @@ def _validate(args) -> None:
             raise PrunekitError(f"unknown --eval dataset '{d}'; choose from {', '.join(DATASETS)}")
     if args.out:
         check_writable(args.out)
+    from prunekit.evaluation.zeroshot import resolve_batch_size
+    resolve_batch_size(args.zero_shot_batch_size, "cpu")
     if args.cmd == "prune":
         if args.metric not in METRICS:
             raise PrunekitError(f"unknown metric '{args.metric}'; choose from {', '.join(METRICS)}")
@@ -203,7 +208,8 @@ def run(argv=None) -> dict:
         from prunekit.evaluation.perplexity import perplexity
         from prunekit.solvers.prune import measure_sparsity
         utils.seed_everything(args.seed)
-        rec = {"model": args.model, **measure_sparsity(model), "seed": args.seed}
+        from prunekit.core.models import dtype_name
+        rec = {"model": args.model, "dtype": dtype_name(model.dtype), **measure_sparsity(model), "seed": args.seed}
         t1 = time.perf_counter()
         res = {d: perplexity(model, tok, d, args.eval_seqlen, args.eval_windows, progress=not args.quiet)
                for d in evals}
@@ -215,7 +221,8 @@ def run(argv=None) -> dict:
         if zs:
             from prunekit.evaluation.perplexity import zero_shot
             t2 = time.perf_counter()
-            rec["zero_shot"] = zero_shot(model, tok, zs, limit=args.zero_shot_limit)
+            rec["zero_shot"] = zero_shot(model, tok, zs, limit=args.zero_shot_limit,
+                                         batch_size=args.zero_shot_batch_size)
             rec["timings_s"]["zero_shot"] = time.perf_counter() - t2
         rec["versions"] = utils.versions()
     else:
@@ -234,7 +241,7 @@ def run(argv=None) -> dict:
                        calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                        eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
                        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                       progress=not args.quiet)
+                       zero_shot_batch_size=args.zero_shot_batch_size, progress=not args.quiet)
         rec = sess.run(allocation, args.metric, args.sparsity, args.nm, evaluate=bool(evals),
                        zero_shot=zs, zero_shot_limit=args.zero_shot_limit, s_min=args.s_min,
                        s_max=args.s_max, options_=options)
