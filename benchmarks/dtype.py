@@ -8,6 +8,9 @@
 2. Wanda and SparseGPT at 50 % and 70 % (uniform) in fp32 and in bf16, one after the other per
    row (so machine load drifts hit both dtypes alike): pruned perplexity on ``--eval-windows``
    × 1024 wikitext2 windows and the prune wall; Wanda prune wall bf16 ÷ fp32.
+
+``--split S``: only separate calibration from evaluation at Wanda sparsity S: mask agreement of the
+fp32- and bf16-calibrated prunes, and each pruned model evaluated in both dtypes.
 """
 from __future__ import annotations
 
@@ -28,9 +31,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--sparsities", default="0.5,0.7")
     ap.add_argument("--metrics", default="wanda,sparsegpt")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--split", type=float, default=None, help="only the calibration/evaluation split at this sparsity")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.split is not None:
+        return split(args)
 
     from prunekit.core.models import dtype_name, pick_device, pick_dtype
     from prunekit.evaluation.perplexity import perplexity
@@ -77,6 +83,35 @@ def main(argv=None) -> dict:
     if w:
         print(f"\nWanda prune wall {lo} / fp32: {', '.join(f'{x:.2f}' for x in w)}")
     print(json.dumps(out))
+    return out
+
+
+def split(args) -> dict:
+    from prunekit.core.data import calibration_data
+    from prunekit.core.models import layout, load_model
+    from prunekit.evaluation.perplexity import perplexity
+    from prunekit.solvers.prune import prune_model
+    models = {}
+    for d in ("fp32", "bf16"):
+        m, tok = load_model(args.model, dtype=d)
+        calib = calibration_data("c4", tok, args.calib_samples, args.calib_seqlen, 0)
+        prune_model(m, calib.input_ids, args.split, "wanda", progress=False)
+        models[d] = m
+    lay = {d: layout(m) for d, m in models.items()}
+    agree = tot = 0
+    for i in range(lay["fp32"].num_blocks):
+        for n, a in lay["fp32"].linears(i).items():
+            b = lay["bf16"].linears(i)[n]
+            agree += int(((a.weight == 0) == (b.weight == 0)).sum())
+            tot += a.weight.numel()
+    out = {"mask_agreement": agree / tot, "ppl": {}}
+    print(f"Wanda {args.split:.0%} masks, fp32- vs bf16-calibrated: {agree / tot:.4%} of entries agree", flush=True)
+    for d, m in models.items():
+        for e in ("fp32", "bf16"):
+            m.to(torch.float32 if e == "fp32" else torch.bfloat16)
+            p = perplexity(m, tok, "wikitext2", 1024, args.eval_windows, progress=False)["perplexity"]
+            out["ppl"][f"{d}-calibrated/{e}-evaluated"] = p
+            print(f"pruned with {d} calibration, evaluated in {e}: ppl {p:.2f}", flush=True)
     return out
 
 
