@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
 
     print(f"\n{'metric':<10}{'sparsity':>9}{'ppl fp32':>11}{'ppl ' + lo:>11}{'rel diff':>10}"
           f"{'prune s fp32':>14}{'prune s ' + lo:>14}{'ratio':>7}")
-    for metric in args.metrics.split(","):
+    for metric in filter(None, args.metrics.split(",")):
         for s in (float(x) for x in args.sparsities.split(",")):
             rec = {d: sess[d].run("uniform", metric, s) for d in dtypes}
             ppl = {d: rec[d]["perplexity"]["wikitext2"] for d in dtypes}
