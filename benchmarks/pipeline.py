@@ -7,7 +7,7 @@ RSS = peak RSS ÷ (fp32 model size + 2 × calibration activations)              
       allocator kept from other work would otherwise count), reported raw and net of the
       interpreter + libraries baseline measured before loading.
 
-    python -m benchmarks.pipeline [--calib-samples 32 --calib-seqlen 512 --eval-windows 4]
+    python -m benchmarks.pipeline [--calib-samples 32 --calib-seqlen 512 --eval-windows 4] [--dtype fp32]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def reset_peak() -> bool:
         return False
 
 
-def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_size: int) -> tuple:
+def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_size: int, dtype=None) -> tuple:
     """In a fresh process: (baseline MB, peak MB during prune_model, load-time peak MB)."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -52,7 +52,7 @@ def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_siz
     from prunekit.core.models import load_model
     from prunekit.solvers.prune import prune_model
     base = rss_mb()
-    model, tok = load_model(model_name)
+    model, tok = load_model(model_name, dtype=dtype)
     load_peak = peak_mb()
     calib = calibration_data("c4", tok, calib_samples, calib_seqlen, 0)
     gc.collect()
@@ -69,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--eval-seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--dtype", default=None, help="fp32, bf16, ... (default: pick_dtype's choice)")
     a = ap.parse_args(argv)
 
     import torch
@@ -78,7 +79,7 @@ def main(argv=None):
     from prunekit.evaluation.perplexity import perplexity
     from prunekit.solvers.prune import prune_model
 
-    model, tok = load_model(a.model)
+    model, tok = load_model(a.model, dtype=a.dtype)
     calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, 0)
     ids, _ = eval_tokens("wikitext2", tok, a.eval_seqlen)
     n = min(a.eval_windows, ids.shape[1] // a.eval_seqlen)
@@ -109,10 +110,10 @@ def main(argv=None):
     acts_mb = a.calib_samples * a.calib_seqlen * model.config.hidden_size * 4 / 2**20
     import multiprocessing as mp
     with mp.get_context("spawn").Pool(1) as pool:
-        base, peak, load_peak = pool.apply(prune_peak, (a.model, a.calib_samples, a.calib_seqlen, a.batch_size))
+        base, peak, load_peak = pool.apply(prune_peak, (a.model, a.calib_samples, a.calib_seqlen, a.batch_size, a.dtype))
     denom = model_mb + 2 * acts_mb
     print(f"model {a.model}: {sum(params.values())/1e6:.1f} M params; calibration {a.calib_samples}x{a.calib_seqlen}; "
-          f"eval {n}x{a.eval_seqlen}; torch threads {torch.get_num_threads()}")
+          f"eval {n}x{a.eval_seqlen}; dtype {model.dtype}; torch threads {torch.get_num_threads()}")
     print(f"P1  eval tok/s / raw tok/s      = {p1:.3f}   (eval {res['tokens_per_s']:.0f} tok/s, raw {n*a.eval_seqlen/raw:.0f} tok/s; goal >= 0.95)")
     print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; sparsity {rep['global_sparsity']:.4f})")
     print(f"RSS peak / (model + 2 acts)     = {peak/denom:.3f} raw, {(peak-base)/denom:.3f} net of the {base:.0f} MB "

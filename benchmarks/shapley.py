@@ -1,18 +1,22 @@
-"""SV-NUP benchmark: sliding-window vs Monte-Carlo Shapley on the real layer game.
+"""SV-NUP benchmark: Shapley estimators on the real layer game, and the P5 goals.
 
-    python -m benchmarks.shapley [--heldout-samples 2 --heldout-seqlen 64 --window 5 ...]
+    python -m benchmarks.shapley [--model smollm2-135m --heldout-samples 1 --heldout-seqlen 64 ...]
+    python -m benchmarks.shapley --p5-wall --wall-calib-samples 32 --wall-calib-seqlen 512
 
-On smollm2-135m (30 players), Wanda at 70 %:
+Estimator part (Wanda at 70 %, 30 players on smollm2-135m, 18 on gemma3-270m):
 1. seconds of one plain forward over the held-out set (median of 3);
-2. a long Monte-Carlo reference (cached on disk, keyed by its options);
-3. sliding window (w=5; blocks outside the window pruned as in the spec, and the [I] variant
-   background='both'): distinct evaluations, wall time, Spearman vs the reference;
-4. Monte-Carlo with an independent seed, run until Spearman ≥ threshold vs the reference (or until it
-   has spent 10× the sliding window's evaluations, which already decides the goal);
-5. goals: SW evaluations ≤ 0.1 × MC evaluations to reach the threshold; seconds per coalition
-   evaluation ÷ plain forward ≤ 1.1.
-Defaults keep it around 10 min on a free 2-core CPU (held-out 1 × 32 tokens: the estimators are
-compared on the same game, so the held-out size only sets the cost per evaluation).
+2. a long Monte-Carlo reference (cached on disk, keyed by its options) and its split-half Spearman;
+3. the default estimator of ``--allocation svnup`` (the method's defaults) and the sliding-window
+   variants w ∈ {1, 3, 5} × background ∈ {absent, present, both}: distinct evaluations, wall time,
+   Spearman vs the reference;
+4. Monte-Carlo with an independent seed, run until Spearman ≥ threshold vs the reference;
+5. held-out variance: the default estimator on a second, disjoint held-out draw of the same size
+   (Spearman between the two draws);
+6. P5 (evaluations): default-estimator evaluations ÷ MC evaluations to reach the threshold ≤ 0.1.
+The estimators are compared on the same game, so the held-out size only sets the cost per evaluation.
+
+``--p5-wall``: wall of ``Session.plan('svnup', 0.7)`` with the method's defaults (no caches) ÷ wall of
+one uniform Wanda prune at the same calibration (goal ≤ 10; the CLI default is 128 × 2048).
 """
 from __future__ import annotations
 
@@ -25,46 +29,89 @@ import numpy as np
 import torch
 
 
+def _defaults() -> dict:
+    from prunekit.allocation import spec
+    return {k: o.default for k, o in spec("svnup").options.items()}
+
+
+def p5_wall(args) -> dict:
+    """Wall of the default ``--allocation svnup`` plan ÷ one Wanda prune, same calibration, no caches."""
+    from prunekit.experiments.session import Session
+    from prunekit.scoring.statistics import Statistics
+    sess = Session(model_name=args.model, calib_samples=args.wall_calib_samples, calib_seqlen=args.wall_calib_seqlen,
+                   eval_datasets=(), dtype=args.dtype, progress=not args.quiet)
+    t0 = time.perf_counter()
+    rec = sess.run("uniform", "wanda", args.target, evaluate=False)
+    wanda_s = time.perf_counter() - t0
+    sess.restore()
+    sess.stats = Statistics(sess.model, sess.calib, cache=False, batch_size=sess.batch_size,
+                            progress=not args.quiet, tokenizer=sess.tokenizer)
+    t0 = time.perf_counter()
+    plan = sess.plan("svnup", args.target)
+    svnup_s = time.perf_counter() - t0
+    r = svnup_s / wanda_s
+    d = _defaults()
+    print(f"P5 wall: default --allocation svnup ({d['estimator']}, w={d['window']}, background={d['background']}, "
+          f"held-out {d['heldout_samples']} x calib seqlen) at calibration {args.wall_calib_samples} x "
+          f"{args.wall_calib_seqlen}, dtype {rec['dtype']}: {svnup_s:.1f} s ({plan.extras['shapley_evaluations']} "
+          f"evaluations) / one Wanda prune {wanda_s:.1f} s = {r:.2f} (goal <= 10) -> {'MET' if r <= 10 else 'NOT MET'}")
+    return {"calib": [args.wall_calib_samples, args.wall_calib_seqlen], "svnup_s": svnup_s, "wanda_s": wanda_s,
+            "ratio": r, "evaluations": plan.extras["shapley_evaluations"], "dtype": rec["dtype"]}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.shapley", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="fp32", help="compute dtype of the game (the reference is cached per dtype)")
     ap.add_argument("--target", type=float, default=0.7)
     ap.add_argument("--metric", default="wanda", help="base metric of the game: wanda, magnitude, sparsegpt")
     ap.add_argument("--calib-dataset", default="c4")
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--calib-seqlen", type=int, default=128)
     ap.add_argument("--heldout-samples", type=int, default=1)
-    ap.add_argument("--heldout-seqlen", type=int, default=32)
-    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--heldout-seqlen", type=int, default=64)
+    ap.add_argument("--windows", default="1,3,5")
+    ap.add_argument("--backgrounds", default="absent,present,both")
+    ap.add_argument("--skip-default", action="store_true", help="do not add the default estimator to the rows")
+    ap.add_argument("--skip-heldout-variance", action="store_true")
     ap.add_argument("--ref-permutations", type=int, default=40)
     ap.add_argument("--ref-seed", type=int, default=12345)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--mc-max-evals", type=int, default=None, help="default: 10 x the sliding window's evaluations")
+    ap.add_argument("--mc-max-evals", type=int, default=600)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the Monte-Carlo reference")
+    ap.add_argument("--p5-wall", action="store_true", help="only the P5 wall ratio (see the module doc)")
+    ap.add_argument("--wall-calib-samples", type=int, default=128)
+    ap.add_argument("--wall-calib-seqlen", type=int, default=2048)
+    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.p5_wall:
+        out = p5_wall(args)
+        print(json.dumps(out))
+        return out
 
     from prunekit.allocation.svnup.game import LayerGame, heldout_data
     from prunekit.allocation.svnup.shapley import monte_carlo, sliding_window
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import load_model
-    from prunekit.experiments.correlation import spearman
+    from prunekit.core.models import dtype_name, load_model
+    from prunekit.experiments.correlation import spearman as _spearman
     from prunekit.experiments.svnup import evaluations_to_reach
     from prunekit.scoring.statistics import Statistics
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, dtype=args.dtype)
     calib = calibration_data(args.calib_dataset, tok, args.calib_samples, args.calib_seqlen, args.seed)
     stats = Statistics(model, calib, cache=not args.no_cache, progress=False)
     stats.tokenizer = tok
     held = heldout_data(stats, args.heldout_samples, args.heldout_seqlen)
     game = LayerGame(model, calib.input_ids, held, args.target, args.metric, progress=False)
     n = game.n
-    print(f"model {args.model}: {n} players; held-out {tuple(held.input_ids.shape)}; pruned blocks built in "
-          f"{game.build_seconds:.1f} s ({args.metric} @ {args.target:.0%}); torch threads {torch.get_num_threads()}")
+    print(f"model {args.model} ({dtype_name(model.dtype)}): {n} players; held-out {tuple(held.input_ids.shape)}; "
+          f"pruned blocks built in {game.build_seconds:.1f} s ({args.metric} @ {args.target:.0%}); "
+          f"torch threads {torch.get_num_threads()}")
 
     plain = []
     for _ in range(3):
@@ -76,13 +123,13 @@ def main(argv=None) -> dict:
 
     def reference():
         game.clear_cache()
-        r = monte_carlo(game, n, args.ref_permutations, args.ref_seed, progress=True)
+        r = monte_carlo(game, n, args.ref_permutations, args.ref_seed, progress=not args.quiet)
         half = r.trace[args.ref_permutations // 2 - 1]
         first = half["values"]  # split-half: first half vs second half of the permutations
         second = (r.values * args.ref_permutations - first * half["permutations"]) / (args.ref_permutations - half["permutations"])
         return {"values": torch.tensor(r.values), "stderr": torch.tensor(r.stderr),
                 "evaluations": torch.tensor([r.evaluations]), "seconds": torch.tensor([r.seconds]),
-                "split_half": torch.tensor([spearman(first, second)])}
+                "split_half": torch.tensor([_spearman(first, second)])}
 
     t0 = time.perf_counter()
     ref_d = stats.cached("svnup_benchmark_reference", reference, target=args.target, metric=args.metric,
@@ -95,62 +142,69 @@ def main(argv=None) -> dict:
           f"(first vs second half of its permutations) = {float(ref_d['split_half'][0]):.3f}")
     print("reference phi:", np.array2string(ref, precision=4, max_line_width=120))
 
-    game.clear_cache()
-    b0 = game.blocks_run
-    sw = sliding_window(game, n, args.window, progress=True)  # spec: blocks outside the window pruned
-    sw_blocks = (game.blocks_run - b0) / (sw.evaluations * n)
-    rho_sw = spearman(sw.values, ref)
-    print(f"sliding window w={args.window}: {sw.evaluations} evaluations, {sw.seconds:.1f} s, "
-          f"Spearman {rho_sw:.3f}, {sw.seconds / sw.evaluations:.3f} s/eval, {sw_blocks:.2f} blocks run per eval / L")
-    game.clear_cache()
-    sw2 = sliding_window(game, n, args.window, background="both", progress=True)
-    rho_sw2 = spearman(sw2.values, ref)
-    print(f"sliding window w={args.window}, background='both' (mean of pruned and dense outside the window): "
-          f"{sw2.evaluations} evaluations, {sw2.seconds:.1f} s, Spearman {rho_sw2:.3f}")
+    d = _defaults()
+    print(f"\ndefault estimator of --allocation svnup: {d['estimator']}, window={d['window']}, background={d['background']}")
+    rows = {}
+    variants = [(int(w), bg) for w in args.windows.split(",") for bg in args.backgrounds.split(",")]
+    if (d["window"], d["background"]) not in variants and not args.skip_default:
+        variants.insert(0, (d["window"], d["background"]))
+    print(f"{'estimator':<34}{'evaluations':>12}{'seconds':>9}{'Spearman':>10}")
+    for w, bg in variants:
+        game.clear_cache()
+        r = sliding_window(game, n, w, background=bg, progress=False)
+        rows[(w, bg)] = {"window": w, "background": bg, "evaluations": r.evaluations, "seconds": r.seconds,
+                         "spearman": _spearman(r.values, ref), "values": r.values}
+        tag = " (default)" if (w, bg) == (d["window"], d["background"]) else ""
+        print(f"{f'sliding window w={w} {bg}{tag}':<34}{r.evaluations:>12}{r.seconds:>9.1f}"
+              f"{rows[(w, bg)]['spearman']:>10.3f}", flush=True)
 
-    cap = args.mc_max_evals or 10 * sw.evaluations
+    if args.mc_max_evals <= 0:  # estimator rows only
+        print(json.dumps({"model": args.model, "rows": [{k: v for k, v in r.items() if k != "values"}
+                                                        for r in rows.values()]}))
+        return rows
     game.clear_cache()
-    b0 = game.blocks_run
-    mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=True,
-                     until=lambda t: spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= cap)
-    mc_blocks = (game.blocks_run - b0) / (mc.evaluations * n)
+    mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=not args.quiet,
+                     until=lambda t: _spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= args.mc_max_evals)
     hit = evaluations_to_reach(mc.trace, ref, args.threshold)
     if hit:
         print(f"Monte-Carlo (seed {args.seed}) reached Spearman {hit['spearman']:.3f} >= {args.threshold} after "
               f"{hit['permutations']} permutations = {hit['evaluations']} evaluations, {hit['seconds']:.1f} s")
     else:
         print(f"Monte-Carlo (seed {args.seed}) did NOT reach Spearman {args.threshold} within {mc.evaluations} "
-              f"evaluations ({mc.options['n_permutations']} permutations, {mc.seconds:.1f} s); final Spearman "
-              f"{spearman(mc.values, ref):.3f}")
-    print(f"Monte-Carlo cost: {mc.seconds / mc.evaluations:.3f} s/eval, {mc_blocks:.2f} blocks run per eval / L")
-
+              f"evaluations ({mc.options['n_permutations']} permutations); final Spearman {_spearman(mc.values, ref):.3f}")
     mc_evals = hit["evaluations"] if hit else mc.evaluations
-    ratio_evals = sw.evaluations / mc_evals
-    per_eval = (sw.seconds + sw2.seconds + mc.seconds) / (sw.evaluations + sw2.evaluations + mc.evaluations)
-    ratio_cost = per_eval / plain_s
-    sw_ok = rho_sw >= args.threshold
-    print()
-    print(f"GOAL 1  SW evaluations / MC evaluations to Spearman>={args.threshold}: "
-          f"{sw.evaluations}/{mc_evals}{'' if hit else '+'} = {ratio_evals:.3f}{'' if hit else ' (upper bound)'} "
-          f"(goal <= 0.1; SW itself {'reaches' if sw_ok else 'does NOT reach'} the threshold: {rho_sw:.3f}) -> "
-          f"{'MET' if sw_ok and ratio_evals <= 0.1 else 'NOT MET'}")
-    print(f"        background='both': {sw2.evaluations}/{mc_evals} = {sw2.evaluations / mc_evals:.3f}, Spearman "
-          f"{rho_sw2:.3f} ({'reaches' if rho_sw2 >= args.threshold else 'does NOT reach'} the threshold)")
-    print(f"GOAL 2  seconds per coalition evaluation / plain forward: {per_eval:.3f}/{plain_s:.3f} = "
-          f"{ratio_cost:.2f} (goal <= 1.1) -> {'MET' if ratio_cost <= 1.1 else 'NOT MET'}")
+
+    # held-out variance: the default estimator on a second disjoint held-out draw of the same size
+    dflt = rows.get((d["window"], d["background"]))
+    rho_draws = float("nan")
+    if dflt is not None and not args.skip_heldout_variance:
+        held2 = calibration_data(held.dataset, tok, args.heldout_samples, args.heldout_seqlen, calib.seed + 2,
+                                 exclude=calib)
+        game2 = LayerGame(model, calib.input_ids, held2, args.target, args.metric, progress=False)
+        with game2:
+            r2 = sliding_window(game2, n, d["window"], background=d["background"])
+        rho_draws = _spearman(r2.values, dflt["values"])
+        print(f"held-out variance: default estimator on two disjoint held-out draws of {tuple(held.input_ids.shape)}: "
+              f"Spearman {rho_draws:.3f} between the draws; the second draw vs the reference {_spearman(r2.values, ref):.3f}")
+    if dflt is None:
+        dflt = max(rows.values(), key=lambda r: r["spearman"])
+        print(f"(default estimator not run; P5 below uses the best row: w={dflt['window']} {dflt['background']})")
+    game.restore()
+
+    ratio = dflt["evaluations"] / mc_evals
+    ok = dflt["spearman"] >= args.threshold and ratio <= 0.1
+    print(f"\nP5 (evaluations): default estimator {dflt['evaluations']} / Monte-Carlo {mc_evals}{'' if hit else '+'} "
+          f"to Spearman>={args.threshold} = {ratio:.3f} (goal <= 0.1), default Spearman {dflt['spearman']:.3f} -> "
+          f"{'MET' if ok else 'NOT MET'}")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
-    out = {"players": n, "heldout_shape": list(held.input_ids.shape), "plain_forward_s": plain_s,
+    out = {"model": args.model, "dtype": dtype_name(model.dtype), "players": n,
+           "heldout_shape": list(held.input_ids.shape), "plain_forward_s": plain_s,
            "reference": {"permutations": args.ref_permutations, "evaluations": int(ref_d["evaluations"][0]),
                          "seconds": float(ref_d["seconds"][0]), "cached": cached,
                          "split_half_spearman": float(ref_d["split_half"][0])},
-           "sliding_window": {"window": args.window, "evaluations": sw.evaluations, "seconds": sw.seconds,
-                              "spearman": rho_sw, "blocks_per_eval_over_L": sw_blocks},
-           "sliding_window_both": {"window": args.window, "evaluations": sw2.evaluations, "seconds": sw2.seconds,
-                                   "spearman": rho_sw2},
-           "monte_carlo": {"reached": bool(hit), "evaluations": mc_evals,
-                           "seconds": hit["seconds"] if hit else mc.seconds,
-                           "blocks_per_eval_over_L": mc_blocks},
-           "sw_over_mc_evaluations": ratio_evals, "eval_over_plain_forward": ratio_cost}
+           "sliding_window": [{k: v for k, v in r.items() if k != "values"} for r in rows.values()],
+           "monte_carlo": {"reached": bool(hit), "evaluations": mc_evals},
+           "heldout_draws_spearman": rho_draws, "p5_evaluations_ratio": ratio, "p5_met": ok}
     print(json.dumps(out))
     return out
 

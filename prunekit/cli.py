@@ -32,7 +32,7 @@ from prunekit.errors import PrunekitError
 
 PREFIX = {"alphapruning": "alpha", "absorption": "absorption"}
 RENAME = {"lam": "lambda"}  # python-safe parameter name -> flag word
-DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,7 +163,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2-135m", help="alias, .gguf file, HF directory or hub id")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: CUDA if available)")
     g.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="weights dtype (default: fp16/bf16 on GPU, fp32 on CPU)")
+                   help="compute dtype (default: bf16 where the GPU/CPU computes it natively, fp16 on older "
+                   "GPUs, else fp32; fp32 = reference numerics; statistics and the SparseGPT solve stay fp32)")
     g.add_argument("--eval", default="wikitext2",
                    help=f"comma-separated perplexity datasets from {','.join(DATASETS)} ('' to skip)")
     g.add_argument("--eval-seqlen", type=_int_in(2), default=1024, metavar="INT", help="tokens per window")
@@ -172,6 +173,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-shot", default="", help="comma-separated lm-eval tasks, e.g. boolq,rte,arc_easy")
     g.add_argument("--zero-shot-limit", type=_int_in(1), default=None, metavar="INT",
                    help="first N documents per task (default: all)")
+    g.add_argument("--zero-shot-batch-size", default="1", metavar="INT|auto",
+                   help="lm-eval batch size: an integer or 'auto' (lm-eval's detection on CUDA; 8 on CPU)")
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, metavar="INT", help="seed for every random step")
     o.add_argument("--out", default=None, help="write the JSON record here (atomically)")
@@ -371,6 +374,8 @@ def validate(args, table: dict | None = None) -> dict:
             raise PrunekitError(f"{flag} needs a path, got an empty string")
     if args.out:
         check_writable(args.out, "--out")
+    from prunekit.evaluation.zeroshot import resolve_batch_size
+    resolve_batch_size(args.zero_shot_batch_size, "cpu")
     if args.cmd == "prune":
         from prunekit.allocation import spec
         from prunekit.solvers.masks import parse_nm
@@ -551,7 +556,8 @@ def _execute(args, prep: dict, progress: bool) -> dict:
         from prunekit.evaluation.perplexity import perplexity
         from prunekit.solvers.prune import measure_sparsity
         utils.seed_everything(args.seed)
-        rec = {"model": args.model, **measure_sparsity(model), "seed": args.seed}
+        from prunekit.core.models import dtype_name
+        rec = {"model": args.model, "dtype": dtype_name(model.dtype), **measure_sparsity(model), "seed": args.seed}
         t1 = time.perf_counter()
         res = {d: perplexity(model, tok, d, args.eval_seqlen, args.eval_windows, progress=progress)
                for d in evals}
@@ -563,7 +569,8 @@ def _execute(args, prep: dict, progress: bool) -> dict:
         if zs:
             from prunekit.evaluation.perplexity import zero_shot
             t2 = time.perf_counter()
-            rec["zero_shot"] = zero_shot(model, tok, zs, limit=args.zero_shot_limit)
+            rec["zero_shot"] = zero_shot(model, tok, zs, limit=args.zero_shot_limit,
+                                         batch_size=args.zero_shot_batch_size)
             rec["timings_s"]["zero_shot"] = time.perf_counter() - t2
         rec["versions"] = utils.versions()
     else:
@@ -573,7 +580,8 @@ def _execute(args, prep: dict, progress: bool) -> dict:
                            calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
                            eval_datasets=evals, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
                            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                           offload=args.offload, restorable=False, progress=progress)
+                           offload=args.offload, restorable=False, progress=progress,
+                           zero_shot_batch_size=args.zero_shot_batch_size)
         except PrunekitError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:

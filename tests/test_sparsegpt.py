@@ -1,10 +1,144 @@
-"""SparseGPT (prunekit/solvers/sparsegpt.py, docs/methods.md §0.5): OBS reconstruction and its identities."""
+"""SparseGPT per shared input: grouping by input identity, the stacked solve against the per-linear
+solve, the single-linear solve against a plain transcription of Alg. 1, and in-place damping."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
+from conftest import tiny_calib, tiny_model
+from prunekit.core.engine import sequential
+from prunekit.core.models import layout
+from prunekit.solvers.prune import prune_block, prune_model
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
-from prunekit.solvers.sparsegpt import sparsegpt
+from prunekit.solvers.sparsegpt import SparseGPT, sparsegpt
+
+
+def _groups(model) -> list[list[set[str]]]:
+    """Per block: the sets of linears sharing one Hessian; checks each shared Hessian against
+    2/N XᵀX of the inputs that linear actually received (captured here by separate hooks)."""
+    lay, out, seen = layout(model), [], {}
+
+    def hook(i, name):
+        def f(mod, inp, _):
+            seen.setdefault((i, name), []).append(inp[0].reshape(-1, inp[0].shape[-1]).detach().clone())
+        return f
+
+    handles = [m.register_forward_hook(hook(i, n)) for i in range(lay.num_blocks) for n, m in lay.linears(i).items()]
+
+    def on_block(i, block, stats):
+        g: dict[int, set[str]] = {}
+        for name, h in stats["hessian"].items():
+            g.setdefault(id(h.root), set()).add(name)
+            X = torch.cat(seen[(i, name)])
+            ref = 2 * X.t() @ X / h.root.nseq  # N = 4 sequences (OPT's fc1 sees 2-D inputs: N = 2 batches)
+            assert float((h.H - ref).norm() / ref.norm()) < 1e-5, (i, name)
+        out.append(sorted(g.values(), key=sorted))
+
+    try:
+        sequential(model, tiny_calib(4, 16).input_ids, collect=("hessian",), on_block=on_block,
+                   modifies=False, batch_size=3, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def test_linears_reading_one_input_share_one_hessian():
+    want = sorted([{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, {"self_attn.o_proj"},
+                   {"mlp.gate_proj", "mlp.up_proj"}, {"mlp.down_proj"}], key=sorted)
+    for g in _groups(tiny_model("llama")):
+        assert g == want
+    opt = _groups(tiny_model("opt"))[0]
+    assert {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"} in opt and len(opt) == 4
+
+
+@pytest.mark.parametrize("kind, nm", [("llama", None), ("llama", (2, 4)), ("opt", None), ("gemma3", None)])
+def test_stacked_equals_per_linear(kind, nm):
+    """Each block on the same dense inputs: the stacked solve (prune_block) against SparseGPT of
+    every linear on its own, from the same Hessian."""
+    model = tiny_model(kind, seed=3)
+    lay = layout(model)
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.3, 0.8, size=(lay.num_blocks, len(lay.linear_names)))
+    values[1, 1] = 0.0  # k_proj of block 1 untouched: it drops out of its group
+    if nm is not None:
+        values[:] = 0.5
+    checked = []
+
+    def on_block(i, block, stats):
+        lins = lay.linears(i)
+        want = {n: (lins[n].weight.detach().clone() if values[i, k] == 0 and nm is None else
+                    sparsegpt(lins[n].weight, stats["hessian"][n].H, float(values[i, k]), nm))
+                for k, n in enumerate(lay.linear_names)}
+        prune_block(i, block, stats, values, "sparsegpt", nm, lay.linear_names)
+        for k, n in enumerate(lay.linear_names):
+            a, b = lins[n].weight.detach(), want[n]
+            assert torch.equal(a == 0, b == 0), (i, n)            # identical masks
+            assert float((a - b).norm() / b.norm()) <= 1e-5, (i, n)
+            if values[i, k] > 0:
+                assert float((a == 0).float().mean()) >= (0.5 if nm else values[i, k]) - 0.01
+        checked.append(i)
+
+    sequential(model, tiny_calib(8, 32, seed=4).input_ids, collect=("hessian",), on_block=on_block,
+               modifies=False, batch_size=3, progress=False)
+    assert checked == list(range(lay.num_blocks))
+
+
+def test_prune_model_sparsegpt_runs_stacked():
+    model = tiny_model("llama", seed=2)
+    rep = prune_model(model, tiny_calib(4, 32).input_ids, 0.5, "sparsegpt", progress=False)
+    assert rep["global_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def _alg1(W, H, s, blocksize, percdamp=0.01):
+    """SparseGPT Alg. 1 written out plainly (fp64, explicit inverse, one column at a time)."""
+    W, H = W.double().clone(), H.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    M = torch.zeros_like(W, dtype=torch.bool)
+    for j in range(W.shape[1]):
+        if j % blocksize == 0:
+            blk = slice(j, min(j + blocksize, W.shape[1]))
+            sc = (W[:, blk] / torch.diag(U)[blk]) ** 2
+            k = int(sc.numel() * s)
+            flat = torch.zeros(sc.numel(), dtype=torch.bool)
+            flat[torch.argsort(sc.reshape(-1))[:k]] = True
+            M[:, blk] = flat.reshape(sc.shape)
+        e = W[:, j] * M[:, j] / U[j, j]
+        W[:, j:] -= torch.outer(e, U[j, j:])
+        W[M[:, j], j] = 0
+    return W
+
+
+def test_single_linear_matches_transcription_of_alg1():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(400, 48, generator=g) * torch.linspace(0.2, 3, 48)
+    X[:, 7] = 0                                   # a dead input
+    H = 2 * X.t() @ X / 400
+    W = torch.randn(20, 48, generator=g)
+    got = sparsegpt(W, H, 0.6, blocksize=16)
+    want = _alg1(W, H, 0.6, 16)
+    assert torch.equal(got == 0, want == 0)
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5)
+    assert float((got == 0).float().mean()) >= 0.6
+
+
+def test_damping_is_in_place_and_does_not_touch_callers_hessian():
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(100, 32, generator=g)
+    H = X.t() @ X
+    keep = H.clone()
+    sparsegpt(torch.randn(8, 32, generator=g), H, 0.5)
+    assert torch.equal(H, keep)                      # the convenience wrapper copies
+    H2 = H.clone()
+    solver = SparseGPT(H2)
+    Hd = keep + 0.01 * torch.diag(keep).mean() * torch.eye(32)
+    assert torch.allclose(H2, torch.linalg.inv(Hd), rtol=1e-3, atol=1e-6)  # H2 now holds (H+λI)⁻¹
+    assert torch.allclose(solver.Hinv.t() @ solver.Hinv, H2, rtol=1e-3, atol=1e-6)
 
 
 def test_sparsegpt_reconstruction_beats_magnitude_and_wanda():

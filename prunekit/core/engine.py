@@ -17,6 +17,7 @@ several devices runs each block where it lives with its inputs following it.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -174,19 +175,63 @@ class WandaNorm(Stat):
 
 
 class Hessian(Stat):
-    """H = (2/N_seq) Σ X^T X over all calibration tokens (SparseGPT add_batch), fp32."""
+    """H = (2/N_seq) Σ X^T X over all calibration tokens (SparseGPT add_batch), fp32.
+
+    Linears fed the very same tensor (q/k/v; gate/up) share one accumulator: the Hessians of a
+    block are ``link``-ed, and the first linear to see an input tensor owns its sum; any other
+    linear that is then handed that same tensor object becomes an alias of the owner (one d×d
+    matrix and one XᵀX per input instead of one per linear; issue 12 §4). ``root`` is the owner."""
     def __init__(self, linear):
         super().__init__(linear)
-        self.sum = torch.zeros(self.d_in, self.d_in, dtype=torch.float32, device=linear.weight.device)
+        self._sum: torch.Tensor | None = None  # allocated on the first input it owns
+        self._device = linear.weight.device
+        self._owner: Hessian | None = None
+        self._seen: list | None = None        # per block: [(weakref to an input, its Hessian)]
+
+    @staticmethod
+    def link(hessians) -> None:
+        """Let these Hessians (one block's) detect a shared input by tensor identity."""
+        seen: list = []
+        for h in hessians:
+            h._seen = seen
+
+    @property
+    def root(self) -> "Hessian":
+        return self if self._owner is None else self._owner.root
 
     def add(self, x):
-        self.nseq += x.shape[0] if x.dim() == 3 else 1
-        x = x.reshape(-1, self.d_in).float()
-        self.sum.addmm_(x.t(), x)
+        if self._seen is not None:
+            self._seen[:] = [(r, h) for r, h in self._seen if r() is not None]
+            for r, h in self._seen:
+                if r() is x:                  # this tensor was already accumulated by h
+                    if h.root is not self.root:
+                        self._owner = h.root  # fed the same input: share h's Hessian
+                    return
+            self._seen.append((weakref.ref(x), self))
+        root = self.root
+        root.nseq += x.shape[0] if x.dim() == 3 else 1
+        x = x.reshape(-1, root.d_in).float()
+        if root._sum is None:
+            root._sum = torch.zeros(root.d_in, root.d_in, dtype=torch.float32, device=root._device)
+        root._sum.addmm_(x.t(), x)
+
+    @property
+    def sum(self) -> torch.Tensor:
+        r = self.root
+        if r._sum is None:
+            r._sum = torch.zeros(r.d_in, r.d_in, dtype=torch.float32, device=r._device)
+        return r._sum
 
     @property
     def H(self) -> torch.Tensor:
-        return self.sum * (2.0 / max(self.nseq, 1))
+        """A new tensor (2/N) Σ XᵀX."""
+        return self.sum * (2.0 / max(self.root.nseq, 1))
+
+    def take(self) -> torch.Tensor:
+        """(2/N) Σ XᵀX scaled in place, without a copy: the accumulator is consumed (its owner
+        may overwrite it, as SparseGPT does)."""
+        r = self.root
+        return self.sum.mul_(2.0 / max(r.nseq, 1))
 
 
 STATS: dict[str, type[Stat]] = {"wanda": WandaNorm, "hessian": Hessian}
@@ -215,6 +260,8 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
         with onload(model, i, write=modifies and on_block is not None):
             linears = lay.linears(i)
             stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
+            if "hessian" in stats:  # linears reading the same input share one X^T X (q/k/v, gate/up)
+                Hessian.link(stats["hessian"].values())
             handles = collect_hooks(linears, stats)
             dense_run_is_final = not modifies or on_block is None
             try:

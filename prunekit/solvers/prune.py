@@ -17,7 +17,7 @@ from prunekit.core.models import layout
 from prunekit.core.offload import onload
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import _check_nm_width, check_sparsity_value, magnitude_mask, parse_nm, wanda_mask
-from prunekit.solvers.sparsegpt import sparsegpt
+from prunekit.solvers.sparsegpt import SparseGPT
 
 METRICS = ("magnitude", "wanda", "sparsegpt")
 COLLECT = {"magnitude": (), "wanda": ("wanda",), "sparsegpt": ("hessian",)}
@@ -40,21 +40,33 @@ def plan_matrix(plan, lay) -> np.ndarray:
 
 
 def prune_block(i: int, block, stats, values: np.ndarray, metric: str, nm, names: list[str],
-                blocksize: int = 128, percdamp: float = 0.01) -> None:
-    """Prune every linear of block i in place with its planned sparsity."""
+                blocksize: int = 128, percdamp: float = 0.01, consume: bool = False) -> None:
+    """Prune every linear of block i in place with its planned sparsity. SparseGPT solves the
+    linears that read one input together (one Hessian, one factorisation, one column loop);
+    ``consume=True`` lets it damp and factor the accumulated Hessians in place (no d×d copy),
+    after which ``stats`` cannot be used again."""
     mods = dict(block.named_modules())
-    for k, name in enumerate(names):
-        lin = mods[name]
-        W = lin.weight.data
+    todo = [(k, name) for k, name in enumerate(names) if not (float(values[i, k]) == 0.0 and nm is None)]
+    if metric == "sparsegpt":
+        groups: dict[int, list[tuple[int, str]]] = {}
+        for k, name in todo:  # group by the accumulator that owns this linear's input Hessian
+            groups.setdefault(id(stats["hessian"][name].root), []).append((k, name))
+        for members in groups.values():
+            hess = stats["hessian"][members[0][1]]
+            solver = SparseGPT(hess.take() if consume else hess.H, percdamp, blocksize)
+            lins = [mods[name] for _, name in members]
+            pruned = solver.prune([lin.weight.data for lin in lins], [float(values[i, k]) for k, _ in members], nm)
+            for lin, w in zip(lins, pruned):
+                lin.weight.data.copy_(w.to(lin.weight.dtype))
+            del solver, pruned
+        return
+    for k, name in todo:
+        W = mods[name].weight.data
         s = float(values[i, k])
-        if s == 0.0 and nm is None:
-            continue
         if metric == "magnitude":
             W[magnitude_mask(W, s, nm)] = 0
-        elif metric == "wanda":
-            W[wanda_mask(W, stats["wanda"][name].norm, s, nm)] = 0
         else:
-            W.copy_(sparsegpt(W, stats["hessian"][name].H, s, nm, blocksize, percdamp).to(W.dtype))
+            W[wanda_mask(W, stats["wanda"][name].norm, s, nm)] = 0
 
 
 def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=None,
@@ -73,7 +85,7 @@ def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=
     need_data = metric != "magnitude"
 
     def on_block(i, block, stats):
-        prune_block(i, block, stats, values, metric, nm, lay.linear_names, blocksize, percdamp)
+        prune_block(i, block, stats, values, metric, nm, lay.linear_names, blocksize, percdamp, consume=True)
 
     if need_data:
         sequential(model, calib_ids, collect=COLLECT[metric], on_block=on_block,

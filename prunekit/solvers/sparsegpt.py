@@ -1,4 +1,11 @@
-"""SparseGPT (Frantar & Alistarh 2023; docs/methods.md §0.5): OBS column sweep with adaptive masks, read top to bottom."""
+"""SparseGPT (Frantar & Alistarh 2023; docs/methods.md §0.5) as one class, read top to bottom.
+
+``SparseGPT(H)`` owns one input's Hessian H = (2/N) Σ XᵀX: it damps it in place, factors the
+inverse once, and ``prune`` sweeps the columns of every weight matrix that reads that input.
+Linears fed the same tensor (q/k/v; gate/up) are row-stacked and solved in one column loop: the
+OBS update of a row only involves that row and H⁻¹, so stacking changes nothing but the cost,
+while each linear keeps its own sparsity (its mask is chosen within its own rows).
+"""
 from __future__ import annotations
 
 import torch
@@ -7,71 +14,100 @@ from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import _global_mask
 
 
-def hessian_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor of (H + λI)^-1 with λ = percdamp·mean(diag H); dead inputs get H_jj=1.
-    Returns (Hinv, dead). Damping grows ×10 if the factorisation fails."""
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    damp = percdamp * torch.mean(torch.diag(H))
-    idx = torch.arange(H.shape[0], device=H.device)
-    for _ in range(6):
+class SparseGPT:
+    """The OBS column sweep of SparseGPT Alg. 1 for the weights reading one input (fp32 inside).
+
+    ``H``: the accumulated fp32 Hessian of that input, **damped and overwritten in place** (it
+    ends up holding H⁻¹; no copy of a d×d matrix is made beyond one factor)."""
+
+    def __init__(self, H: torch.Tensor, percdamp: float = 0.01, blocksize: int = 128):
+        if H.dtype != torch.float32:
+            raise PrunekitError(f"SparseGPT needs an fp32 Hessian, got {H.dtype}")
+        self.blocksize = blocksize
+        self.Hinv, self.dead = self._inverse_cholesky(H, percdamp)
+
+    # ---- 1. damped Hessian → upper Cholesky factor of its inverse
+    @staticmethod
+    def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upper Cholesky factor U of (H + λI)⁻¹, λ = percdamp·mean(diag H), inputs that never fire
+        (H_jj = 0) set to H_jj = 1 and their weights zeroed. λ grows ×10 while the factorisation
+        fails. Works on H in place: peak memory is H plus one factor."""
+        diag = H.diagonal()
+        dead = diag == 0
+        diag[dead] = 1
+        damp = percdamp * diag.mean()
+        diag += damp
+        for _ in range(6):
+            L, info = torch.linalg.cholesky_ex(H)
+            if int(info) == 0:
+                torch.cholesky_inverse(L, out=H)             # H ← (H + λI)⁻¹
+                torch.linalg.cholesky(H, upper=True, out=L)  # L ← U with Uᵀ U = H⁻¹
+                return L, dead
+            extra = 9 * damp if damp > 0 else torch.tensor(1e-6, device=H.device)
+            diag += extra                                    # total damping λ ← 10 λ
+            damp = damp + extra
+        raise PrunekitError("Hessian is not positive definite even with heavy damping; use more calibration data")
+
+    # ---- 2. the column sweep over the row-stacked weights
+    @torch.no_grad()
+    def prune(self, weights: list[torch.Tensor], sparsities: list[float], nm=None) -> list[torch.Tensor]:
+        """Prune each of ``weights`` (all reading this input) to its own sparsity (or N:M per row);
+        return new fp32 tensors in the same order. The inputs are not modified."""
+        rows = [w.shape[0] for w in weights]
+        W = torch.cat([w.detach().float() for w in weights], 0)  # a fresh fp32 copy
+        W[:, self.dead] = 0
+        bounds = torch.tensor([0] + rows).cumsum(0).tolist()
+        groups = [(bounds[k], bounds[k + 1], float(s)) for k, s in enumerate(sparsities)]
+        # Thousands of tiny sequential ops: on a CPU extra threads only add sync overhead (and
+        # collapse under contention: 15 s vs 1.2 s per 576x1536 matrix here); GPUs are unaffected.
+        threads = torch.get_num_threads()
+        if W.device.type == "cpu":
+            torch.set_num_threads(1)
         try:
-            Hd = H.clone()
-            Hd[idx, idx] += damp
-            L = torch.linalg.cholesky(Hd)
-            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-            return Hinv, dead
-        except torch.linalg.LinAlgError:
-            damp = damp * 10 if damp > 0 else torch.tensor(1e-6, device=H.device)
-    raise PrunekitError("Hessian is not positive definite even with heavy damping; use more calibration data")
+            self._sweep(W, groups, nm)
+        finally:
+            torch.set_num_threads(threads)
+        return list(W.split(rows, 0))
+
+    def _sweep(self, W: torch.Tensor, groups, nm) -> None:
+        """In place, per column block of ``blocksize``: choose the mask (score w²/[H⁻¹]_jj², each
+        linear over its own rows), then for each column j the OBS update
+        W[:, j:] −= (w_j − q_j)/[H⁻¹]_jj · H⁻¹_{j, j:}; later blocks get the lazy batched update."""
+        Hinv, cols = self.Hinv, W.shape[1]
+        for i1 in range(0, cols, self.blocksize):
+            i2 = min(i1 + self.blocksize, cols)
+            W1 = W[:, i1:i2].clone()
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            d = torch.diag(Hinv1)
+            if nm is None:
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+                score = W1 ** 2 / d.reshape(1, -1) ** 2
+                for r0, r1, s in groups:
+                    mask1[r0:r1] = _global_mask(score[r0:r1], s)
+            else:
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            for i in range(i2 - i1):
+                if nm is not None and i % nm[1] == 0:
+                    sc = W1[:, i:i + nm[1]] ** 2 / d[i:i + nm[1]].reshape(1, -1) ** 2
+                    mask1.scatter_(1, i + torch.topk(sc, nm[0], dim=1, largest=False)[1], True)
+                m = mask1[:, i]
+                err = W1[:, i] * m / d[i]                     # (w − q)/[H⁻¹]_ii with q = w·(1 − mask)
+                W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # OBS update; column i becomes q
+                W1[:, i].masked_fill_(m, 0)                   # exact zeros despite rounding
+                Err1[:, i] = err
+            W[:, i1:i2] = W1
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+
+def hessian_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, dead) for a copy of ``H`` (see ``SparseGPT._inverse_cholesky``; H is left intact)."""
+    return SparseGPT._inverse_cholesky(H.to(torch.float32, copy=True), percdamp)
 
 
 @torch.no_grad()
 def sparsegpt(W: torch.Tensor, H: torch.Tensor, s: float, nm=None, blocksize: int = 128,
               percdamp: float = 0.01) -> torch.Tensor:
-    """SparseGPT (Frantar & Alistarh 2023, Alg. 1): OBS mask selection per column block of
-    ``blocksize`` over all rows jointly (score w²/[H⁻¹]_jj²), then column-wise error feedback
-    W[:, j:] -= (w_j - q_j)/[H⁻¹]_jj · H⁻¹_{j, j:} with lazy updates of later blocks. fp32 inside."""
-    W = W.detach().float().clone()
-    # Thousands of tiny sequential ops: on a CPU extra threads only add sync overhead (and
-    # collapse under contention: 15 s vs 1.2 s per 576x1536 matrix here); GPUs are unaffected.
-    threads = torch.get_num_threads()
-    if W.device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        Hinv, dead = hessian_inverse_cholesky(H.float(), percdamp)
-        W[:, dead] = 0
-        _sparsegpt_columns(W, Hinv, s, nm, blocksize)
-    finally:
-        torch.set_num_threads(threads)
-    return W
-
-
-def _sparsegpt_columns(W: torch.Tensor, Hinv: torch.Tensor, s: float, nm, blocksize: int) -> None:
-    """In place: mask selection per column block + OBS error feedback (SparseGPT Alg. 1)."""
-    rows, cols = W.shape
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
-        if nm is None:
-            mask1 = _global_mask(W1 ** 2 / d.reshape(1, -1) ** 2, s)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
-                sc = W1[:, i:i + nm[1]] ** 2 / d[i:i + nm[1]].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(sc, nm[0], dim=1, largest=False)[1], True)
-            m = mask1[:, i]
-            err = W1[:, i] * m / d[i]              # (w - q)/[H^-1]_ii with q = w·(1-mask)
-            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # OBS update; column i becomes q
-            W1[:, i].masked_fill_(m, 0)            # exact zeros despite rounding
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
-
-# ----------------------------------------------------------------------------- model-level pruning
+    """One linear on its own: SparseGPT of ``W`` with Hessian ``H`` (copied, not modified) at
+    sparsity ``s``; returns the pruned fp32 weight."""
+    return SparseGPT(H.to(torch.float32, copy=True), percdamp, blocksize).prune([W], [s], nm)[0]

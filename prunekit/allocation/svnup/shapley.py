@@ -51,7 +51,7 @@ class _Memo:
 
     def prefetch(self, masks, progress: bool = False, desc: str = "coalitions") -> None:
         todo = sorted({int(m) for m in masks} - self.table.keys(), key=self.trie_key)
-        for m in tqdm(todo, desc=desc, disable=bars_disabled(progress), leave=False):
+        for m in tqdm(todo, desc=desc, unit="coalition", disable=bars_disabled(progress), leave=False):  # total known: ETA
             self(m)
 
     @property

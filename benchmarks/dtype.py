@@ -1,0 +1,121 @@
+"""bf16 against fp32 on this CPU: P7 and what bf16 changes in pruned perplexity.
+
+    python -m benchmarks.dtype [--calib-samples 8 --calib-seqlen 256 --eval-windows 4 --p7-windows 16]
+
+1. P7: perplexity-evaluation tokens/s of the default dtype (``pick_dtype``: bf16 where the CPU
+   computes it natively) ÷ fp32 on the dense model, wikitext2 ``--p7-windows`` × 1024, and the
+   perplexity difference (goal: ratio ≥ 1.8, ppl within 1 %).
+2. Wanda and SparseGPT at 50 % and 70 % (uniform) in fp32 and in bf16, one after the other per
+   row (so machine load drifts hit both dtypes alike): pruned perplexity on ``--eval-windows``
+   × 1024 wikitext2 windows and the prune wall; Wanda prune wall bf16 ÷ fp32.
+
+``--split S``: only separate calibration from evaluation at Wanda sparsity S: mask agreement of the
+fp32- and bf16-calibrated prunes, and each pruned model evaluated in both dtypes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.dtype", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--calib-samples", type=int, default=8)
+    ap.add_argument("--calib-seqlen", type=int, default=256)
+    ap.add_argument("--eval-windows", type=int, default=4)
+    ap.add_argument("--p7-windows", type=int, default=16)
+    ap.add_argument("--sparsities", default="0.5,0.7")
+    ap.add_argument("--metrics", default="wanda,sparsegpt")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--split", type=float, default=None, help="only the calibration/evaluation split at this sparsity")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.split is not None:
+        return split(args)
+
+    from prunekit.core.models import dtype_name, pick_device, pick_dtype
+    from prunekit.evaluation.perplexity import perplexity
+    from prunekit.experiments.session import Session
+
+    default = dtype_name(pick_dtype(None, pick_device(None)))
+    dtypes = ["fp32"] + ([default] if default != "fp32" else ["bf16"])
+    sess = {d: Session(model_name=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
+                       eval_seqlen=1024, eval_windows=args.eval_windows, dtype=d, progress=False)
+            for d in dtypes}
+    print(f"model {args.model}; default dtype on this machine: {default}; torch threads {torch.get_num_threads()}; "
+          f"calibration c4 {args.calib_samples} x {args.calib_seqlen}; eval wikitext2 {args.eval_windows} x 1024")
+
+    out: dict = {"default_dtype": default, "p7": {}, "rows": []}
+    for d in dtypes:  # warm-up: first forward pays one-off costs
+        perplexity(sess[d].model, sess[d].tokenizer, "wikitext2", 1024, 1, progress=False)
+    p7 = {}
+    for d in dtypes:
+        p7[d] = perplexity(sess[d].model, sess[d].tokenizer, "wikitext2", 1024, args.p7_windows, progress=False)
+    lo = dtypes[1]
+    r = p7[lo]["tokens_per_s"] / p7["fp32"]["tokens_per_s"]
+    dp = p7[lo]["perplexity"] / p7["fp32"]["perplexity"] - 1
+    out["p7"] = {"windows": p7["fp32"]["windows"], "tokens_per_s": {d: p7[d]["tokens_per_s"] for d in dtypes},
+                 "perplexity": {d: p7[d]["perplexity"] for d in dtypes}, "ratio": r, "ppl_rel_diff": dp}
+    print(f"P7  dense ppl eval ({p7['fp32']['windows']} x 1024): fp32 {p7['fp32']['tokens_per_s']:.0f} tok/s ppl "
+          f"{p7['fp32']['perplexity']:.4f}; {lo} {p7[lo]['tokens_per_s']:.0f} tok/s ppl {p7[lo]['perplexity']:.4f}; "
+          f"ratio {r:.2f} (goal >= 1.8), ppl {dp:+.3%} (goal within 1 %) -> "
+          f"{'MET' if r >= 1.8 and abs(dp) <= 0.01 else 'NOT MET'}")
+
+    print(f"\n{'metric':<10}{'sparsity':>9}{'ppl fp32':>11}{'ppl ' + lo:>11}{'rel diff':>10}"
+          f"{'prune s fp32':>14}{'prune s ' + lo:>14}{'ratio':>7}")
+    for metric in filter(None, args.metrics.split(",")):
+        for s in (float(x) for x in args.sparsities.split(",")):
+            rec = {d: sess[d].run("uniform", metric, s) for d in dtypes}
+            ppl = {d: rec[d]["perplexity"]["wikitext2"] for d in dtypes}
+            wall = {d: rec[d]["timings_s"]["calibrate_prune"] for d in dtypes}
+            row = {"metric": metric, "sparsity": s, "ppl": ppl, "prune_s": wall,
+                   "ppl_rel_diff": ppl[lo] / ppl["fp32"] - 1, "prune_ratio": wall[lo] / wall["fp32"],
+                   "dtype_recorded": {d: rec[d]["dtype"] for d in dtypes}}
+            out["rows"].append(row)
+            print(f"{metric:<10}{s:>9.2f}{ppl['fp32']:>11.3f}{ppl[lo]:>11.3f}{row['ppl_rel_diff']:>+10.2%}"
+                  f"{wall['fp32']:>14.1f}{wall[lo]:>14.1f}{row['prune_ratio']:>7.2f}", flush=True)
+    w = [r["prune_ratio"] for r in out["rows"] if r["metric"] == "wanda"]
+    if w:
+        print(f"\nWanda prune wall {lo} / fp32: {', '.join(f'{x:.2f}' for x in w)}")
+    print(json.dumps(out))
+    return out
+
+
+def split(args) -> dict:
+    from prunekit.core.data import calibration_data
+    from prunekit.core.models import layout, load_model
+    from prunekit.evaluation.perplexity import perplexity
+    from prunekit.solvers.prune import prune_model
+    models = {}
+    for d in ("fp32", "bf16"):
+        m, tok = load_model(args.model, dtype=d)
+        calib = calibration_data("c4", tok, args.calib_samples, args.calib_seqlen, 0)
+        prune_model(m, calib.input_ids, args.split, "wanda", progress=False)
+        models[d] = m
+    lay = {d: layout(m) for d, m in models.items()}
+    agree = tot = 0
+    for i in range(lay["fp32"].num_blocks):
+        for n, a in lay["fp32"].linears(i).items():
+            b = lay["bf16"].linears(i)[n]
+            agree += int(((a.weight == 0) == (b.weight == 0)).sum())
+            tot += a.weight.numel()
+    out = {"mask_agreement": agree / tot, "ppl": {}}
+    print(f"Wanda {args.split:.0%} masks, fp32- vs bf16-calibrated: {agree / tot:.4%} of entries agree", flush=True)
+    for d, m in models.items():
+        for e in ("fp32", "bf16"):
+            m.to(torch.float32 if e == "fp32" else torch.bfloat16)
+            p = perplexity(m, tok, "wikitext2", 1024, args.eval_windows, progress=False)["perplexity"]
+            out["ppl"][f"{d}-calibrated/{e}-evaluated"] = p
+            print(f"pruned with {d} calibration, evaluated in {e}: ppl {p:.2f}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - t0:.0f} s")
