@@ -113,7 +113,9 @@ def test_packaged_grids_are_the_comparison_profiles():
             if m in g.allocations:
                 assert all(g.allocations[m][1][k] == v for k, v in opts.items())
         # the designed runs: every group's allocations for every seed, nothing else
-        assert len(g.cells()) == len(cfg["seeds"]) * sum(len(grp["allocations"]) for grp in cfg["groups"])
+        assert g.models == cfg["models"]  # both families where the profile runs both
+        assert len(g.cells()) == len(cfg["models"]) * len(cfg["seeds"]) * sum(len(grp["allocations"])
+                                                                             for grp in cfg["groups"])
         assert {(c["sparsity"], c["metric"], c["allocation"]) for c in g.cells()} == {
             (grp["sparsity"], grp["metric"], lab) for grp in cfg["groups"] for lab in grp["allocations"]}
 
@@ -267,3 +269,20 @@ def test_reports_render_as_ray_tasks_with_failure_handling(tmp_path, local_ray):
     assert (out / "02_bad.failed.html").exists() and not (out / "02_bad.html").exists()
     write_index(out, runs)
     assert "FAILED" in (out / "index.html").read_text()
+
+
+def test_notebook_50_reads_its_workload_from_the_grid_file():
+    """Notebook 50's settings come from the packaged grid file its profile names, and equal the
+    profile table (so `prunekit sweep comparison-<profile>` runs exactly the notebook's cells)."""
+    import json
+
+    from prunekit.experiments import comparison
+    from prunekit.experiments.profiles import COMPARISON
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "50_comparison.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert 'comparison.settings_from_grid(grid or f"comparison-{profile}"' in code
+    for prof in COMPARISON:
+        a, b = comparison.settings(prof), comparison.settings_from_grid(f"comparison-{prof}")
+        for k in ("models", "seeds", "groups", "calib_samples", "calib_seqlen", "eval_datasets", "eval_seqlen",
+                  "eval_windows", "method_options"):
+            assert a[k] == b[k], (prof, k)

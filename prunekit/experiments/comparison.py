@@ -277,6 +277,26 @@ def run_groups(session, seeds, groups, options: dict | None = None, on_group=Non
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def settings_from_grid(grid: str, **overrides) -> dict:
+    """Notebook 50's workload read from a grid file — a packaged name such as ``comparison-cpu``
+    (``prunekit/experiments/grids``) or a path — validated, in the same shape as ``settings``;
+    ``None`` overrides keep the grid's value. The same file runs unchanged with
+    ``prunekit sweep GRID --out results.jsonl [--ray]``."""
+    from prunekit.experiments.sweep import parse_grid, read_grid
+    raw = read_grid(grid)
+    g = parse_grid(raw, where=str(grid))
+    combos = g.groups if g.groups is not None else [(s, m, list(g.allocations)) for s in g.sparsities
+                                                    for m in g.metrics]
+    out = {"grid": str(grid), "models": list(g.models), "seeds": list(g.seeds),
+           "groups": [{"sparsity": s, "metric": m, "allocations": list(labs)} for s, m, labs in combos],
+           "calib_samples": g.calibration["samples"], "calib_seqlen": g.calibration["seqlen"],
+           "eval_datasets": list(g.evaluation["datasets"]), "eval_seqlen": g.evaluation["seqlen"],
+           "eval_windows": g.evaluation["windows"], "zero_shot_tasks": list(g.zero_shot["tasks"]),
+           "zero_shot_limit": g.zero_shot["limit"], "method_options": dict(raw.get("method_options") or {})}
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
 def settings(profile: str, **overrides) -> dict:
     """Comparison workload for a profile; ``None`` overrides keep the profile's value."""
     check_profile(profile)

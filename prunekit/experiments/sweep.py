@@ -291,7 +291,7 @@ def load_grid(path_or_obj) -> Grid:
     return parse_grid(read_grid(path_or_obj), str(_grid_path(path_or_obj)))
 
 
-def comparison_grid(profile: str, model: str = "smollm2-135m") -> dict:
+def comparison_grid(profile: str, model: str | None = None) -> dict:
     """Notebook 50's grid for a profile, from ``profiles.COMPARISON`` (what the shipped
     ``grids/comparison-<profile>.yaml`` files hold; tests/test_sweep.py checks they agree)."""
     from prunekit.experiments import comparison
@@ -305,7 +305,7 @@ def comparison_grid(profile: str, model: str = "smollm2-135m") -> dict:
                                                                           "options": dict(opts)})
     return {"name": f"comparison-{profile}",
             "description": f"notebook 50 (grand comparison), profile {profile}: experiments/profiles.py COMPARISON",
-            "models": [model], "allocations": allocs, "method_options": {k: dict(v) for k, v in mo.items()},
+            "models": [model] if model else list(s["models"]), "allocations": allocs, "method_options": {k: dict(v) for k, v in mo.items()},
             "groups": [{"sparsity": g["sparsity"], "metric": g["metric"], "allocations": list(g["allocations"])}
                        for g in s["groups"]],
             "seeds": list(s["seeds"]),
