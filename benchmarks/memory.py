@@ -50,13 +50,7 @@ def peak_mb() -> float:
     return v if v == v else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+from benchmarks.pipeline import reset_peak  # noqa: E402  (one clear_refs helper)
 
 
 # ----------------------------------------------------------------------------- the 7B-shape model

@@ -90,3 +90,15 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     # unit tests never touch the user's cache, except slow tests that reuse the dequantised model
     if "slow" not in request.keywords:
         monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def hf_byte_tokenizer():
+    """A byte-level tokenizer built offline: one token per byte (+ <|endoftext|>), no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")

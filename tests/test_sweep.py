@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import hf_byte_tokenizer
 
 from prunekit.errors import PrunekitError
 
@@ -21,16 +22,6 @@ needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason=
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _byte_tokenizer():
-    """Offline byte-level tokenizer (one token per byte, no merges) that save_pretrained can write."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def model_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from prunekit.core.models import save_model
-    tok = _byte_tokenizer()
+    tok = hf_byte_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)

@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from conftest import tiny_model
+from conftest import hf_byte_tokenizer, tiny_model
 
 from prunekit.errors import PrunekitError
 
@@ -219,16 +219,6 @@ def test_bad_task_name_and_fallback(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def _byte_tokenizer():
-    """A byte-level tokenizer built offline: one token per byte (+ <|endoftext|>), no merges."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
 def _llama(tok, layers=4, seed=0):
@@ -241,7 +231,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # shared fixture in conftest
 
 @pytest.fixture(scope="module")
 def tok():
-    return _byte_tokenizer()
+    return hf_byte_tokenizer()
 
 
 def _stderr(p, n):

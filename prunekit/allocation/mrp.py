@@ -160,18 +160,18 @@ class BlockTable:
         (mean over ALL n entries, zeros included); survivors above tau are outliers; the ratio is
         over all n entries, pruned ones counting as non-outliers. A group with ``c`` scores ≤ tau
         that lost its ``k`` lowest keeps ``n_g − max(c, k)`` outliers."""
-        removed = 0.0
-        ks = []
-        for f in self.families:
-            k = prune_count(f.n, s)  # the solvers' count
-            ks.append(k)
-            removed += float(f.csum[:, k].sum())
+        ks, removed = self._removed(s)
         tau = self.m * (self.total - removed) / self.size
         out = 0.0
         for f, k in zip(self.families, ks):
             c = torch.searchsorted(f.sorted, torch.full((f.groups, 1), tau, dtype=f.sorted.dtype), right=True)
             out += float((f.n - c.squeeze(1).clamp_min(k)).sum())
         return 1.0 - out / self.size
+
+    def _removed(self, s: float) -> tuple[list[int], float]:
+        """Per family the solvers' count k = prune_count(n_g, s), and the summed scores it removes."""
+        ks = [prune_count(f.n, s) for f in self.families]
+        return ks, float(sum(f.csum[:, k].sum() for f, k in zip(self.families, ks)))
 
     def counts(self, s: float) -> tuple[float, float]:
         """(surviving non-outliers, surviving weights) after removing ``prune_count(n_g, s)`` lowest of
@@ -184,13 +184,8 @@ class BlockTable:
                 non += float(f.suffix[i] - k * (f.groups - i))
                 surv += f.groups * (f.n - k)
             return non, surv
-        removed = 0.0
-        ks = []
-        for f in self.families:
-            k = prune_count(f.n, s)  # the solvers' count
-            ks.append(k)
-            removed += float(f.csum[:, k].sum())
-            surv += f.groups * (f.n - k)
+        ks, removed = self._removed(s)
+        surv = float(sum(f.groups * (f.n - k) for f, k in zip(self.families, ks)))
         tau = self.m * (self.total - removed) / surv if surv > 0 else 0.0
         for f, k in zip(self.families, ks):
             c = torch.searchsorted(f.sorted, torch.full((f.groups, 1), tau, dtype=f.sorted.dtype), right=True)

@@ -660,31 +660,27 @@ def run_grid(grid, out=None, *, ray: bool = False, address: str | None = None, n
                 break
             bar = tqdm(total=len(todo), desc=f"sweep{'' if not attempt else f' (retry {attempt})'}",
                        unit="cell", disable=not progress)
+
+            def on_event(kind, payload):  # a model load or a finished cell, from either runner
+                if kind == "load":
+                    stats["model_loads"] += 1
+                    stats["load_s"] += payload
+                else:
+                    record(payload)
+                    bar.update()
+
             if ray or address:
                 groups = {}
                 for k, st in todo:
                     groups.setdefault((st["model"], st["seed"]), []).append((k, st))
-
-                def on_event(gi, kind, payload):
-                    if kind == "load":
-                        stats["model_loads"] += 1
-                        stats["load_s"] += payload
-                    else:
-                        record(payload)
-                        bar.update()
-                _ray_execute(list(groups.values()), on_event, task_cpus)
+                _ray_execute(list(groups.values()), lambda gi, kind, payload: on_event(kind, payload), task_cpus)
             else:
                 by_model = {}
                 for k, st in todo:
                     by_model.setdefault(st["model"], []).append((k, st))
                 for items in by_model.values():
                     for kind, payload in run_cells(items, progress=False):
-                        if kind == "load":
-                            stats["model_loads"] += 1
-                            stats["load_s"] += payload
-                        else:
-                            record(payload)
-                            bar.update()
+                        on_event(kind, payload)
             bar.close()
     finally:
         if started:
