@@ -523,8 +523,10 @@ def run(argv=None) -> dict:
         for name, doc in sorted(methods().items()):
             print(f"{name:<14} {doc}")
         return {}
-    if args.cmd == "demo":
-        return demo(args.model, args.profile, args.offload)
+    if args.cmd == "demo":  # the same bar policy as prune/eval: none when stderr is not a terminal
+        progress = progress_wanted(False)
+        with (contextlib.nullcontext() if progress else bars_off()):
+            return demo(args.model, args.profile, args.offload, progress)
     if args.cmd == "tasks":
         return tasks_command(args.write, args.tasks, args.model)
     if args.cmd == "sweep":
@@ -655,10 +657,10 @@ class SaveError(PrunekitError):
     """Writing an output failed after the run completed (exit 1: the input was fine)."""
 
 
-def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "auto") -> dict:
+def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "auto", progress: bool = True) -> dict:
     """Dense vs 50 % magnitude / Wanda / SparseGPT on the default model: the README's first command."""
     from prunekit.experiments.session import Session
-    sess = Session.from_profile(profile, model_name=model, offload=offload)
+    sess = Session.from_profile(profile, model_name=model, offload=offload, progress=progress)
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")
     rows = [("dense", 0.0, sess.dense()["wikitext2"])]
