@@ -462,7 +462,8 @@ def _print_summary(rec: dict) -> None:
 def progress_wanted(quiet: bool, force: bool = False, stream=None) -> bool:
     """Bars only for a person watching: off with --quiet or TQDM_DISABLE=1, off when stderr is not a
     terminal (log files, CI) unless forced with --progress or PRUNEKIT_PROGRESS=1."""
-    if quiet or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+    from prunekit.utils import env_bars_off
+    if quiet or env_bars_off():
         return False
     if force or os.environ.get("PRUNEKIT_PROGRESS", "").lower() in ("1", "true", "yes"):
         return True

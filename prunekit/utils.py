@@ -113,10 +113,14 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def env_bars_off() -> bool:
+    """TQDM_DISABLE set: tqdm reads it only as a default, so an explicit ``disable=False`` would win."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def bars_disabled(progress: bool = True) -> bool:
-    """tqdm's ``disable`` for a prunekit bar: off when the caller says so or when TQDM_DISABLE is set
-    (tqdm reads that variable only as a default, and an explicit ``disable=False`` would win)."""
-    return (not progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    """tqdm's ``disable`` for a prunekit bar: off when the caller says so or when TQDM_DISABLE is set."""
+    return (not progress) or env_bars_off()
 
 
 def seed_everything(seed: int) -> None:
@@ -142,6 +146,6 @@ def tqdm(*args, **kwargs):
     when the caller passes ``disable=`` itself (tqdm reads the variable only as a default); the
     report renderer sets it so papermill runs stay silent."""
     from tqdm.auto import tqdm as _tqdm
-    if os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if env_bars_off():
         kwargs["disable"] = True
     return _tqdm(*args, **kwargs)

@@ -102,13 +102,14 @@ SVNUP = {
     # held-out value set and estimator sizes per profile; quick = CI rendering on a shared CPU
     "quick": dict(heldout_samples=1, heldout_seqlen=32, window=3, reference_permutations=4, mc_permutations=3,
                   study_windows=(3,), study_backgrounds=("absent",), sparsities=(0.7,),
-                  metrics=("wanda",), game_metric="wanda"),  # SparseGPT costs ~100 s a prune on CPU
+                  metrics=("wanda",), game_metric="wanda", models=["smollm2-135m"]),  # SparseGPT ~100 s a prune on CPU
     "cpu": dict(heldout_samples=8, heldout_seqlen=128, window=5, reference_permutations=100, mc_permutations=60,
                 study_windows=(3, 5), study_backgrounds=("absent", "both"), sparsities=(0.6, 0.7),
-                metrics=("sparsegpt", "wanda"), game_metric="wanda"),
+                metrics=("sparsegpt", "wanda"), game_metric="wanda", models=["smollm2-135m", "gemma3-270m"]),
     "paper": dict(heldout_samples=32, heldout_seqlen=None, window=5, reference_permutations=400,
                   mc_permutations=200, study_windows=(3, 5, 7), study_backgrounds=("absent", "both"),
-                  sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"), game_metric="same"),
+                  sparsities=(0.6, 0.7), metrics=("sparsegpt", "wanda"), game_metric="same",
+                  models=["smollm2-135m", "gemma3-270m"]),
 }
 
 

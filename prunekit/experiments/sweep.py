@@ -621,7 +621,7 @@ def run_grid(grid, out=None, *, ray: bool = False, address: str | None = None, n
     """Run every cell of ``grid`` not yet in ``out`` (JSON lines); return all the grid's results as
     a DataFrame (``frame``), one row per cell in grid order; ``df.attrs``: ``model_loads``, ``ran``
     (cells computed now), ``skipped`` (cells found in ``out``), ``failed``, ``records``."""
-    from tqdm.auto import tqdm
+    from prunekit.utils import tqdm
     g = load_grid(grid)
     if retries < 0:
         raise PrunekitError(f"retries must be >= 0, got {retries}")

@@ -42,29 +42,32 @@ def parameters(nb) -> dict:
     return ns
 
 
+# the profile table each two-family notebook reads its ``models`` default from (experiments/profiles.py)
+MODEL_TABLES = {"21": "MRP_SELECTION", "30": "SVNUP", "40": "ABSORPTION", "50": "COMPARISON"}
+
+
 def models_per_profile(nb_path: Path) -> dict[str, list[str]]:
     """The models each profile of a notebook loads, from its parameters: ``model`` (None: the
-    default model), ``extra_models`` outside quick (20), and ``models`` (21, 30, 40, 50; None: the
-    notebook's model for quick, both families — smollm2-135m and gemma3-270m — for cpu and paper,
-    as every two-family profile table in experiments/profiles.py lists)."""
+    default model), ``extra_models`` outside quick (20), and ``models`` (None: the notebook's
+    profile table in ``MODEL_TABLES``, its first entry replaced by ``model``)."""
     import nbformat
     from prunekit.core.models import DEFAULT_MODEL
+    from prunekit.experiments import profiles
     p = parameters(nbformat.read(nb_path, as_version=4))
+    table = MODEL_TABLES.get(nb_path.name[:2])
     out = {}
     for prof in PROFILES:
-        models = [p.get("model") or DEFAULT_MODEL]
+        model = p.get("model") or DEFAULT_MODEL
+        models = [model]
         if "extra_models" in p and prof != "quick":
             models += list(p["extra_models"])
         if "models" in p:
             if p["models"]:
                 models = list(p["models"])
-            elif prof != "quick":
-                models += [m for m in TWO_FAMILIES if m not in models]
+            elif table is not None:
+                models = [model] + list(getattr(profiles, table)[prof]["models"])[1:]
         out[prof] = list(dict.fromkeys(models))
     return out
-
-
-TWO_FAMILIES = ("smollm2-135m", "gemma3-270m")
 
 
 def model_packages(models) -> list[str]:
