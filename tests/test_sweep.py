@@ -277,3 +277,28 @@ def test_notebook_50_reads_its_workload_from_the_grid_file():
         for k in ("models", "seeds", "groups", "calib_samples", "calib_seqlen", "eval_datasets", "eval_seqlen",
                   "eval_windows", "method_options"):
             assert a[k] == b[k], (prof, k)
+
+
+@needs_data
+def test_notebook_50_runner_records_window_nlls_and_reads_a_filled_results_file(model_dir, tmp_path):
+    """comparison.run_grid (notebook 50) goes through the grid runner: every row carries the per-window
+    NLLs the paired bootstrap needs (and its perplexity is their exp-mean), and a results file filled
+    ahead by `prunekit sweep` is read back without re-running a cell."""
+    import math
+
+    from prunekit.cli import main
+    from prunekit.experiments import comparison
+    g = grid(model_dir, seeds=[0], metrics=["wanda"])
+    path = tmp_path / "g.yaml"
+    path.write_text(json.dumps(g))
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
+    before = out.read_text()
+    df = comparison.run_grid(str(path), results=out)
+    assert out.read_text() == before  # nothing re-run, nothing appended
+    assert len(df) == 2 and "cell" not in df
+    for _, r in df.iterrows():
+        assert len(r["nll_wikitext2"]) == 2
+        assert math.isclose(r["ppl_wikitext2"], math.exp(sum(r["nll_wikitext2"]) / 2), rel_tol=1e-12)
+    fresh = comparison.run_grid(str(path), models=[model_dir])  # no file: computed again, same numbers
+    assert fresh["ppl_wikitext2"].tolist() == df["ppl_wikitext2"].tolist()

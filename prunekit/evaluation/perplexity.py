@@ -54,7 +54,8 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", seqlen: int = 2048,
     tokens = len(nlls) * seqlen
     return {"dataset": dataset, "perplexity": perplexity_from_nlls(nlls, seqlen), "windows": len(nlls),
             "seqlen": seqlen, "tokens": tokens, "tokens_per_s": tokens / dt, "seconds": dt,
-            "data_sha256": src.sha256, "data_origin": src.origin}
+            "data_sha256": src.sha256, "data_origin": src.origin,
+            "window_nll": [float(x) for x in nlls]}  # per window: the paired bootstrap's unit
 
 
 def zero_shot(model, tokenizer, tasks, limit=None, batch_size=1, **kwargs) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from prunekit.allocation.registry import methods
+from prunekit.errors import PrunekitError
 from prunekit.experiments.profiles import COMPARISON, COMPARISON_METHOD_OPTIONS
 from prunekit.experiments.profiles import profile as check_profile
 
@@ -231,50 +232,36 @@ def _pct(x):
 
 # ---------------------------------------------------------------- the designed sweep with per-window NLLs
 
-def window_recorder(session, datasets=None):
-    """``on_run`` hook for ``Session.sweep(..., evaluate=False)``: per-window NLLs of every
-    evaluation dataset (``nll_<d>``, the paired bootstrap's input) and ``ppl_<d>`` from them, on the
-    pruned model before it is restored (one evaluation per run)."""
-    from prunekit.core.data import eval_tokens
-    from prunekit.evaluation.perplexity import perplexity_from_nlls, window_nlls
-    datasets = list(datasets or session.eval_datasets)
-    ids = {d: eval_tokens(d, session.tokenizer, session.eval_seqlen)[0] for d in datasets}
+def grid_mapping(grid: str, *, models=None, seeds=None, groups=None, eval_windows=None) -> dict:
+    """The raw mapping of grid file ``grid`` (a packaged name such as ``comparison-cpu`` or a path)
+    with the notebook's overrides applied (``None`` keeps the file's value); validated when run."""
+    from prunekit.experiments.sweep import read_grid
+    raw = dict(read_grid(grid))
+    if models is not None:
+        raw["models"] = list(models)
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
+    if groups is not None:
+        raw["groups"] = [dict(g) for g in groups]
+    if eval_windows is not None:
+        raw["evaluation"] = {**(raw.get("evaluation") or {}), "windows": eval_windows}
+    return raw
 
-    def on_run(rec, row):
-        for d in datasets:
-            nll = window_nlls(session.model, ids[d], session.eval_seqlen, session.eval_windows, progress=False)
-            row[f"nll_{d}"] = [float(x) for x in nll]
-            row[f"ppl_{d}"] = perplexity_from_nlls(nll, session.eval_seqlen)
-    return on_run
 
-
-def run_groups(session, seeds, groups, options: dict | None = None, on_group=None) -> pd.DataFrame:
-    """The designed sweep: ``groups`` = [{"sparsity", "metric", "allocations": [labels]}] (labels of
-    ``configurations()``), every group for every seed (seed outermost, so a cut run keeps whole
-    seeds), with per-window NLLs recorded. ``options`` as in ``run_comparison``."""
-    options = options or {}
-    known = {lab: (m, o) for lab, m, o in configurations()}
-    rec = window_recorder(session)
-    parts = []
-    for seed in seeds:
-        for g in groups:
-            variants = {}
-            for lab in g["allocations"]:
-                if lab not in known:
-                    continue
-                method, opts = known[lab]
-                if method == "absorption":
-                    opts = {"base_options": options.get(opts["base"], {}), **opts}
-                variants[lab] = (method, opts)
-            if not variants:
-                continue
-            df = session.sweep(variants, [g["metric"]], [g["sparsity"]], options, seeds=[seed], on_run=rec,
-                               evaluate=False)
-            df.insert(0, "model", session.model_name)
-            parts.append(df)
-            if on_group is not None:
-                on_group(df)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def run_grid(grid: str, *, results=None, progress: bool = False, **overrides) -> pd.DataFrame:
+    """Notebook 50's runs through the one grid runner (``sweep.run_grid``): every cell of ``grid``
+    with ``overrides`` (see ``grid_mapping``), one row per run with ``ppl_<d>`` and the per-window
+    ``nll_<d>`` the paired bootstrap needs. With ``results`` (a JSON-lines file) the cells already
+    recorded there by the same code are read back instead of re-run, and new ones are appended — so a
+    long render can be filled ahead, per model or on Ray, by ``prunekit sweep GRID --out FILE``."""
+    from prunekit.experiments.sweep import run_grid as _run
+    df = _run(grid_mapping(grid, **overrides), out=results, progress=progress)
+    failed = df.attrs.get("failed") or []
+    if failed:
+        bad = next(r for r in df.attrs["records"] if r["cell"] in failed)
+        raise PrunekitError(f"{len(failed)} of {len(df)} runs failed; first: {bad['error']} "
+                            f"({bad['settings']['model']}, {bad['settings']['allocation']})")
+    return df.drop(columns=["cell", "status", "error"], errors="ignore")
 
 
 def settings_from_grid(grid: str, **overrides) -> dict:

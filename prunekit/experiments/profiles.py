@@ -46,7 +46,7 @@ def profile(name: str) -> dict:
 #         MRP (the seed method), where methods are farther from collapse;
 #   50 %  magnitude: uniform (the Wanda-vs-magnitude claim).
 # 20 runs per seed, 60 per model. WikiText-2 only (PTB / C4 added no claim), no zero-shot (16-item
-# lm-eval limits add noise, not power), bf16 weights are not used (CPU matmuls are fp32).
+# lm-eval limits add noise, not power), the default compute dtype (bf16 where the CPU has it natively).
 _CPU_GROUPS = [
     {"sparsity": 0.7, "metric": "wanda", "allocations": ["uniform", "owl", "alphapruning", "atp", "mrp", "svnup",
                                                          "absorption(owl)", "absorption(alphapruning)"]},

@@ -192,6 +192,7 @@ class Session:
             t["eval"] = time.perf_counter() - t0
             rec["perplexity"] = {d: r["perplexity"] for d, r in ev.items()}
             rec["tokens_evaluated"] = {d: r["tokens"] for d, r in ev.items()}
+            rec["window_nll"] = {d: r["window_nll"] for d, r in ev.items()}
             rec["eval"] = {"seqlen": self.eval_seqlen, "windows": self.eval_windows}
             data_sha.update({f"eval:{d}": r["data_sha256"] for d, r in ev.items()})
         if zero_shot:

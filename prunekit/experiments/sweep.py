@@ -372,6 +372,7 @@ def row(rec: dict, cell: dict) -> dict:
     out.update({"allocation": cell["allocation"], "method": cell["method"], "metric": cell["metric"],
                 "sparsity": cell["sparsity"], "global_sparsity": rec["global_sparsity"]})
     out.update({f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()})
+    out.update({f"nll_{d}": v for d, v in rec.get("window_nll", {}).items()})
     if rec.get("zero_shot"):
         out["zero_shot_mean"] = rec["zero_shot"].get("mean_acc")
     out.update(planned=rec["planned_sparsity"], allocate_s=rec["timings_s"]["allocate"])
