@@ -104,3 +104,20 @@ def test_reports_failure_keeps_previous_good_report_and_exits_nonzero(tmp_path):
     assert "boom in cell" in (out / "02_flaky.failed.html").read_text()  # the error is visible
     index = (out / "index.html").read_text()
     assert "FAILED" in index and "02_flaky.failed.html" in index and "fine 01_good" in index
+
+
+def test_param_flag_parses_yaml_and_rejects_names_the_notebook_lacks(capsys):
+    """`-p NAME=VALUE` reaches papermill as typed YAML values; a name missing from a selected notebook's
+    parameters cell (papermill would only warn) or a malformed pair is one line, exit 2, nothing rendered."""
+    import papermill as pm
+
+    from prunekit.reporting.render import main, parse_params
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "50_comparison.ipynb"
+    got = parse_params(["results=runs/x.jsonl", "seeds=[0, 1]", "eval_windows=4", "grid=null"], [nb])
+    assert got == {"results": "runs/x.jsonl", "seeds": [0, 1], "eval_windows": 4, "grid": None}
+    assert set(got) <= set(pm.inspect_notebook(str(nb)))
+    for bad, needle in (("seedz=[0]", "has no parameter 'seedz'"), ("seeds", "expects NAME=VALUE"),
+                        ("seeds=[0", "not a YAML value")):
+        assert main(["--only", "50", "-p", bad, "--out", "/nonexistent/never"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

@@ -240,6 +240,29 @@ def render_ray(nbs: list[Path], out_dir: Path, profile: str, timeout: int | None
     return sorted(runs, key=lambda r: r["name"])
 
 
+def parse_params(items: list[str], nbs: list[Path]) -> dict:
+    """``NAME=VALUE`` pairs (VALUE parsed as YAML) checked, before any rendering, against the
+    ``parameters`` cell of every selected notebook (papermill would only warn about a typo)."""
+    import papermill as pm
+    import yaml
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip().isidentifier():
+            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--param {name}: not a YAML value: {str(e).splitlines()[0]}") from None
+    for nb in nbs if out else []:
+        known = set(pm.inspect_notebook(str(nb)))
+        bad = sorted(set(out) - known)
+        if bad:
+            raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, bad))}; "
+                             f"its parameters: {', '.join(sorted(known))}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
@@ -248,6 +271,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated notebook name prefixes, e.g. 00,10")
     ap.add_argument("--model", default=None,
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="set a notebook parameter (VALUE read as YAML: 3, [0, 1], null, a path); repeatable, "
+                         "e.g. -p results=runs.jsonl -p 'seeds=[0]'")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--ray", action="store_true", help="render the notebooks as parallel tasks on a local Ray")
     ap.add_argument("--ray-address", default=None, help="render on an existing Ray cluster (shared disk)")
@@ -263,15 +289,22 @@ def main(argv=None) -> int:
         print(f"prunekit.reporting: error: no NN_*.ipynb notebooks in {a.notebooks}"
               + (f" matching --only {a.only}" if a.only else ""), file=sys.stderr)
         return 2
+    try:
+        extra = parse_params(a.param, nbs)
+    except ValueError as e:
+        print(f"prunekit.reporting: error: {e}", file=sys.stderr)
+        return 2
+    if a.model:
+        extra["model"] = a.model
+    extra = extra or None
     runs = []
     if a.ray or a.ray_address:
         print(f"[reports] {len(nbs)} notebooks as Ray tasks (profile={a.profile}) ...", flush=True)
-        runs = render_ray(nbs, Path(a.out), a.profile, a.timeout, {"model": a.model} if a.model else None,
-                          a.ray_address, a.num_cpus)
+        runs = render_ray(nbs, Path(a.out), a.profile, a.timeout, extra, a.ray_address, a.num_cpus)
         nbs = []
     for nb in nbs:
         print(f"[reports] {nb.name} (profile={a.profile}) ...", flush=True)
-        r = render(nb, Path(a.out), a.profile, a.timeout, extra={"model": a.model} if a.model else None)
+        r = render(nb, Path(a.out), a.profile, a.timeout, extra=extra)
         print(f"[reports] {nb.name}: {'ok' if r['ok'] else 'FAILED ' + str(r['error'])} in {r['seconds']:.0f} s", flush=True)
         runs.append(r)
     idx = write_index(Path(a.out), runs)
