@@ -59,16 +59,22 @@ def comparison_section(res: dict) -> str:
         secs = d.get("seconds", {}).get(m)
         n = int((runs["model"] == m).sum()) if "model" in runs else len(runs)
         run_s = runs.loc[runs["model"] == m, "seconds"].sum() if "seconds" in runs else float("nan")
-        lines.append(f"- {m}: dense perplexity {dense}; {n} runs, {run_s / 60:.1f} min of pruning and evaluation"
-                     + (f" ({secs / 60:.1f} min in the render, which read recorded runs back)" if secs else "") + ".")
+        lines.append(f"- {m}: dense perplexity {dense}; {n} runs, {run_s / 60:.1f} min summed wall of the runs"
+                     + (f" ({secs / 60:.1f} min in the render itself)" if secs else "") + ".")
     matrix = pd.DataFrame(d["matrix"])
     matrix["paper_change_%"] = matrix["paper_change_%"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:+.1f} %")
     lines += ["", "**Reproduction table.** Mean paired perplexity change of the method against its baseline over "
               "seeds, [95 % bootstrap interval over seeds × windows], verdict from the interval:", "",
               _md(matrix.rename(columns={"paper_change_%": "paper Δ"})), ""]
     summ = comparison.summarise(runs)
+    # rows in the grid's order (groups as designed, allocations as listed), models as run
+    order = {(g["metric"], float(g["sparsity"]), a): i for i, (g, a) in
+             enumerate((g, a) for g in cfg["groups"] for a in g["allocations"])}
+    summ = summ.assign(_o=[order.get((m, float(s), a), len(order)) for m, s, a in
+                           zip(summ["metric"], summ["sparsity"], summ["allocation"])]).sort_values("_o")
     q = [c[:-5] for c in summ.columns if c.endswith("_mean") and c.startswith("ppl_")]
-    for model, part in summ.groupby("model", sort=False):
+    for model in d["models"]:
+        part = summ[summ["model"] == model]
         tab = part[["metric", "sparsity", "allocation"]].copy()
         tab["sparsity"] = tab["sparsity"].map(lambda s: f"{s:.0%}")
         for c in q:
