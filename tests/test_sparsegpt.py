@@ -91,8 +91,9 @@ def test_prune_model_sparsegpt_runs_stacked():
     assert rep["global_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def _alg1(W, H, s, blocksize, percdamp=0.01):
-    """SparseGPT Alg. 1 written out plainly (fp64, explicit inverse, one column at a time)."""
+def _alg1(W, H, s, blocksize, percdamp=0.01, nm=None):
+    """SparseGPT Alg. 1 written out plainly (fp64, explicit inverse, one column at a time; with
+    ``nm`` = (N, M) the N lowest scores of every M columns of a row, chosen when the sweep reaches them)."""
     W, H = W.double().clone(), H.double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -101,7 +102,13 @@ def _alg1(W, H, s, blocksize, percdamp=0.01):
     U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
     M = torch.zeros_like(W, dtype=torch.bool)
     for j in range(W.shape[1]):
-        if j % blocksize == 0:
+        if nm is not None and j % nm[1] == 0:
+            grp = slice(j, j + nm[1])
+            sc = (W[:, grp] / torch.diag(U)[grp]) ** 2
+            M[:, grp] = False
+            for r in range(W.shape[0]):
+                M[r, j + torch.argsort(sc[r])[:nm[0]]] = True
+        if nm is None and j % blocksize == 0:
             blk = slice(j, min(j + blocksize, W.shape[1]))
             sc = (W[:, blk] / torch.diag(U)[blk]) ** 2
             k = int(sc.numel() * s)
@@ -125,6 +132,22 @@ def test_single_linear_matches_transcription_of_alg1():
     assert torch.equal(got == 0, want == 0)
     assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5)
     assert float((got == 0).float().mean()) >= 0.6
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_chunked_sweep_matches_transcription_of_alg1(nm):
+    """Blocks of 128 with a partial last block: the sweep's within-block chunks (lazy rank-1
+    updates, one matmul per chunk) and the transposed layout change nothing but rounding."""
+    g = torch.Generator().manual_seed(7)
+    d = 300
+    X = torch.randn(900, d, generator=g) @ (torch.randn(d, d, generator=g) / d ** 0.5 + torch.eye(d))
+    X[:, 11] = 0
+    H = 2 * X.t() @ X / 900
+    W = torch.randn(20, d, generator=g)
+    got = sparsegpt(W, H, 0.6, nm=nm, blocksize=128)
+    want = _alg1(W, H, 0.6, 128, nm=nm)
+    assert torch.equal(got == 0, want == 0)
+    assert float((got.double() - want).norm() / want.norm()) < 1e-5
 
 
 def test_damping_is_in_place_and_does_not_touch_callers_hessian():
