@@ -160,8 +160,23 @@ def test_damping_is_in_place_and_does_not_touch_callers_hessian():
     H2 = H.clone()
     solver = SparseGPT(H2)
     Hd = keep + 0.01 * torch.diag(keep).mean() * torch.eye(32)
-    assert torch.allclose(H2, torch.linalg.inv(Hd), rtol=1e-3, atol=1e-6)  # H2 now holds (H+λI)⁻¹
-    assert torch.allclose(solver.Hinv.t() @ solver.Hinv, H2, rtol=1e-3, atol=1e-6)
+    assert solver.Hinv.data_ptr() == H2.data_ptr()   # H2 now holds U: no new d×d matrix kept
+    assert torch.equal(H2, H2.triu())
+    assert torch.allclose(H2.t() @ H2, torch.linalg.inv(Hd), rtol=1e-3, atol=1e-6)  # UᵀU = (H+λI)⁻¹
+
+
+@pytest.mark.parametrize("d", [1, 7, 130, 300])
+def test_inverse_cholesky_against_fp64(d):
+    """U from one Cholesky of the flipped H and a triangular inverse by halves (odd sizes, several
+    recursion levels) against the upper Cholesky factor of the fp64 inverse, which is unique."""
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(3 * d + 5, d, generator=g) * torch.linspace(0.3, 2, d)
+    H = X.t() @ X
+    U, dead = SparseGPT._inverse_cholesky(H.clone(), 0.01)
+    Hd = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(d, dtype=torch.float64)
+    want = torch.linalg.cholesky(torch.linalg.inv(Hd), upper=True)
+    assert float((U.double() - want).norm() / want.norm()) < 1e-4
+    assert not dead.any()
 
 
 def test_sparsegpt_reconstruction_beats_magnitude_and_wanda():
