@@ -203,3 +203,23 @@ def test_sparsegpt_zero_sparsity_is_identity_up_to_damping():
     X = torch.randn(300, 32)
     Ws = sparsegpt(W, 2 / 300 * X.T @ X, 0.0)
     assert torch.allclose(Ws, W, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [64, 300, 576])
+def test_block_upper_hessian_equals_full_xtx(d):
+    """The Hessian accumulates only the block-upper bands of XᵀX and mirrors them on read; against
+    2/N XᵀX in fp64, also when more inputs arrive after a read, and for bf16 inputs."""
+    from prunekit.core.engine import Hessian
+    g = torch.Generator().manual_seed(d)
+    h = Hessian(torch.nn.Linear(d, 3))
+    xs = [torch.randn(2, 17, d, generator=g), torch.randn(1, 5, d, generator=g).bfloat16()]
+    for x in xs:
+        h.add(x)
+    X = torch.cat([x.reshape(-1, d).double() for x in xs])
+    assert torch.allclose(h.H.double(), 2 * X.t() @ X / 3, rtol=1e-5, atol=1e-4)
+    more = torch.randn(4, 9, d, generator=g)
+    h.add(more)                                     # after a read: the mirror is redone
+    X = torch.cat([X, more.reshape(-1, d).double()])
+    want = 2 * X.t() @ X / 7
+    assert torch.allclose(h.H.double(), want, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(h.take().double(), want, rtol=1e-5, atol=1e-4)
