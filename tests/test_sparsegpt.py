@@ -91,8 +91,9 @@ def test_prune_model_sparsegpt_runs_stacked():
     assert rep["global_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def _alg1(W, H, s, blocksize, percdamp=0.01):
-    """SparseGPT Alg. 1 written out plainly (fp64, explicit inverse, one column at a time)."""
+def _alg1(W, H, s, blocksize, percdamp=0.01, nm=None):
+    """SparseGPT Alg. 1 written out plainly (fp64, explicit inverse, one column at a time; with
+    ``nm`` = (N, M) the N lowest scores of every M columns of a row, chosen when the sweep reaches them)."""
     W, H = W.double().clone(), H.double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -101,7 +102,13 @@ def _alg1(W, H, s, blocksize, percdamp=0.01):
     U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
     M = torch.zeros_like(W, dtype=torch.bool)
     for j in range(W.shape[1]):
-        if j % blocksize == 0:
+        if nm is not None and j % nm[1] == 0:
+            grp = slice(j, j + nm[1])
+            sc = (W[:, grp] / torch.diag(U)[grp]) ** 2
+            M[:, grp] = False
+            for r in range(W.shape[0]):
+                M[r, j + torch.argsort(sc[r])[:nm[0]]] = True
+        if nm is None and j % blocksize == 0:
             blk = slice(j, min(j + blocksize, W.shape[1]))
             sc = (W[:, blk] / torch.diag(U)[blk]) ** 2
             k = int(sc.numel() * s)
@@ -127,6 +134,22 @@ def test_single_linear_matches_transcription_of_alg1():
     assert float((got == 0).float().mean()) >= 0.6
 
 
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_chunked_sweep_matches_transcription_of_alg1(nm):
+    """Blocks of 128 with a partial last block: the sweep's within-block chunks (lazy rank-1
+    updates, one matmul per chunk) and the transposed layout change nothing but rounding."""
+    g = torch.Generator().manual_seed(7)
+    d = 300
+    X = torch.randn(900, d, generator=g) @ (torch.randn(d, d, generator=g) / d ** 0.5 + torch.eye(d))
+    X[:, 11] = 0
+    H = 2 * X.t() @ X / 900
+    W = torch.randn(20, d, generator=g)
+    got = sparsegpt(W, H, 0.6, nm=nm, blocksize=128)
+    want = _alg1(W, H, 0.6, 128, nm=nm)
+    assert torch.equal(got == 0, want == 0)
+    assert float((got.double() - want).norm() / want.norm()) < 1e-5
+
+
 def test_damping_is_in_place_and_does_not_touch_callers_hessian():
     g = torch.Generator().manual_seed(6)
     X = torch.randn(100, 32, generator=g)
@@ -137,8 +160,23 @@ def test_damping_is_in_place_and_does_not_touch_callers_hessian():
     H2 = H.clone()
     solver = SparseGPT(H2)
     Hd = keep + 0.01 * torch.diag(keep).mean() * torch.eye(32)
-    assert torch.allclose(H2, torch.linalg.inv(Hd), rtol=1e-3, atol=1e-6)  # H2 now holds (H+λI)⁻¹
-    assert torch.allclose(solver.Hinv.t() @ solver.Hinv, H2, rtol=1e-3, atol=1e-6)
+    assert solver.Hinv.data_ptr() == H2.data_ptr()   # H2 now holds U: no new d×d matrix kept
+    assert torch.equal(H2, H2.triu())
+    assert torch.allclose(H2.t() @ H2, torch.linalg.inv(Hd), rtol=1e-3, atol=1e-6)  # UᵀU = (H+λI)⁻¹
+
+
+@pytest.mark.parametrize("d", [1, 7, 130, 300])
+def test_inverse_cholesky_against_fp64(d):
+    """U from one Cholesky of the flipped H and a triangular inverse by halves (odd sizes, several
+    recursion levels) against the upper Cholesky factor of the fp64 inverse, which is unique."""
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(3 * d + 5, d, generator=g) * torch.linspace(0.3, 2, d)
+    H = X.t() @ X
+    U, dead = SparseGPT._inverse_cholesky(H.clone(), 0.01)
+    Hd = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(d, dtype=torch.float64)
+    want = torch.linalg.cholesky(torch.linalg.inv(Hd), upper=True)
+    assert float((U.double() - want).norm() / want.norm()) < 1e-4
+    assert not dead.any()
 
 
 def test_sparsegpt_reconstruction_beats_magnitude_and_wanda():
@@ -165,3 +203,23 @@ def test_sparsegpt_zero_sparsity_is_identity_up_to_damping():
     X = torch.randn(300, 32)
     Ws = sparsegpt(W, 2 / 300 * X.T @ X, 0.0)
     assert torch.allclose(Ws, W, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [64, 300, 576])
+def test_block_upper_hessian_equals_full_xtx(d):
+    """The Hessian accumulates only the block-upper bands of XᵀX and mirrors them on read; against
+    2/N XᵀX in fp64, also when more inputs arrive after a read, and for bf16 inputs."""
+    from prunekit.core.engine import Hessian
+    g = torch.Generator().manual_seed(d)
+    h = Hessian(torch.nn.Linear(d, 3))
+    xs = [torch.randn(2, 17, d, generator=g), torch.randn(1, 5, d, generator=g).bfloat16()]
+    for x in xs:
+        h.add(x)
+    X = torch.cat([x.reshape(-1, d).double() for x in xs])
+    assert torch.allclose(h.H.double(), 2 * X.t() @ X / 3, rtol=1e-5, atol=1e-4)
+    more = torch.randn(4, 9, d, generator=g)
+    h.add(more)                                     # after a read: the mirror is redone
+    X = torch.cat([X, more.reshape(-1, d).double()])
+    want = 2 * X.t() @ X / 7
+    assert torch.allclose(h.H.double(), want, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(h.take().double(), want, rtol=1e-5, atol=1e-4)

@@ -187,6 +187,7 @@ class Hessian(Stat):
         self._device = linear.weight.device
         self._owner: Hessian | None = None
         self._seen: list | None = None        # per block: [(weakref to an input, its Hessian)]
+        self._mirrored = True                 # False while only the block-upper part is summed
 
     @staticmethod
     def link(hessians) -> None:
@@ -211,27 +212,51 @@ class Hessian(Stat):
         root = self.root
         root.nseq += x.shape[0] if x.dim() == 3 else 1
         x = x.reshape(-1, root.d_in).float()
-        if root._sum is None:
-            root._sum = torch.zeros(root.d_in, root.d_in, dtype=torch.float32, device=root._device)
-        root._sum.addmm_(x.t(), x)
+        S = root._acc()
+        # XᵀX is symmetric: accumulate only the block-upper part (row band b, columns from b on)
+        # and mirror it on read: (k+1)/2k of the flops; 1.6x faster for k = 4 on this CPU.
+        for r0, r1 in _bands(root.d_in):
+            S[r0:r1, r0:].addmm_(x[:, r0:r1].t(), x[:, r0:])
+        root._mirrored = False
 
-    @property
-    def sum(self) -> torch.Tensor:
+    def _acc(self) -> torch.Tensor:
+        """The root's accumulator as it is (allocated on first use)."""
         r = self.root
         if r._sum is None:
             r._sum = torch.zeros(r.d_in, r.d_in, dtype=torch.float32, device=r._device)
         return r._sum
 
     @property
+    def sum(self) -> torch.Tensor:
+        """Σ XᵀX, the full symmetric matrix (the lower blocks are mirrored in on first read)."""
+        return self._full()
+
+    def _full(self) -> torch.Tensor:
+        r = self.root
+        S = r._acc()
+        if not r._mirrored:
+            for r0, r1 in _bands(r.d_in):
+                S[r1:, r0:r1] = S[r0:r1, r1:].t()
+            r._mirrored = True
+        return S
+
+    @property
     def H(self) -> torch.Tensor:
         """A new tensor (2/N) Σ XᵀX."""
-        return self.sum * (2.0 / max(self.root.nseq, 1))
+        return self._full() * (2.0 / max(self.root.nseq, 1))
 
     def take(self) -> torch.Tensor:
         """(2/N) Σ XᵀX scaled in place, without a copy: the accumulator is consumed (its owner
         may overwrite it, as SparseGPT does)."""
         r = self.root
-        return self.sum.mul_(2.0 / max(r.nseq, 1))
+        return self._full().mul_(2.0 / max(r.nseq, 1))
+
+
+def _bands(d: int, k: int = 4) -> list[tuple[int, int]]:
+    """Row bands of the block-upper XᵀX accumulation (one band below 256 inputs)."""
+    k = max(1, min(k, d // 128))
+    cuts = [d * i // k for i in range(k + 1)]
+    return list(zip(cuts, cuts[1:]))
 
 
 STATS: dict[str, type[Stat]] = {"wanda": WandaNorm, "hessian": Hessian}
@@ -373,8 +398,20 @@ class Replay:
         return next_token_ce(head_logits(self.model, final, self.ids[j]), self.ids[j]).cpu()
 
 
-def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean cross-entropy of predicting ids[:, 1:] from logits[:, :-1] (fp32)."""
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor, chunk_bytes: int = 1 << 22) -> torch.Tensor:
+    """Per-sequence mean cross-entropy of predicting ids[:, 1:] from logits[:, :-1] (fp32).
+
+    On CPU the fp32 upcast and log-softmax run over chunks of tokens of about ``chunk_bytes``
+    (4 MiB: ~21 tokens of a 49k vocabulary) so they stay in cache: upcasting a whole bf16 window
+    at once writes ~200 MB per 1024 tokens and cost 7x more (a fifth of a bf16 forward). The
+    arithmetic per token is the same fp32 cross-entropy."""
     ids = ids.to(logits.device)
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    x, y = logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()
+    rows = x.shape[0] if logits.device.type != "cpu" else max(1, chunk_bytes // (4 * x.shape[-1]))
+    if rows >= x.shape[0]:
+        ce = F.cross_entropy(x.float(), y, reduction="none")
+    else:
+        ce = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+        for s in range(0, x.shape[0], rows):
+            ce[s:s + rows] = F.cross_entropy(x[s:s + rows].float(), y[s:s + rows], reduction="none")
     return ce.view(ids.shape[0], -1).mean(1)
