@@ -297,6 +297,7 @@ def test_notebook_50_runner_records_window_nlls_and_reads_a_filled_results_file(
     df = comparison.run_grid(str(path), results=out)
     assert out.read_text() == before  # nothing re-run, nothing appended
     assert len(df) == 2 and "cell" not in df
+    assert (df["cpu_seconds"] > 0).all() and (df["cpu_seconds"] <= df["seconds"] * 1.05 + 0.5).all()  # 1 thread
     for _, r in df.iterrows():
         assert len(r["nll_wikitext2"]) == 2
         assert math.isclose(r["ppl_wikitext2"], math.exp(sum(r["nll_wikitext2"]) / 2), rel_tol=1e-12)

@@ -59,7 +59,9 @@ def comparison_section(res: dict) -> str:
         secs = d.get("seconds", {}).get(m)
         n = int((runs["model"] == m).sum()) if "model" in runs else len(runs)
         run_s = runs.loc[runs["model"] == m, "seconds"].sum() if "seconds" in runs else float("nan")
-        lines.append(f"- {m}: dense perplexity {dense}; {n} runs, {run_s / 60:.1f} min summed wall of the runs"
+        cpu = runs.loc[runs["model"] == m, "cpu_seconds"] if "cpu_seconds" in runs else pd.Series(dtype=float)
+        cpu_txt = f" ({cpu.sum() / 60:.1f} min of process CPU time)" if len(cpu) and cpu.notna().all() else ""
+        lines.append(f"- {m}: dense perplexity {dense}; {n} runs, {run_s / 60:.1f} min summed wall of the runs{cpu_txt}"
                      + (f" ({secs / 60:.1f} min in the render itself)" if secs else "") + ".")
     matrix = pd.DataFrame(d["matrix"])
     matrix["paper_change_%"] = matrix["paper_change_%"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:+.1f} %")
