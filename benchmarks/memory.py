@@ -246,7 +246,7 @@ def m2(model: str = "smollm2-135m", calib_samples: int = 16, calib_seqlen: int =
     return out
 
 
-def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512) -> float:
+def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512, dtype: str | None = None) -> float:
     from prunekit.core.models import resolve, _dense_cache_for_gguf
     _, loc = resolve(model)
     d = _dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else Path(loc)
@@ -255,11 +255,11 @@ def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int =
     import transformers
     cfg = transformers.AutoConfig.from_pretrained(d)
     acts = 2 * calib_samples * calib_seqlen * cfg.hidden_size * 4
-    r = run_child(model=model, offload="none", metric="wanda", dtype=None, calib_samples=calib_samples,
+    r = run_child(model=model, offload="none", metric="wanda", dtype=dtype, calib_samples=calib_samples,
                   calib_seqlen=calib_seqlen, eval_windows=0, eval_seqlen=0, reset_after_load=True)
     ratio = r["peak_mb"] * 2 ** 20 / (fp32 + acts)
     net = (r["peak_mb"] - r["base_mb"]) * 2 ** 20 / (fp32 + acts)
-    print(f"M3: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB + 2 × calibration "
+    print(f"M3[{dtype or 'default dtype'}]: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB + 2 × calibration "
           f"activations {acts / 2**20:.0f} MB) = {ratio:.2f} raw, {net:.2f} net of the {r['base_mb']:.0f} MB "
           f"interpreter + libraries baseline (goal ≤ 1.3); load-time peak {r['load_peak_mb']:.0f} MB (not counted)")
     return ratio
@@ -269,7 +269,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["build", "m1", "m2", "m3"])
     ap.add_argument("--metric", default="wanda", choices=["wanda", "sparsegpt"])
-    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--dtype", default=None, help="M1: default bf16; M2/M3: default pick_dtype's choice")
     ap.add_argument("--blocks", type=int, default=None, help="M1 on a shallower same-width proxy model")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="M1: cProfile the prune in the child and dump pstats to FILE")
@@ -282,11 +282,11 @@ def main(argv=None) -> None:
         p = model_7b()
         print(f"built {p} in {time.perf_counter() - t0:.0f} s; fp32 bytes {fp32_bytes(p) / 2**30:.2f} GiB")
     elif a.what == "m1":
-        m1(a.metric, a.dtype, a.blocks, a.profile)
+        m1(a.metric, a.dtype or "bf16", a.blocks, a.profile)
     elif a.what == "m2":
         m2(**cal)
     else:
-        m3(**cal)
+        m3(dtype=a.dtype, **cal)
 
 
 if __name__ == "__main__":
