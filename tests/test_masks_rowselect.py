@@ -39,19 +39,3 @@ def test_row_mask_chunks_and_mixed_ties(chunk_rows, s):
     score[::3] = torch.randint(0, 4, (8, 48), generator=g).float()  # every third row: heavy ties
     got = _row_mask(score, s, chunk_rows=chunk_rows)
     assert torch.equal(got, _by_sort(score, s))
-
-
-@pytest.mark.parametrize("s", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("ties", [False, True])
-def test_global_mask_is_the_sorted_topk_set(s, ties):
-    """_global_mask takes an unsorted top-k: the selected set must equal the sorted top-k's
-    (the former code), ties included, so SparseGPT and magnitude masks stay bit-identical."""
-    from prunekit.solvers.masks import _global_mask, prune_count
-    g = torch.Generator().manual_seed(2)
-    score = torch.rand(300, 128, generator=g)
-    if ties:
-        score = torch.randint(0, 6, (300, 128), generator=g).float()
-    k = prune_count(score.numel(), s)
-    want = torch.zeros(score.numel(), dtype=torch.bool)
-    want[torch.topk(score.reshape(-1), k, largest=False, sorted=True)[1]] = True
-    assert torch.equal(_global_mask(score, s), want.reshape(score.shape))
