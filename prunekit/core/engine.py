@@ -186,7 +186,10 @@ class Hessian(Stat):
         self._sum: torch.Tensor | None = None  # allocated on the first input it owns
         self._device = linear.weight.device
         self._owner: Hessian | None = None
-        self._seen: list | None = None        # per block: [(weakref to an input, its Hessian)]
+        # per block: [(weakref to an input, weakref to its Hessian)]. Weak both ways: a strong
+        # Hessian here is a reference cycle (h → list → h) that only a full GC frees, and on a
+        # 7B-shape model each block's 0.7 GB of Hessians then piled up until the process was OOM-killed
+        self._seen: list | None = None
 
     @staticmethod
     def link(hessians) -> None:
@@ -201,13 +204,14 @@ class Hessian(Stat):
 
     def add(self, x):
         if self._seen is not None:
-            self._seen[:] = [(r, h) for r, h in self._seen if r() is not None]
-            for r, h in self._seen:
+            self._seen[:] = [(r, hr) for r, hr in self._seen if r() is not None and hr() is not None]
+            for r, hr in self._seen:
+                h = hr()
                 if r() is x:                  # this tensor was already accumulated by h
                     if h.root is not self.root:
                         self._owner = h.root  # fed the same input: share h's Hessian
                     return
-            self._seen.append((weakref.ref(x), self))
+            self._seen.append((weakref.ref(x), weakref.ref(self)))
         root = self.root
         root.nseq += x.shape[0] if x.dim() == 3 else 1
         x = x.reshape(-1, root.d_in).float()
