@@ -186,10 +186,7 @@ class Hessian(Stat):
         self._sum: torch.Tensor | None = None  # allocated on the first input it owns
         self._device = linear.weight.device
         self._owner: Hessian | None = None
-        # per block: [(weakref to an input, weakref to its Hessian)]. Weak both ways: a strong
-        # Hessian here is a reference cycle (h → list → h) that only a full GC frees, and on a
-        # 7B-shape model each block's 0.7 GB of Hessians then piled up until the process was OOM-killed
-        self._seen: list | None = None
+        self._seen: list | None = None        # per block: [(weakref to an input, its Hessian)]
 
     @staticmethod
     def link(hessians) -> None:
@@ -211,6 +208,8 @@ class Hessian(Stat):
                     if h.root is not self.root:
                         self._owner = h.root  # fed the same input: share h's Hessian
                     return
+            # weak to the Hessian too: a strong one is a cycle (h → list → h) that only a full GC
+            # frees, and on a 7B shape every block's 0.7 GB of Hessians piled up until an OOM kill
             self._seen.append((weakref.ref(x), weakref.ref(self)))
         root = self.root
         root.nseq += x.shape[0] if x.dim() == 3 else 1
