@@ -152,7 +152,8 @@ def fp32_bytes(model_dir: Path) -> int:
 # ----------------------------------------------------------------------------- child runs
 
 def _child_prune(q, model: str, offload: str, metric: str, dtype: str | None, calib_samples: int,
-                 calib_seqlen: int, eval_windows: int, eval_seqlen: int, reset_after_load: bool = False) -> None:
+                 calib_seqlen: int, eval_windows: int, eval_seqlen: int, reset_after_load: bool = False,
+                 profile: str | None = None) -> None:
     try:
         import torch  # noqa: F401
 
@@ -175,14 +176,26 @@ def _child_prune(q, model: str, offload: str, metric: str, dtype: str | None, ca
             import gc
             gc.collect()
             reset_peak()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        prof = None
+        if profile:  # cProfile of the prune only (``--profile FILE``: pstats dump + top lines printed)
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
         rep = prune_model(m, calib.input_ids, 0.5, metric, batch_size=min(8, calib_samples), progress=False)
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
         t["prune_s"] = time.perf_counter() - t0
+        t["prune_cpu_s"] = time.process_time() - c0
         ppl = None
         if eval_windows:
             t0 = time.perf_counter()
             ppl = perplexity(m, tok, "wikitext2", eval_seqlen, eval_windows, progress=False)["perplexity"]
             t["eval_s"] = time.perf_counter() - t0
+        off = getattr(m, "prunekit_offloader", None)
+        if off is not None:
+            t["block_reads"], t["block_writes"] = off.reads, off.writes
         q.put({"base_mb": base, "peak_mb": peak_mb(), "load_peak_mb": load_peak, "timings": t, "global_sparsity": rep["global_sparsity"],
                "ppl": ppl, "masks": None})
     except BaseException as e:  # report, never hang the parent
@@ -203,11 +216,11 @@ def run_child(**kw) -> dict:
     return out
 
 
-def m1(metric: str = "wanda", dtype: str = "bf16", blocks: int | None = None) -> dict:
+def m1(metric: str = "wanda", dtype: str = "bf16", blocks: int | None = None, profile: str | None = None) -> dict:
     path = model_7b(blocks=blocks)
     fp32 = fp32_bytes(model_7b()) if (model_7b_built() or not blocks) else fp32_bytes(path)
     r = run_child(model=str(path), offload="disk", metric=metric, dtype=dtype, calib_samples=2,
-                  calib_seqlen=128, eval_windows=1, eval_seqlen=128)
+                  calib_seqlen=128, eval_windows=1, eval_seqlen=128, profile=profile)
     r["fp32_gb"] = fp32 / 2 ** 30
     r["ratio"] = r["peak_mb"] * 2 ** 20 / fp32
     goal = 0.15 if metric == "wanda" else 0.2
@@ -233,7 +246,7 @@ def m2(model: str = "smollm2-135m", calib_samples: int = 16, calib_seqlen: int =
     return out
 
 
-def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512) -> float:
+def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512, dtype: str | None = None) -> float:
     from prunekit.core.models import resolve, _dense_cache_for_gguf
     _, loc = resolve(model)
     d = _dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else Path(loc)
@@ -242,11 +255,11 @@ def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int =
     import transformers
     cfg = transformers.AutoConfig.from_pretrained(d)
     acts = 2 * calib_samples * calib_seqlen * cfg.hidden_size * 4
-    r = run_child(model=model, offload="none", metric="wanda", dtype=None, calib_samples=calib_samples,
+    r = run_child(model=model, offload="none", metric="wanda", dtype=dtype, calib_samples=calib_samples,
                   calib_seqlen=calib_seqlen, eval_windows=0, eval_seqlen=0, reset_after_load=True)
     ratio = r["peak_mb"] * 2 ** 20 / (fp32 + acts)
     net = (r["peak_mb"] - r["base_mb"]) * 2 ** 20 / (fp32 + acts)
-    print(f"M3: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB + 2 × calibration "
+    print(f"M3[{dtype or 'default dtype'}]: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB + 2 × calibration "
           f"activations {acts / 2**20:.0f} MB) = {ratio:.2f} raw, {net:.2f} net of the {r['base_mb']:.0f} MB "
           f"interpreter + libraries baseline (goal ≤ 1.3); load-time peak {r['load_peak_mb']:.0f} MB (not counted)")
     return ratio
@@ -256,8 +269,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["build", "m1", "m2", "m3"])
     ap.add_argument("--metric", default="wanda", choices=["wanda", "sparsegpt"])
-    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--dtype", default=None, help="M1: default bf16; M2/M3: default pick_dtype's choice")
     ap.add_argument("--blocks", type=int, default=None, help="M1 on a shallower same-width proxy model")
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="M1: cProfile the prune in the child and dump pstats to FILE")
     ap.add_argument("--calib-samples", type=int, default=None, help="M2/M3 calibration windows")
     ap.add_argument("--calib-seqlen", type=int, default=None)
     a = ap.parse_args(argv)
@@ -267,11 +282,11 @@ def main(argv=None) -> None:
         p = model_7b()
         print(f"built {p} in {time.perf_counter() - t0:.0f} s; fp32 bytes {fp32_bytes(p) / 2**30:.2f} GiB")
     elif a.what == "m1":
-        m1(a.metric, a.dtype, a.blocks)
+        m1(a.metric, a.dtype or "bf16", a.blocks, a.profile)
     elif a.what == "m2":
         m2(**cal)
     else:
-        m3(**cal)
+        m3(dtype=a.dtype, **cal)
 
 
 if __name__ == "__main__":

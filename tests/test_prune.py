@@ -39,3 +39,24 @@ def test_bad_nm_and_sparsity():
         prune_model(model, tiny_calib().input_ids, 1.0, "wanda", progress=False)
     with pytest.raises(PrunekitError):
         prune_model(model, tiny_calib().input_ids, 0.5, "nope", progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_measure_sparsity_counts_zeros_independently(dtype):
+    """Zeros (−0.0 included) counted linear by linear with a Python loop over the values."""
+    import torch
+    model = tiny_model("llama").to(getattr(torch, dtype))
+    g = torch.Generator().manual_seed(3)
+    want = []
+    with torch.no_grad():
+        for block in model.model.layers:
+            z = n = 0
+            for m in block.modules():
+                if isinstance(m, torch.nn.Linear):
+                    keep = torch.rand(m.weight.shape, generator=g) < 0.6
+                    m.weight.mul_(keep.to(m.weight.dtype))  # 0·(negative) = −0.0 for some weights
+                    z += sum(1 for v in m.weight.flatten().tolist() if v == 0.0)
+                    n += m.weight.numel()
+            want.append(z / n)
+    got = measure_sparsity(model)["layer_sparsity"]
+    assert got == pytest.approx(want, abs=0)

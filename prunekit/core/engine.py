@@ -202,13 +202,16 @@ class Hessian(Stat):
 
     def add(self, x):
         if self._seen is not None:
-            self._seen[:] = [(r, h) for r, h in self._seen if r() is not None]
-            for r, h in self._seen:
+            self._seen[:] = [(r, hr) for r, hr in self._seen if r() is not None and hr() is not None]
+            for r, hr in self._seen:
+                h = hr()
                 if r() is x:                  # this tensor was already accumulated by h
                     if h.root is not self.root:
                         self._owner = h.root  # fed the same input: share h's Hessian
                     return
-            self._seen.append((weakref.ref(x), self))
+            # weak to the Hessian too: a strong one is a cycle (h → list → h) that only a full GC
+            # frees, and on a 7B shape every block's 0.7 GB of Hessians piled up until an OOM kill
+            self._seen.append((weakref.ref(x), weakref.ref(self)))
         root = self.root
         root.nseq += x.shape[0] if x.dim() == 3 else 1
         x = x.reshape(-1, root.d_in).float()

@@ -43,19 +43,34 @@ def prune_count(n: int, s: float) -> int:
     return min(n, max(0, math.floor(n * s + 0.5)))
 
 
-def _row_mask(score: torch.Tensor, s: float) -> torch.Tensor:
+def _row_mask(score: torch.Tensor, s: float, chunk_rows: int = 1024) -> torch.Tensor:
     """Prune the prune_count(d_in, s) lowest scores of every row (Wanda's comparison group); ties at the
     threshold go to the lower column index, as a stable ascending sort would order them.
-    A k-th value selection per row instead of a full sort: 3-4x cheaper on CPU, where the sort
-    was a third of a bf16 Wanda prune."""
-    k = prune_count(score.shape[1], s)
+
+    The k-th smallest value t of each row comes from a partial selection (topk unsorted: ~30 %
+    cheaper than kthvalue on CPU, and a full sort is 3-4x dearer); ``score <= t`` is then the mask
+    except in the rare rows where a tie at t overshoots k, which are settled by a cumulative count.
+    Rows go in chunks so the temporaries stay small on a 7B-size matrix (on a bf16 LLaMA-7B shape
+    block the kthvalue/cumsum version was 80 % of a Wanda prune's CPU time)."""
+    rows, cols = score.shape
+    k = prune_count(cols, s)
     if k <= 0:
         return torch.zeros_like(score, dtype=torch.bool)
-    t = torch.kthvalue(score, k, dim=1, keepdim=True).values
-    below = score < t
-    tie = score == t
-    need = k - below.sum(1, keepdim=True)
-    return below | (tie & (tie.cumsum(1) <= need))
+    if k >= cols:
+        return torch.ones_like(score, dtype=torch.bool)
+    mask = torch.empty_like(score, dtype=torch.bool)
+    for r0 in range(0, rows, chunk_rows):
+        sc = score[r0:r0 + chunk_rows]
+        t = torch.topk(sc, k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+        m = sc <= t
+        over = (m.sum(1) > k).nonzero().flatten()
+        if over.numel():  # ties at t beyond the k-th: keep the lowest column indices among them
+            so, to = sc[over], t[over]
+            below, tie = so < to, so == to
+            need = k - below.sum(1, keepdim=True)
+            m[over] = below | (tie & (tie.cumsum(1) <= need))
+        mask[r0:r0 + chunk_rows] = m
+    return mask
 
 
 def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
