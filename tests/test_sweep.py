@@ -303,3 +303,26 @@ def test_notebook_50_runner_records_window_nlls_and_reads_a_filled_results_file(
         assert math.isclose(r["ppl_wikitext2"], math.exp(sum(r["nll_wikitext2"]) / 2), rel_tol=1e-12)
     fresh = comparison.run_grid(str(path), models=[model_dir])  # no file: computed again, same numbers
     assert fresh["ppl_wikitext2"].tolist() == df["ppl_wikitext2"].tolist()
+
+
+def test_source_digest_follows_code_not_docs(tmp_path):
+    """The results-file key changes with any code or grid edit, committed or not, and not with docs."""
+    from prunekit.experiments.sweep import source_digest
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.py").write_text("x = 1\n")
+    (root / "sub" / "g.yaml").write_text("k: 1\n")
+    (root / "README.md").write_text("doc\n")
+    d0 = source_digest(root)
+    (root / "README.md").write_text("doc, edited\n")
+    (root / "sub" / "__pycache__").mkdir()
+    (root / "sub" / "__pycache__" / "a.py").write_text("stale\n")
+    assert source_digest(root) == d0
+    for path, text in ((root / "a.py", "x = 2\n"), (root / "sub" / "g.yaml", "k: 2\n")):
+        old = path.read_text()
+        path.write_text(text)
+        assert source_digest(root) != d0
+        path.write_text(old)
+        assert source_digest(root) == d0
+    (root / "sub" / "a.py").write_text("x = 1\n")  # same content under another path is another package
+    assert source_digest(root) != d0

@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -346,22 +345,26 @@ def cell_key(settings: dict) -> str:
 _CODE_VERSION = None
 
 
+def source_digest(root: Path) -> str:
+    """sha256 (16 hex digits) of the package's code — every ``*.py`` and grid ``*.yaml`` under ``root``,
+    by relative path and content. Unlike the git commit it sees uncommitted edits, and a commit that
+    touches only docs, tests or notebooks leaves it (and so a filled results file) valid."""
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def code_version() -> dict:
-    """What a result depends on besides its settings: package versions plus the git commit of
-    the prunekit source tree when it is a checkout (a re-run after a code change recomputes)."""
+    """What a result depends on besides its settings: package versions plus ``source_digest`` of the
+    prunekit package (a re-run after a code change recomputes)."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
         from prunekit import utils
         v = utils.versions()
         v = {k: v[k] for k in ("prunekit", "torch", "transformers") if k in v}
-        try:
-            src = Path(__file__).resolve().parents[2]
-            r = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                               timeout=10)
-            if r.returncode == 0:
-                v["git"] = r.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+        v["source"] = source_digest(Path(__file__).resolve().parents[1])
         _CODE_VERSION = v
     return dict(_CODE_VERSION)
 
