@@ -332,7 +332,7 @@ def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, th
                 norm = st["wanda"][n].norm
                 cur[n], ref[n] = wanda_score(W, norm), wanda_score(Wd, norm)
             elif metric == "sparsegpt":
-                d2 = torch.diag(hessian_inverse_cholesky(st["hessian"][n].H, percdamp)[0]).reshape(1, -1) ** 2
+                d2 = torch.diag(hessian_inverse_cholesky(st["hessian"][n].H, percdamp, copy=False)[0]).reshape(1, -1) ** 2
                 cur[n], ref[n] = W.pow(2) / d2, Wd.pow(2) / d2
             else:
                 cur[n], ref[n] = W.abs(), Wd.abs()

@@ -174,7 +174,7 @@ class Statistics:
     def hinv_diag(self, percdamp: float = 0.01) -> list[dict[str, torch.Tensor]]:
         """Per block, per linear: diag of SparseGPT's upper Cholesky factor of (H+λI)^-1."""
         def reduce(i, block, st):
-            return {n: torch.diag(hessian_inverse_cholesky(s.H, percdamp)[0]) for n, s in st["hessian"].items()}
+            return {n: torch.diag(hessian_inverse_cholesky(s.H, percdamp, copy=False)[0]) for n, s in st["hessian"].items()}
         flat = self.cached("hinv_diag", lambda: self.dense_pass(("hessian",), reduce), percdamp=percdamp)
         return [{n: flat[f"{i}.{n}"] for n in self.linear_names} for i in range(self.num_blocks)]
 

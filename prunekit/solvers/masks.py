@@ -43,6 +43,13 @@ def prune_count(n: int, s: float) -> int:
     return min(n, max(0, math.floor(n * s + 0.5)))
 
 
+def _lowest_k(score: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the k entries ≤ the row's k-th smallest value ``t`` (shape (rows, 1)): all below t,
+    then the ties at t from the lowest index on — a stable ascending sort's first k."""
+    below, tie = score < t, score == t
+    return below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
+
+
 def _row_mask(score: torch.Tensor, s: float, chunk_rows: int = 1024) -> torch.Tensor:
     """Prune the prune_count(d_in, s) lowest scores of every row (Wanda's comparison group); ties at the
     threshold go to the lower column index, as a stable ascending sort would order them.
@@ -65,10 +72,7 @@ def _row_mask(score: torch.Tensor, s: float, chunk_rows: int = 1024) -> torch.Te
         m = sc <= t
         over = (m.sum(1) > k).nonzero().flatten()
         if over.numel():  # ties at t beyond the k-th: keep the lowest column indices among them
-            so, to = sc[over], t[over]
-            below, tie = so < to, so == to
-            need = k - below.sum(1, keepdim=True)
-            m[over] = below | (tie & (tie.cumsum(1) <= need))
+            m[over] = _lowest_k(sc[over], t[over], k)
         mask[r0:r0 + chunk_rows] = m
     return mask
 
@@ -92,10 +96,7 @@ def _global_mask(score: torch.Tensor, s: float) -> torch.Tensor:
     if k <= 0:
         return torch.zeros_like(score, dtype=torch.bool)
     t = torch.kthvalue(flat, k).values
-    below = flat < t
-    tie = flat == t
-    mask = below | (tie & (tie.cumsum(0) <= k - below.sum()))
-    return mask.reshape(score.shape)
+    return _lowest_k(flat.unsqueeze(0), t.reshape(1, 1), k).reshape(score.shape)
 
 
 def magnitude_mask(W: torch.Tensor, s: float, nm=None) -> torch.Tensor:

@@ -149,9 +149,10 @@ def _tril_inverse(R: torch.Tensor, out: torch.Tensor, leaf: int = 128) -> None:
     out[h:, :h] = low.neg_()
 
 
-def hessian_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, dead) for a copy of ``H`` (see ``SparseGPT._inverse_cholesky``; H is left intact)."""
-    return SparseGPT._inverse_cholesky(H.to(torch.float32, copy=True), percdamp)
+def hessian_inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, dead) for ``H`` (see ``SparseGPT._inverse_cholesky``); ``copy=False`` lets it overwrite
+    an fp32 ``H`` the caller no longer needs (a fresh ``Hessian.H``) instead of copying d × d again."""
+    return SparseGPT._inverse_cholesky(H.to(torch.float32, copy=copy), percdamp)
 
 
 @torch.no_grad()
