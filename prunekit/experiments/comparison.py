@@ -264,6 +264,27 @@ def run_grid(grid: str, *, results=None, progress: bool = False, **overrides) ->
     return df.drop(columns=["cell", "status", "error"], errors="ignore")
 
 
+def run_models(grid: str, models, *, results=None, seeds=None, groups=None, eval_windows=None):
+    """Notebook 50's workload per model: its runs (``run_grid``) and the dense perplexities they are
+    read against (one evaluation on the grid's windows). Returns (runs, dense, seconds per model)."""
+    import time
+
+    from prunekit.experiments.session import Session
+    over = dict(seeds=seeds, groups=groups, eval_windows=eval_windows)
+    cfg = settings_from_grid(grid, **over)
+    parts, dense, seconds = [], {}, {}
+    for name in models:
+        t0 = time.perf_counter()
+        parts.append(run_grid(grid, results=results, models=[name], **over))
+        session = Session(model_name=name, calib_samples=cfg["calib_samples"], calib_seqlen=cfg["calib_seqlen"],
+                          eval_datasets=tuple(cfg["eval_datasets"]), eval_seqlen=cfg["eval_seqlen"],
+                          eval_windows=cfg["eval_windows"], seed=cfg["seeds"][0], progress=False)
+        dense[name] = session.dense()
+        session.close()
+        seconds[name] = time.perf_counter() - t0
+    return pd.concat(parts, ignore_index=True), dense, seconds
+
+
 def settings_from_grid(grid: str, **overrides) -> dict:
     """Notebook 50's workload read from a grid file — a packaged name such as ``comparison-cpu``
     (``prunekit/experiments/grids``) or a path — validated, in the same shape as ``settings``;
