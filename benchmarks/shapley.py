@@ -9,6 +9,7 @@ Estimator part (Wanda at 70 %, 30 players on smollm2-135m, 18 on gemma3-270m):
 3. the default estimator of ``--allocation svnup`` (the method's defaults) and the sliding-window
    variants w ∈ {1, 3, 5} × background ∈ {absent, present, both}: distinct evaluations, wall time,
    Spearman vs the reference;
+   (``--random-backgrounds K``, ``--single-permutations K``: estimators at n + 1 evaluations, the P5 budget);
 4. Monte-Carlo with an independent seed, run until Spearman ≥ threshold vs the reference;
 5. held-out variance: the default estimator on a second, disjoint held-out draw of the same size
    (Spearman between the two draws);
@@ -79,6 +80,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--mc-max-evals", type=int, default=600)
+    ap.add_argument("--random-backgrounds", type=int, default=0,
+                    help="also w=1 on K random half-dense backgrounds (seeds 0..K-1), n + 1 evaluations each")
+    ap.add_argument("--single-permutations", type=int, default=0,
+                    help="also K one-permutation Monte-Carlo estimates (seeds 100..), n + 1 evaluations each")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the Monte-Carlo reference")
     ap.add_argument("--p5-wall", action="store_true", help="only the P5 wall ratio (see the module doc)")
@@ -158,9 +163,25 @@ def main(argv=None) -> dict:
         print(f"{f'sliding window w={w} {bg}{tag}':<34}{r.evaluations:>12}{r.seconds:>9.1f}"
               f"{rows[(w, bg)]['spearman']:>10.3f}", flush=True)
 
+    # estimators at about n + 1 evaluations, the budget P5's 0.1 leaves (docs/benchmarks.md, P5)
+    rng_rows = []
+    for s in range(args.random_backgrounds):
+        bg = int(sum(1 << int(i) for i in np.flatnonzero(np.random.default_rng(s).random(n) < 0.5)))
+        game.clear_cache()
+        r = sliding_window(game, n, 1, background=bg, progress=False)
+        rng_rows.append({"estimator": f"w=1 random half (seed {s})", "evaluations": r.evaluations,
+                         "spearman": _spearman(r.values, ref)})
+    for s in range(args.single_permutations):
+        game.clear_cache()
+        r = monte_carlo(game, n, 1, 100 + s)
+        rng_rows.append({"estimator": f"Monte-Carlo, one permutation (seed {100 + s})", "evaluations": r.evaluations,
+                         "spearman": _spearman(r.values, ref)})
+    for row in rng_rows:
+        print(f"{row['estimator']:<44}{row['evaluations']:>6}{row['spearman']:>10.3f}", flush=True)
+
     if args.mc_max_evals <= 0:  # estimator rows only
         print(json.dumps({"model": args.model, "rows": [{k: v for k, v in r.items() if k != "values"}
-                                                        for r in rows.values()]}))
+                                                        for r in rows.values()], "budget_rows": rng_rows}))
         return rows
     game.clear_cache()
     mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=not args.quiet,
@@ -203,7 +224,7 @@ def main(argv=None) -> dict:
                          "seconds": float(ref_d["seconds"][0]), "cached": cached,
                          "split_half_spearman": float(ref_d["split_half"][0])},
            "sliding_window": [{k: v for k, v in r.items() if k != "values"} for r in rows.values()],
-           "monte_carlo": {"reached": bool(hit), "evaluations": mc_evals},
+           "budget_rows": rng_rows, "monte_carlo": {"reached": bool(hit), "evaluations": mc_evals},
            "heldout_draws_spearman": rho_draws, "p5_evaluations_ratio": ratio, "p5_met": ok}
     print(json.dumps(out))
     return out

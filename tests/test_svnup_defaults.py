@@ -54,18 +54,3 @@ def test_default_estimator_against_brute_force():
         players = list(range(lo, lo + w))
         want = 0.5 * (_window_shapley(v, n, players, 0)[l] + _window_shapley(v, n, players, full)[l])
         assert abs(r.values[l] - want) < 1e-9, l
-
-
-def test_progress_total_is_known_up_front(monkeypatch):
-    import prunekit.allocation.svnup.shapley as sh
-    seen = {}
-
-    class Bar(list):
-        def __init__(self, it, **kw):
-            super().__init__(it)
-            seen.update(kw, total=len(self))
-
-    monkeypatch.setattr(sh, "tqdm", Bar)
-    v, _ = _game(6)
-    sh.sliding_window(v, 6, 1, background="present", progress=True)
-    assert seen["total"] == 7  # v(N) and the 6 leave-one-out coalitions and seen["unit"] == "coalition"

@@ -100,12 +100,12 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     pruned and with them dense; [I]) on ``heldout_samples=2`` windows of the calibration length:
     'both' reached Spearman 0.931 against a long Monte-Carlo reference on SmolLM2 (4 × 128 held-out)
     where the paper's 'absent' background reached 0.774. 'both' costs about twice the evaluations
-    (864 on 30 blocks); a held-out set a quarter of the old 8 samples pays for it, so at the CLI's
-    128 × 2048 calibration the game should cost ≈ 6 × one Wanda prune (estimate from measured
-    per-evaluation costs, docs/benchmarks.md). With a small calibration the held-out set is a
-    large fraction of it: pass a smaller ``window`` or ``background='absent'`` for a quicker,
-    rougher estimate. Progress: one bar per phase with its total known up front (pruned blocks,
-    then coalitions), so tqdm shows an ETA.
+    (864 on 30 blocks); a held-out set a quarter of the old 8 samples pays for it: at the CLI's
+    128 × 2048 calibration the plan took 3.84 × one Wanda prune on SmolLM2 (bf16, measured,
+    docs/benchmarks.md P5). With a small calibration the held-out set is a large fraction of it:
+    pass a smaller ``window`` or ``background='absent'`` for a quicker, rougher estimate.
+    Progress: one bar per phase with its total known up front (pruned blocks, then the block
+    forwards the coalitions will run), so tqdm's ETA holds.
     ``heldout``: dataset name for the held-out value set (default: the calibration dataset), or a
     Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
     option that affects them."""

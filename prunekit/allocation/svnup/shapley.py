@@ -51,8 +51,16 @@ class _Memo:
 
     def prefetch(self, masks, progress: bool = False, desc: str = "coalitions") -> None:
         todo = sorted({int(m) for m in masks} - self.table.keys(), key=self.trie_key)
-        for m in tqdm(todo, desc=desc, unit="coalition", disable=bars_disabled(progress), leave=False):  # total known: ETA
-            self(m)
+        # The bar's total is known up front, so tqdm shows an ETA. A prefix-caching game (LayerGame)
+        # says how many blocks each coalition will run in this order: in trie order the late
+        # coalitions differ in early blocks and cost several times the early ones, so counting
+        # coalitions would promise an ETA a fraction of the real one.
+        costs = getattr(self.v, "evaluation_costs", None)
+        costs, unit = (costs(todo), "block") if costs is not None else ([1] * len(todo), "coalition")
+        with tqdm(total=sum(costs), desc=desc, unit=unit, disable=bars_disabled(progress), leave=False) as bar:
+            for m, c in zip(todo, costs):
+                self(m)
+                bar.update(c)
 
     @property
     def evaluations(self) -> int:
