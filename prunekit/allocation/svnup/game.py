@@ -161,6 +161,10 @@ class LayerGame:
             self.value_cache[coalition] = -nll if self.game == "dense_coalition" else nll
         return self.value_cache[coalition]
 
+    def _cached_prefix(self, dense_mask: int) -> int:
+        """Length k of the longest prefix (blocks < k) whose hidden states are cached; 0 if none."""
+        return next((k for k in range(self.n - 1, 0, -1) if (k, dense_mask & ((1 << k) - 1)) in self._states), 0)
+
     def evaluation_costs(self, coalitions) -> list[int]:
         """Blocks each coalition will run if evaluated in this order: ``n`` minus the prefix it
         shares with the coalition before it (or with a cached prefix, for the first); 0 if its
@@ -173,7 +177,7 @@ class LayerGame:
                 continue
             d = self.dense_set(c)
             if prev is None:
-                k = next((k for k in range(self.n - 1, 0, -1) if (k, d & ((1 << k) - 1)) in self._states), 0)
+                k = self._cached_prefix(d)
             else:
                 x = d ^ prev  # blocks below the lowest differing bit share their hidden states
                 k = (x & -x).bit_length() - 1 if x else self.n - 1
@@ -195,13 +199,11 @@ class LayerGame:
     def nll(self, dense_mask: int) -> float:
         """Mean next-token NLL on the held-out set of the model whose blocks in ``dense_mask`` are
         dense and the others pruned. Starts from the longest cached prefix of hidden states."""
-        start, states = 0, self._inputs.hidden
-        for k in range(self.n - 1, 0, -1):
-            key = (k, dense_mask & ((1 << k) - 1))
-            if key in self._states:
-                self._states.move_to_end(key)
-                start, states = k, self._states[key]
-                break
+        start, states = self._cached_prefix(dense_mask), self._inputs.hidden
+        if start:
+            key = (start, dense_mask & ((1 << start) - 1))
+            self._states.move_to_end(key)
+            states = self._states[key]
         for i in range(start, self.n):
             block = self.layout.blocks[i]
             with onload(self.model, i):

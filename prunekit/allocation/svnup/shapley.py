@@ -55,8 +55,8 @@ class _Memo:
         # says how many blocks each coalition will run in this order: in trie order the late
         # coalitions differ in early blocks and cost several times the early ones, so counting
         # coalitions would promise an ETA a fraction of the real one.
-        costs = getattr(self.v, "evaluation_costs", None)
-        costs, unit = (costs(todo), "block") if costs is not None else ([1] * len(todo), "coalition")
+        cost_of = getattr(self.v, "evaluation_costs", None)
+        costs, unit = (cost_of(todo), "block") if cost_of is not None else ([1] * len(todo), "coalition")
         with tqdm(total=sum(costs), desc=desc, unit=unit, disable=bars_disabled(progress), leave=False) as bar:
             for m, c in zip(todo, costs):
                 self(m)
