@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 export PRUNEKIT_CACHE ?= $(HOME)/.cache/prunekit
 LAB_PORT ?= 8888
 
-.PHONY: setup demo lab test test-fast test-notebooks reports benchmarks strip-notebooks nbstripout-filter \
+.PHONY: setup demo lab lint test test-fast test-notebooks reports benchmarks strip-notebooks nbstripout-filter \
   peers-venv benchmark-peers
 
 setup: $(STAMP)
@@ -47,7 +47,11 @@ lab: setup
 	cd notebooks && $(abspath $(BIN))/jupyter lab --port=$(LAB_PORT) --MultiKernelManager.default_kernel_name=python3 \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
-test: setup
+# pyflakes + pycodestyle errors over the package, the tests and the benchmarks (pyproject [tool.ruff])
+lint: setup
+	$(BIN)/ruff check prunekit tests benchmarks
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -28,22 +28,23 @@ def main(argv=None) -> dict:
 
     from prunekit.allocation.absorption.probe import Probe
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
 
-    model, tok = load_model(args.model)
-    ids = calibration_data("c4", tok, args.samples, args.seqlen, 0).input_ids
+    rt = load_model(args.model)
+    model = rt.model
+    ids = calibration_data("c4", rt.tokenizer, args.samples, args.seqlen, 0).input_ids
     L = model.config.num_hidden_layers
     times = []
     with torch.no_grad():
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             for s in range(0, ids.shape[0], args.batch_size):
-                model(input_ids=ids[s:s + args.batch_size], use_cache=False)
+                model(input_ids=ids[s:s + args.batch_size].to(rt.device), use_cache=False)
             times.append(time.perf_counter() - t0)
     dense = sorted(times)[len(times) // 2]
 
     t0 = time.perf_counter()
-    probe = Probe(model, ids, batch_size=args.batch_size, progress=False)
+    probe = Probe(rt, ids, batch_size=args.batch_size, progress=False)
     t_clean = time.perf_counter() - t0
     clean_runs = probe.block_runs
     r = probe.coefficients(eta=args.eta, draws=args.draws)

@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     s = Session(model_name=args.model, calib_samples=args.samples, calib_seqlen=args.seqlen,
                 seed=args.seed, progress=not args.no_progress)
     if not args.cache:  # cold statistics: in-memory memoisation only
-        s.stats = Statistics(s.model, s.calib, cache=False, batch_size=s.batch_size,
+        s.stats = Statistics(s.runtime, s.calib, cache=False, batch_size=s.batch_size,
                              progress=not args.no_progress)
     print(f"model {args.model}: {s.layout.num_blocks} blocks × {len(s.layout.linear_names)} linears; "
           f"calibration {args.samples}×{args.seqlen} tokens; setup {time.perf_counter() - t0:.1f}s "

@@ -36,15 +36,32 @@ def _trip(*a, **k):
 def main() -> None:
     os.environ.setdefault("PRUNEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    import prunekit
-    import prunekit.core.models as M
-    import prunekit.experiments.session as S
+    import importlib
+
     import test_cli_bad_input as T
     from conftest import tiny_model
+
+    import prunekit
     from prunekit.cli import main as cli
-    for mod, name in [(M, "load_model"), (S, "load_model"), (M, "_dense_cache_for_gguf"), (M, "_tiny_llama")]:
-        setattr(mod, name, _trip)
-    M.ALIASES["tiny-llama"] = _trip
+    # Every loader entry point, in this checkout's layout (prunekit.core.loading/aliases) or the one
+    # before it (prunekit.core.models), so an older checkout on PYTHONPATH is classified the same way.
+    targets = [("prunekit.core.loading", "load_model"), ("prunekit.experiments.session", "load_model"),
+               ("prunekit.core.aliases", "dense_cache_for_gguf"), ("prunekit.core.aliases", "_tiny_llama"),
+               ("prunekit.core.models", "load_model"), ("prunekit.core.models", "_dense_cache_for_gguf"),
+               ("prunekit.core.models", "_tiny_llama")]
+    patched = 0
+    for modname, name in targets:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        if hasattr(mod, name):
+            setattr(mod, name, _trip)
+            patched += 1
+        if hasattr(mod, "ALIASES"):
+            mod.ALIASES["tiny-llama"] = _trip
+    if not patched:
+        raise SystemExit("bad_input: found no model loader to replace in this prunekit")
     print(f"prunekit from {Path(prunekit.__file__).parent}")
     tmp = Path(tempfile.mkdtemp(prefix="bad-input-"))
     md = tmp / "tiny"
@@ -58,7 +75,8 @@ def main() -> None:
             sub = setup(ws, md)
             build.env = sub.get("env", {})
             return ([a.replace("{model}", sub.get("model", str(md))) for a in T.PRUNE] + sub.get("argv", [])
-                    + ["--out", sub.get("out", str(ws / "run.json")), "--save-model", sub.get("save", str(ws / "saved"))])
+                    + ["--out", sub.get("out", str(ws / "run.json")),
+                       "--save-model", sub.get("save", str(ws / "saved"))])
         cases.append((cid, build, None))
     for cid, extra, needle in T.EVAL_CASES:
         cases.append((cid, lambda ws, extra=extra: [a.replace("{model}", str(md)) for a in T.EVAL] + extra

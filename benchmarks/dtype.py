@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     if args.split is not None:
         return split(args)
 
-    from prunekit.core.models import dtype_name, pick_device, pick_dtype
+    from prunekit.core.devices import dtype_name, pick_device, pick_dtype
     from prunekit.evaluation.perplexity import perplexity
     from prunekit.experiments.session import Session
 
@@ -52,10 +52,10 @@ def main(argv=None) -> dict:
 
     out: dict = {"default_dtype": default, "p7": {}, "rows": []}
     for d in dtypes:  # warm-up: first forward pays one-off costs
-        perplexity(sess[d].model, sess[d].tokenizer, "wikitext2", 1024, 1, progress=False)
+        perplexity(sess[d].runtime, "wikitext2", 1024, 1, progress=False)
     p7 = {}
     for d in dtypes:
-        p7[d] = perplexity(sess[d].model, sess[d].tokenizer, "wikitext2", 1024, args.p7_windows, progress=False)
+        p7[d] = perplexity(sess[d].runtime, "wikitext2", 1024, args.p7_windows, progress=False)
     lo = dtypes[1]
     r = p7[lo]["tokens_per_s"] / p7["fp32"]["tokens_per_s"]
     dp = p7[lo]["perplexity"] / p7["fp32"]["perplexity"] - 1
@@ -88,16 +88,17 @@ def main(argv=None) -> dict:
 
 def split(args) -> dict:
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import layout, load_model
+    from prunekit.core.loading import load_model
     from prunekit.evaluation.perplexity import perplexity
     from prunekit.solvers.prune import prune_model
     models = {}
     for d in ("fp32", "bf16"):
-        m, tok = load_model(args.model, dtype=d)
-        calib = calibration_data("c4", tok, args.calib_samples, args.calib_seqlen, 0)
-        prune_model(m, calib.input_ids, args.split, "wanda", progress=False)
-        models[d] = m
-    lay = {d: layout(m) for d, m in models.items()}
+        # in memory (no offload): the pruned models are cast to each evaluation dtype below
+        rt = load_model(args.model, dtype=d, offload="none")
+        calib = calibration_data("c4", rt.tokenizer, args.calib_samples, args.calib_seqlen, 0)
+        prune_model(rt, calib.input_ids, args.split, "wanda", progress=False)
+        models[d] = rt
+    lay = {d: rt.layout for d, rt in models.items()}
     agree = tot = 0
     for i in range(lay["fp32"].num_blocks):
         for n, a in lay["fp32"].linears(i).items():
@@ -106,10 +107,10 @@ def split(args) -> dict:
             tot += a.weight.numel()
     out = {"mask_agreement": agree / tot, "ppl": {}}
     print(f"Wanda {args.split:.0%} masks, fp32- vs bf16-calibrated: {agree / tot:.4%} of entries agree", flush=True)
-    for d, m in models.items():
+    for d, rt in models.items():
         for e in ("fp32", "bf16"):
-            m.to(torch.float32 if e == "fp32" else torch.bfloat16)
-            p = perplexity(m, tok, "wikitext2", 1024, args.eval_windows, progress=False)["perplexity"]
+            rt.model.to(torch.float32 if e == "fp32" else torch.bfloat16)
+            p = perplexity(rt, "wikitext2", 1024, args.eval_windows, progress=False)["perplexity"]
             out["ppl"][f"{d}-calibrated/{e}-evaluated"] = p
             print(f"pruned with {d} calibration, evaluated in {e}: ppl {p:.2f}", flush=True)
     return out

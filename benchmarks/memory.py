@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -25,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32)
+from benchmarks.pipeline import reset_peak  # one clear_refs helper
+
+SHAPE_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32}
 NAME_7B = "llama2-7b-shape-random-v1"
 
 
@@ -47,10 +50,7 @@ def rss_mb() -> float:
 def peak_mb() -> float:
     """Kernel high-water mark of this process's RSS (VmHWM), MB."""
     v = _status("VmHWM")
-    return v if v == v else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-from benchmarks.pipeline import reset_peak  # noqa: E402  (one clear_refs helper)
+    return v if not math.isnan(v) else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ----------------------------------------------------------------------------- the 7B-shape model
@@ -63,12 +63,12 @@ def build_random_llama(target: Path, shape: dict, seed: int = 0, dtype: str = "b
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig
 
-    from prunekit.core.models import _dense_cache_for_gguf, _smollm2_gguf
+    from prunekit.core.aliases import _smollm2_gguf, dense_cache_for_gguf
     target = Path(target)
     if (target / "prunekit.json").is_file():
         return target
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    tok = AutoTokenizer.from_pretrained(_dense_cache_for_gguf(_smollm2_gguf()))
+    tok = AutoTokenizer.from_pretrained(dense_cache_for_gguf(_smollm2_gguf()))
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=False,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
     cfg.dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
@@ -122,7 +122,7 @@ def build_random_llama(target: Path, shape: dict, seed: int = 0, dtype: str = "b
 def model_7b(seed: int = 0, blocks: int | None = None) -> Path:
     """The 7B-shape model; ``blocks`` < 32 builds a shallower model of the same width (a quick
     proxy for the per-block peak: with disk offload only one block is ever resident)."""
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     if blocks and blocks != SHAPE_7B["num_hidden_layers"]:
         return build_random_llama(cache_dir() / "dense" / f"{NAME_7B}-{blocks}blocks",
                                   {**SHAPE_7B, "num_hidden_layers": blocks}, seed)
@@ -130,7 +130,7 @@ def model_7b(seed: int = 0, blocks: int | None = None) -> Path:
 
 
 def model_7b_built() -> bool:
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     return (cache_dir() / "dense" / NAME_7B / "prunekit.json").is_file()
 
 
@@ -156,20 +156,20 @@ def _child_prune(q, model: str, offload: str, metric: str, dtype: str | None, ca
                  profile: str | None = None) -> None:
     try:
         import torch  # noqa: F401
-
-        from prunekit.core.data import calibration_data
-        from prunekit.core.models import load_model
-        from prunekit.evaluation.perplexity import perplexity
-        from prunekit.solvers.prune import prune_model
         import transformers  # noqa: F401  (libraries count in the baseline, as in benchmarks.pipeline)
         from transformers import LlamaForCausalLM  # noqa: F401
+
+        from prunekit.core.data import calibration_data
+        from prunekit.core.loading import load_model
+        from prunekit.evaluation.perplexity import perplexity
+        from prunekit.solvers.prune import prune_model
         t = {}
         base = rss_mb()
         t0 = time.perf_counter()
-        m, tok = load_model(model, "cpu", dtype, offload=offload)
+        rt = load_model(model, "cpu", dtype, offload=offload)
         t["load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        calib = calibration_data("c4", tok, calib_samples, calib_seqlen, 0)
+        calib = calibration_data("c4", rt.tokenizer, calib_samples, calib_seqlen, 0)
         t["data_s"] = time.perf_counter() - t0
         load_peak = peak_mb()
         if reset_after_load:  # M3 measures the prune, not from_pretrained's transients
@@ -182,7 +182,7 @@ def _child_prune(q, model: str, offload: str, metric: str, dtype: str | None, ca
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
-        rep = prune_model(m, calib.input_ids, 0.5, metric, batch_size=min(8, calib_samples), progress=False)
+        rep = prune_model(rt, calib.input_ids, 0.5, metric, batch_size=min(8, calib_samples), progress=False)
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile)
@@ -191,13 +191,13 @@ def _child_prune(q, model: str, offload: str, metric: str, dtype: str | None, ca
         ppl = None
         if eval_windows:
             t0 = time.perf_counter()
-            ppl = perplexity(m, tok, "wikitext2", eval_seqlen, eval_windows, progress=False)["perplexity"]
+            ppl = perplexity(rt, "wikitext2", eval_seqlen, eval_windows, progress=False)["perplexity"]
             t["eval_s"] = time.perf_counter() - t0
-        off = getattr(m, "prunekit_offloader", None)
+        off = rt.offloader
         if off is not None:
             t["block_reads"], t["block_writes"] = off.reads, off.writes
-        q.put({"base_mb": base, "peak_mb": peak_mb(), "load_peak_mb": load_peak, "timings": t, "global_sparsity": rep["global_sparsity"],
-               "ppl": ppl, "masks": None})
+        q.put({"base_mb": base, "peak_mb": peak_mb(), "load_peak_mb": load_peak, "timings": t,
+               "global_sparsity": rep["global_sparsity"], "ppl": ppl, "masks": None})
     except BaseException as e:  # report, never hang the parent
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -224,7 +224,8 @@ def m1(metric: str = "wanda", dtype: str = "bf16", blocks: int | None = None, pr
     r["fp32_gb"] = fp32 / 2 ** 30
     r["ratio"] = r["peak_mb"] * 2 ** 20 / fp32
     goal = 0.15 if metric == "wanda" else 0.2
-    print(f"M1[{metric}, offload=disk, {dtype}{f', {blocks}-block proxy' if blocks else ''}]: peak RSS {r['peak_mb'] / 1024:.2f} GiB ÷ fp32 model "
+    proxy = f", {blocks}-block proxy" if blocks else ""
+    print(f"M1[{metric}, offload=disk, {dtype}{proxy}]: peak RSS {r['peak_mb'] / 1024:.2f} GiB ÷ fp32 model "
           f"{r['fp32_gb']:.2f} GiB = {r['ratio']:.3f} (goal ≤ {goal}); interpreter baseline "
           f"{r['base_mb']:.0f} MB; phases " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items())
           + f"; wall {r['wall_s']:.0f} s; sparsity {r['global_sparsity']:.3f}; ppl {r['ppl']}")
@@ -246,10 +247,11 @@ def m2(model: str = "smollm2-135m", calib_samples: int = 16, calib_seqlen: int =
     return out
 
 
-def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512, dtype: str | None = None) -> float:
-    from prunekit.core.models import resolve, _dense_cache_for_gguf
+def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int = 512,
+       dtype: str | None = None) -> float:
+    from prunekit.core.aliases import dense_cache_for_gguf, resolve
     _, loc = resolve(model)
-    d = _dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else Path(loc)
+    d = dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else Path(loc)
     fp32 = fp32_bytes(d)
     # tied embeddings appear once in the file and once in the model: count parameters as loaded
     import transformers
@@ -259,9 +261,10 @@ def m3(model: str = "smollm2-135m", calib_samples: int = 32, calib_seqlen: int =
                   calib_seqlen=calib_seqlen, eval_windows=0, eval_seqlen=0, reset_after_load=True)
     ratio = r["peak_mb"] * 2 ** 20 / (fp32 + acts)
     net = (r["peak_mb"] - r["base_mb"]) * 2 ** 20 / (fp32 + acts)
-    print(f"M3[{dtype or 'default dtype'}]: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB + 2 × calibration "
-          f"activations {acts / 2**20:.0f} MB) = {ratio:.2f} raw, {net:.2f} net of the {r['base_mb']:.0f} MB "
-          f"interpreter + libraries baseline (goal ≤ 1.3); load-time peak {r['load_peak_mb']:.0f} MB (not counted)")
+    print(f"M3[{dtype or 'default dtype'}]: peak RSS {r['peak_mb']:.0f} MB ÷ (fp32 model {fp32 / 2**20:.0f} MB "
+          f"+ 2 × calibration activations {acts / 2**20:.0f} MB) = {ratio:.2f} raw, {net:.2f} net of the "
+          f"{r['base_mb']:.0f} MB interpreter + libraries baseline (goal ≤ 1.3); "
+          f"load-time peak {r['load_peak_mb']:.0f} MB (not counted)")
     return ratio
 
 
@@ -273,10 +276,12 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks", type=int, default=None, help="M1 on a shallower same-width proxy model")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="M1: cProfile the prune in the child and dump pstats to FILE")
+    ap.add_argument("--model", default=None, help="M2/M3 model (default smollm2-135m; tiny-llama for a smoke run)")
     ap.add_argument("--calib-samples", type=int, default=None, help="M2/M3 calibration windows")
     ap.add_argument("--calib-seqlen", type=int, default=None)
     a = ap.parse_args(argv)
-    cal = {k: v for k, v in (("calib_samples", a.calib_samples), ("calib_seqlen", a.calib_seqlen)) if v}
+    cal = {k: v for k, v in (("model", a.model), ("calib_samples", a.calib_samples),
+                             ("calib_seqlen", a.calib_seqlen)) if v}
     if a.what == "build":
         t0 = time.perf_counter()
         p = model_7b()

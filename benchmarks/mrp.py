@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     sess = Session(a.model, calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, progress=False)
-    stats = Statistics(sess.model, sess.calib, cache=False, progress=False)
+    stats = Statistics(sess.runtime, sess.calib, cache=False, progress=False)
     res = {"model": a.model, "sparsity": a.sparsity, "calib": [a.calib_samples, a.calib_seqlen],
            "delta": a.delta, "torch_threads": torch.get_num_threads(), "versions": versions()}
 
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
 
     sess.restore()
     t = time.perf_counter()
-    prune_model(sess.model, sess.calib.input_ids, a.sparsity, "wanda", progress=False)
+    prune_model(sess.runtime, sess.calib.input_ids, a.sparsity, "wanda", progress=False)
     res["wanda_s"] = time.perf_counter() - t
     sess.restore()
     res["ratio_mrp_over_wanda"] = res["mrp_s"] / res["wanda_s"]

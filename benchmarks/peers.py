@@ -34,33 +34,27 @@ DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 
 def model_dir(name: str, workdir: Path) -> Path:
-    """The dense HF directory both tools load: prunekit's dequantised cache for a GGUF alias, the
-    directory itself for a local one, else the loaded model saved into ``workdir``."""
-    models = _models()
-    kind, loc = models.resolve(name)
-    if kind == "dir":
+    """The dense HF directory both tools load: prunekit's dequantised cache for a GGUF alias or file,
+    the directory itself for a local one (or an alias that is one), else the loaded model saved into
+    ``workdir``."""
+    from prunekit.core.aliases import dense_cache_for_gguf, resolve
+    from prunekit.core.loading import load_model
+    from prunekit.core.saving import save_model
+    kind, loc = resolve(name)
+    if loc.endswith(".gguf"):
+        return dense_cache_for_gguf(Path(loc))
+    if kind in ("dir", "alias"):
         return Path(loc)
-    dense = getattr(models, "_dense_cache_for_gguf", None)  # private; the fallback below is public
-    if loc.endswith(".gguf") and dense is not None:
-        return Path(dense(Path(loc)))
-    model, tok = models.load_model(name, dtype="fp32")
-    return models.save_model(model, tok, workdir / "dense")
+    return save_model(load_model(name, dtype="fp32"), workdir / "dense")
 
 
-def _models():
-    """prunekit's models module (prunekit.core.models in the split layout, prunekit.models before)."""
-    try:
-        from prunekit.core import models
-    except ImportError:
-        from prunekit import models
-    return models
-
-
-def zero_masks(model) -> dict:
-    """{block.linear: bool tensor of zeros} over the decoder-block linears."""
-    from prunekit import layout
-    lay = layout(model)
-    return {f"{i}.{n}": (m.weight == 0).cpu() for i in range(lay.num_blocks) for n, m in lay.linears(i).items()}
+def zero_masks(rt) -> dict:
+    """{block.linear: bool tensor of zeros} over the decoder-block linears of runtime ``rt``."""
+    masks = {}
+    for i in range(rt.num_blocks):
+        with rt.onload(i):
+            masks.update({f"{i}.{n}": (m.weight == 0).cpu() for n, m in rt.layout.linears(i).items()})
+    return masks
 
 
 def mask_agreement(a: dict, b: dict) -> float:
@@ -78,7 +72,7 @@ def run_peer(a, method: str, mdir: Path, calib_file: Path, out: Path) -> dict:
     env.pop("PRUNEKIT_THREADS", None)  # the peer never imports prunekit; --threads sets torch's
     log = out.with_suffix(".log")
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+        proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEER_RESULT ")]
     if proc.returncode or not lines:
         tail = log.read_text()[-2000:]
@@ -106,9 +100,13 @@ def main(argv=None):
 
     import torch
     from safetensors.torch import load_file, save_file
-    from prunekit import calibration_data, layout, load_model, measure_sparsity, perplexity, prune_model
-    pick_device, pick_dtype = _models().pick_device, _models().pick_dtype
+
+    from prunekit.core.data import calibration_data
+    from prunekit.core.devices import pick_device, pick_dtype
+    from prunekit.core.loading import load_model
     from prunekit.errors import PrunekitError
+    from prunekit.evaluation.perplexity import perplexity
+    from prunekit.solvers.prune import measure_sparsity, prune_model
 
     if not Path(a.peer_python).is_file():
         raise PrunekitError(f"{a.peer_python} not found; run `make peers-venv` first")
@@ -120,17 +118,20 @@ def main(argv=None):
 
     work = Path(tempfile.mkdtemp(prefix="prunekit-peers-"))
     mdir = model_dir(a.model, work)
-    dense, tok = load_model(str(mdir), dtype="fp32")
-    calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, a.seed)
+    # every model in memory (offload none): the peer's state dict is loaded into one, and each is
+    # cast to fp32 for its evaluation
+    dense = load_model(str(mdir), dtype="fp32", offload="none")
+    calib = calibration_data("c4", dense.tokenizer, a.calib_samples, a.calib_seqlen, a.seed)
     calib_file = work / "calib.safetensors"
     save_file({"input_ids": calib.input_ids.contiguous()}, str(calib_file))
-    dense_sd = {k: v.detach().cpu().clone() for k, v in dense.state_dict().items()}
-    lay = layout(dense)  # state-dict keys of the decoder-block linears, the only tensors to change
+    dense_sd = {k: v.detach().cpu().clone() for k, v in dense.model.state_dict().items()}
+    lay = dense.layout  # state-dict keys of the decoder-block linears, the only tensors to change
     lin_ids = {id(m.weight) for i in range(lay.num_blocks) for m in lay.linears(i).values()}
-    linear_keys = {n for n, p in dense.named_parameters(remove_duplicate=False) if id(p) in lin_ids}
+    linear_keys = {n for n, p in dense.model.named_parameters(remove_duplicate=False) if id(p) in lin_ids}
 
-    def ppl(model) -> float:
-        return perplexity(model.float(), tok, "wikitext2", a.eval_seqlen, a.eval_windows, progress=False)["perplexity"]
+    def ppl(rt) -> float:
+        rt.model.float()
+        return perplexity(rt, "wikitext2", a.eval_seqlen, a.eval_windows, progress=False)["perplexity"]
 
     t_all = time.perf_counter()
     rows = []  # (method, tool, dtype, prune wall s, prune cpu s, ppl, sparsity, extra)
@@ -138,7 +139,7 @@ def main(argv=None):
     for method in methods:
         masks = {}
         for dt in dtypes:
-            model, _ = load_model(str(mdir), dtype=dt)
+            model = load_model(str(mdir), dtype=dt, offload="none")
             t0, c0 = time.perf_counter(), time.process_time()
             rep = prune_model(model, calib.input_ids, a.sparsity, method, batch_size=a.batch_size, progress=False)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -148,8 +149,8 @@ def main(argv=None):
         out = work / f"llmc-{method}.safetensors"
         res = run_peer(a, method, mdir, calib_file, out)
         peer_sd = load_file(str(out))
-        model, _ = load_model(str(mdir), dtype="fp32")
-        missing, unexpected = model.load_state_dict(peer_sd, strict=False)
+        model = load_model(str(mdir), dtype="fp32", offload="none")
+        missing, unexpected = model.model.load_state_dict(peer_sd, strict=False)
         changed = [k for k, v in peer_sd.items() if k in dense_sd and not torch.equal(v, dense_sd[k].float())]
         outside = [k for k in changed if k not in linear_keys]
         agree = mask_agreement(masks[dtypes[0]], zero_masks(model)) if dtypes else float("nan")
@@ -178,7 +179,7 @@ def main(argv=None):
     print("P3 ratios (prunekit ÷ llm-compressor; goal: wall <= 0.5 and ppl <= 1.02; cpu = process CPU time,"
           " less sensitive to other load):")
     for m in methods:
-        peer = [r for r in rows if r[0] == m and r[1] == "llm-compressor"][0]
+        peer = next(r for r in rows if r[0] == m and r[1] == "llm-compressor")
         for r in rows:
             if r[0] == m and r[1] == "prunekit":
                 ok = r[3] / peer[3] <= 0.5 and r[5] / peer[5] <= 1.02

@@ -20,10 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def compare(W, H, sparsity: float, X=None) -> str:
     import torch
     from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
-    try:  # split layout (prunekit.solvers) or the flat one before it
-        from prunekit.solvers.sparsegpt import sparsegpt
-    except ImportError:
-        from prunekit.prune import sparsegpt
+
+    from prunekit.solvers.sparsegpt import sparsegpt
     lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
     lin.weight.data = W.clone()
     with torch.no_grad():
@@ -51,9 +49,11 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(1)
     if a.model:
-        from prunekit import calibration_data, load_model, sequential
-        model, tok = load_model(a.model, dtype="fp32")
-        calib = calibration_data("c4", tok, 8, 256, a.seed)
+        from prunekit.core.data import calibration_data
+        from prunekit.core.engine import sequential
+        from prunekit.core.loading import load_model
+        rt = load_model(a.model, dtype="fp32")
+        calib = calibration_data("c4", rt.tokenizer, 8, 256, a.seed)
         blocks, kept = {int(b) for b in a.blocks.split(",")}, {}
 
         def keep(i, block, stats):  # dense inputs: a read-only pass, nothing pruned
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
                 mods = dict(block.named_modules())
                 for n, st in stats["hessian"].items():
                     kept[(i, n)] = (mods[n].weight.data.clone(), st.H.clone())
-        sequential(model, calib.input_ids, collect=("hessian",), on_block=keep, modifies=False, progress=False)
+        sequential(rt, calib.input_ids, collect=("hessian",), on_block=keep, modifies=False, progress=False)
         for (i, n), (W, H) in kept.items():
             print(f"block {i} {n}: {compare(W, H, a.sparsity)}", flush=True)
         return

@@ -12,9 +12,11 @@ RSS = peak RSS ÷ (fp32 model size + 2 × calibration activations)              
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import resource
 import time
+from pathlib import Path
 
 
 def rss_mb() -> float:
@@ -50,14 +52,12 @@ def _import_architecture(model_name: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from prunekit.core.models import _dense_cache_for_gguf, resolve
-    from pathlib import Path
+    from prunekit.core.aliases import dense_cache_for_gguf, resolve
     _, loc = resolve(model_name)
-    d = _dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else loc
-    try:
+    d = dense_cache_for_gguf(Path(loc)) if loc.endswith(".gguf") else loc
+    # a hub id or an unknown architecture: the baseline stays library-only
+    with contextlib.suppress(Exception):
         MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(d))]
-    except Exception:  # a hub id or an unknown architecture: the baseline stays library-only
-        pass
 
 
 def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_size: int, dtype=None) -> tuple:
@@ -66,16 +66,16 @@ def prune_peak(model_name: str, calib_samples: int, calib_seqlen: int, batch_siz
     import transformers  # noqa: F401
 
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     from prunekit.solvers.prune import prune_model
     _import_architecture(model_name)
     base = rss_mb()
-    model, tok = load_model(model_name, dtype=dtype)
+    rt = load_model(model_name, dtype=dtype)
     load_peak = peak_mb()
-    calib = calibration_data("c4", tok, calib_samples, calib_seqlen, 0)
+    calib = calibration_data("c4", rt.tokenizer, calib_samples, calib_seqlen, 0)
     gc.collect()
     reset_peak()
-    prune_model(model, calib.input_ids, 0.5, "wanda", batch_size=batch_size, progress=False)
+    prune_model(rt, calib.input_ids, 0.5, "wanda", batch_size=batch_size, progress=False)
     return base, peak_mb(), load_peak
 
 
@@ -94,11 +94,12 @@ def main(argv=None):
     import torch
 
     from prunekit.core.data import calibration_data, eval_tokens
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     from prunekit.evaluation.perplexity import perplexity, window_nlls
     from prunekit.solvers.prune import prune_model
 
-    model, tok = load_model(a.model, dtype=a.dtype)
+    rt = load_model(a.model, dtype=a.dtype)
+    model, tok = rt.model, rt.tokenizer
     calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, 0)
     ids, _ = eval_tokens("wikitext2", tok, a.eval_seqlen)
     n = min(a.eval_windows, ids.shape[1] // a.eval_seqlen)
@@ -113,7 +114,7 @@ def main(argv=None):
         for w in windows:
             model(input_ids=w[None], use_cache=False)
         raw = time.perf_counter() - t0
-    res = perplexity(model, tok, "wikitext2", a.eval_seqlen, n, progress=False)
+    res = perplexity(rt, "wikitext2", a.eval_seqlen, n, progress=False)
     p1 = (n * a.eval_seqlen / res["seconds"]) / (n * a.eval_seqlen / raw)
     tw = {"raw": [0.0, 0.0], "eval": [0.0, 0.0]}
 
@@ -128,15 +129,19 @@ def main(argv=None):
             order = ("raw", "eval") if j % 2 == 0 else ("eval", "raw")
             for kind in order:
                 if kind == "raw":
-                    timed("raw", lambda: model(input_ids=w[None], use_cache=False))
+                    timed("raw", lambda w=w: model(input_ids=w[None], use_cache=False))
                 else:
-                    timed("eval", lambda: window_nlls(model, w[None], a.eval_seqlen, progress=False))
+                    timed("eval", lambda w=w: window_nlls(rt, w[None], a.eval_seqlen, progress=False))
     p1_wall, p1_cpu = tw["raw"][0] / tw["eval"][0], tw["raw"][1] / tw["eval"][1]
+    p1_lines = (f"P1  eval tok/s / raw tok/s      = {p1:.3f}   (eval {res['tokens_per_s']:.0f} tok/s, "
+                f"raw {n * a.eval_seqlen / raw:.0f} tok/s; goal >= 0.95)\n"
+                f"P1  interleaved per window      = {p1_wall:.3f} wall, {p1_cpu:.3f} process CPU   "
+                f"(raw {tw['raw'][0]:.1f} s / {tw['raw'][1]:.1f} s cpu, "
+                f"eval {tw['eval'][0]:.1f} s / {tw['eval'][1]:.1f} s cpu)")
     if a.p1_only:
-        print(f"model {a.model}; eval {n}x{a.eval_seqlen}; dtype {model.dtype}; torch threads {torch.get_num_threads()}")
-        print(f"P1  eval tok/s / raw tok/s      = {p1:.3f}   (eval {res['tokens_per_s']:.0f} tok/s, raw {n*a.eval_seqlen/raw:.0f} tok/s; goal >= 0.95)")
-        print(f"P1  interleaved per window      = {p1_wall:.3f} wall, {p1_cpu:.3f} process CPU   (raw {tw['raw'][0]:.1f} s / "
-              f"{tw['raw'][1]:.1f} s cpu, eval {tw['eval'][0]:.1f} s / {tw['eval'][1]:.1f} s cpu)")
+        print(f"model {a.model}; eval {n}x{a.eval_seqlen}; dtype {model.dtype}; "
+              f"torch threads {torch.get_num_threads()}")
+        print(p1_lines)
         return
 
     # P2: one dense forward over the calibration tokens vs a full Wanda prune
@@ -146,7 +151,7 @@ def main(argv=None):
             model(input_ids=calib.input_ids[b:b + a.batch_size], use_cache=False)
         fwd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rep = prune_model(model, calib.input_ids, 0.5, "wanda", batch_size=a.batch_size, progress=False)
+    rep = prune_model(rt, calib.input_ids, 0.5, "wanda", batch_size=a.batch_size, progress=False)
     prune = time.perf_counter() - t0
 
     params = {p.data_ptr(): p.numel() for p in model.parameters()}  # tied weights counted once
@@ -154,14 +159,14 @@ def main(argv=None):
     acts_mb = a.calib_samples * a.calib_seqlen * model.config.hidden_size * 4 / 2**20
     import multiprocessing as mp
     with mp.get_context("spawn").Pool(1) as pool:
-        base, peak, load_peak = pool.apply(prune_peak, (a.model, a.calib_samples, a.calib_seqlen, a.batch_size, a.dtype))
+        base, peak, load_peak = pool.apply(prune_peak,
+                                           (a.model, a.calib_samples, a.calib_seqlen, a.batch_size, a.dtype))
     denom = model_mb + 2 * acts_mb
     print(f"model {a.model}: {sum(params.values())/1e6:.1f} M params; calibration {a.calib_samples}x{a.calib_seqlen}; "
           f"eval {n}x{a.eval_seqlen}; dtype {model.dtype}; torch threads {torch.get_num_threads()}")
-    print(f"P1  eval tok/s / raw tok/s      = {p1:.3f}   (eval {res['tokens_per_s']:.0f} tok/s, raw {n*a.eval_seqlen/raw:.0f} tok/s; goal >= 0.95)")
-    print(f"P1  interleaved per window      = {p1_wall:.3f} wall, {p1_cpu:.3f} process CPU   (raw {tw['raw'][0]:.1f} s / "
-          f"{tw['raw'][1]:.1f} s cpu, eval {tw['eval'][0]:.1f} s / {tw['eval'][1]:.1f} s cpu)")
-    print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; sparsity {rep['global_sparsity']:.4f})")
+    print(p1_lines)
+    print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; "
+          f"sparsity {rep['global_sparsity']:.4f})")
     print(f"RSS peak / (model + 2 acts)     = {peak/denom:.3f} raw, {(peak-base)/denom:.3f} net of the {base:.0f} MB "
           f"interpreter+libraries baseline   (peak {peak:.0f} MB of a fresh process during prune_model; "
           f"load-time peak {load_peak:.0f} MB; model {model_mb:.0f} MB, acts {acts_mb:.0f} MB; goal <= 1.3)")

@@ -45,8 +45,8 @@ def p5_wall(args) -> dict:
     rec = sess.run("uniform", "wanda", args.target, evaluate=False)
     wanda_s = time.perf_counter() - t0
     sess.restore()
-    sess.stats = Statistics(sess.model, sess.calib, cache=False, batch_size=sess.batch_size,
-                            progress=not args.quiet, tokenizer=sess.tokenizer)
+    sess.stats = Statistics(sess.runtime, sess.calib, cache=False, batch_size=sess.batch_size,
+                            progress=not args.quiet)
     t0 = time.perf_counter()
     plan = sess.plan("svnup", args.target)
     svnup_s = time.perf_counter() - t0
@@ -101,20 +101,21 @@ def main(argv=None) -> dict:
     from prunekit.allocation.svnup.game import LayerGame, heldout_data
     from prunekit.allocation.svnup.shapley import monte_carlo, sliding_window
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import dtype_name, load_model
+    from prunekit.core.devices import dtype_name
+    from prunekit.core.loading import load_model
     from prunekit.experiments.correlation import spearman as _spearman
     from prunekit.experiments.svnup import evaluations_to_reach
     from prunekit.scoring.statistics import Statistics
 
     t_all = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype)
+    rt = load_model(args.model, dtype=args.dtype)  # one Runtime for the statistics and both games
+    tok = rt.tokenizer
     calib = calibration_data(args.calib_dataset, tok, args.calib_samples, args.calib_seqlen, args.seed)
-    stats = Statistics(model, calib, cache=not args.no_cache, progress=False)
-    stats.tokenizer = tok
+    stats = Statistics(rt, calib, cache=not args.no_cache, progress=False)
     held = heldout_data(stats, args.heldout_samples, args.heldout_seqlen)
-    game = LayerGame(model, calib.input_ids, held, args.target, args.metric, progress=False)
+    game = LayerGame(rt, calib.input_ids, held, args.target, args.metric, progress=False)
     n = game.n
-    print(f"model {args.model} ({dtype_name(model.dtype)}): {n} players; held-out {tuple(held.input_ids.shape)}; "
+    print(f"model {args.model} ({dtype_name(rt.dtype)}): {n} players; held-out {tuple(held.input_ids.shape)}; "
           f"pruned blocks built in {game.build_seconds:.1f} s ({args.metric} @ {args.target:.0%}); "
           f"torch threads {torch.get_num_threads()}")
 
@@ -131,7 +132,8 @@ def main(argv=None) -> dict:
         r = monte_carlo(game, n, args.ref_permutations, args.ref_seed, progress=not args.quiet)
         half = r.trace[args.ref_permutations // 2 - 1]
         first = half["values"]  # split-half: first half vs second half of the permutations
-        second = (r.values * args.ref_permutations - first * half["permutations"]) / (args.ref_permutations - half["permutations"])
+        second = ((r.values * args.ref_permutations - first * half["permutations"])
+                  / (args.ref_permutations - half["permutations"]))
         return {"values": torch.tensor(r.values), "stderr": torch.tensor(r.stderr),
                 "evaluations": torch.tensor([r.evaluations]), "seconds": torch.tensor([r.seconds]),
                 "split_half": torch.tensor([_spearman(first, second)])}
@@ -148,7 +150,8 @@ def main(argv=None) -> dict:
     print("reference phi:", np.array2string(ref, precision=4, max_line_width=120))
 
     d = _defaults()
-    print(f"\ndefault estimator of --allocation svnup: {d['estimator']}, window={d['window']}, background={d['background']}")
+    print(f"\ndefault estimator of --allocation svnup: {d['estimator']}, window={d['window']}, "
+          f"background={d['background']}")
     rows = {}
     variants = [(int(w), bg) for w in args.windows.split(",") for bg in args.backgrounds.split(",")]
     if (d["window"], d["background"]) not in variants and not args.skip_default:
@@ -184,16 +187,21 @@ def main(argv=None) -> dict:
                                                         for r in rows.values()], "budget_rows": rng_rows}))
         return rows
     game.clear_cache()
-    mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=not args.quiet,
-                     until=lambda t: _spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= args.mc_max_evals)
+    def until(t) -> bool:
+        return _spearman(t["values"], ref) >= args.threshold or t["evaluations"] >= args.mc_max_evals
+
+    mc = monte_carlo(game, n, 10 ** 6, args.seed, progress=not args.quiet, until=until)
     hit = evaluations_to_reach(mc.trace, ref, args.threshold)
     if hit:
         print(f"Monte-Carlo (seed {args.seed}) reached Spearman {hit['spearman']:.3f} >= {args.threshold} after "
               f"{hit['permutations']} permutations = {hit['evaluations']} evaluations, {hit['seconds']:.1f} s")
     else:
         print(f"Monte-Carlo (seed {args.seed}) did NOT reach Spearman {args.threshold} within {mc.evaluations} "
-              f"evaluations ({mc.options['n_permutations']} permutations); final Spearman {_spearman(mc.values, ref):.3f}")
+              f"evaluations ({mc.options['n_permutations']} permutations); "
+              f"final Spearman {_spearman(mc.values, ref):.3f}")
     mc_evals = hit["evaluations"] if hit else mc.evaluations
+
+    game.restore()  # dense again: the second game below must be built on the dense weights
 
     # held-out variance: the default estimator on a second disjoint held-out draw of the same size
     dflt = rows.get((d["window"], d["background"]))
@@ -201,16 +209,16 @@ def main(argv=None) -> dict:
     if dflt is not None and not args.skip_heldout_variance:
         held2 = calibration_data(held.dataset, tok, args.heldout_samples, args.heldout_seqlen, calib.seed + 2,
                                  exclude=calib)
-        game2 = LayerGame(model, calib.input_ids, held2, args.target, args.metric, progress=False)
+        game2 = LayerGame(rt, calib.input_ids, held2, args.target, args.metric, progress=False)
         with game2:
             r2 = sliding_window(game2, n, d["window"], background=d["background"])
         rho_draws = _spearman(r2.values, dflt["values"])
         print(f"held-out variance: default estimator on two disjoint held-out draws of {tuple(held.input_ids.shape)}: "
-              f"Spearman {rho_draws:.3f} between the draws; the second draw vs the reference {_spearman(r2.values, ref):.3f}")
+              f"Spearman {rho_draws:.3f} between the draws; "
+              f"the second draw vs the reference {_spearman(r2.values, ref):.3f}")
     if dflt is None:
         dflt = max(rows.values(), key=lambda r: r["spearman"])
         print(f"(default estimator not run; P5 below uses the best row: w={dflt['window']} {dflt['background']})")
-    game.restore()
 
     ratio = dflt["evaluations"] / mc_evals
     ok = dflt["spearman"] >= args.threshold and ratio <= 0.1
@@ -218,7 +226,7 @@ def main(argv=None) -> dict:
           f"to Spearman>={args.threshold} = {ratio:.3f} (goal <= 0.1), default Spearman {dflt['spearman']:.3f} -> "
           f"{'MET' if ok else 'NOT MET'}")
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
-    out = {"model": args.model, "dtype": dtype_name(model.dtype), "players": n,
+    out = {"model": args.model, "dtype": dtype_name(rt.dtype), "players": n,
            "heldout_shape": list(held.input_ids.shape), "plain_forward_s": plain_s,
            "reference": {"permutations": args.ref_permutations, "evaluations": int(ref_d["evaluations"][0]),
                          "seconds": float(ref_d["seconds"][0]), "cached": cached,

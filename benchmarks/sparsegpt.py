@@ -29,7 +29,8 @@ def main(argv=None) -> dict:
     d = args.hidden
     X = torch.randn(args.tokens, d, generator=g)
     H = 2 * X.t() @ X / args.tokens
-    groups = [[torch.randn(d, d, generator=g), torch.randn(args.kv, d, generator=g), torch.randn(args.kv, d, generator=g)],
+    groups = [[torch.randn(d, d, generator=g), torch.randn(args.kv, d, generator=g),
+               torch.randn(args.kv, d, generator=g)],
               [torch.randn(args.mlp, d, generator=g), torch.randn(args.mlp, d, generator=g)]]
     out = {}
     for r in range(args.repeats):

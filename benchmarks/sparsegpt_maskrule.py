@@ -68,33 +68,33 @@ def main(argv=None):
 
     import prunekit.solvers.sparsegpt as sg
     from prunekit.core.data import calibration_data
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
+    from prunekit.core.snapshot import weight_snapshot
     from prunekit.evaluation.perplexity import perplexity
     from prunekit.solvers.prune import prune_model
 
     original = sg._global_mask
-    model, tok = load_model(a.model, dtype=a.dtype)
-    dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rt = load_model(a.model, dtype=a.dtype)
     print(f"model {a.model} {a.dtype}; C4 {a.calib_samples}x{a.calib_seqlen}; wikitext2 "
           f"{a.eval_windows}x{a.eval_seqlen}; sparsity {a.sparsity}", flush=True)
-    for seed in (int(s) for s in a.seeds.split(",")):
-        calib = calibration_data("c4", tok, a.calib_samples, a.calib_seqlen, seed)
-        for pd in (float(p) for p in a.percdamp.split(",")):
-            for v in a.variants.split(","):
-                model.load_state_dict(dense)
-                tally = {"ties": 0, "groups": 0, "extra": 0}
-                sg._global_mask = variant_mask(v, tally)
-                t0, c0 = time.perf_counter(), time.process_time()
-                try:
-                    rep = prune_model(model, calib.input_ids, a.sparsity, "sparsegpt", percdamp=pd, progress=False)
-                finally:
-                    sg._global_mask = original
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                p = perplexity(model, tok, "wikitext2", a.eval_seqlen, a.eval_windows, progress=False)["perplexity"]
-                print(f"seed {seed} percdamp {pd:.4f} {v:8} ppl {p:9.3f}  sparsity {rep['global_sparsity']:.6f}  "
-                      f"extra {tally['extra']:6d} over {tally['groups']} blocks  ties-at-threshold {tally['ties']:5d}  "
-                      f"prune {wall:.0f} s wall {cpu:.0f} s cpu", flush=True)
-
+    with weight_snapshot(rt) as dense:  # each variant prunes the dense weights
+        for seed in (int(s) for s in a.seeds.split(",")):
+            calib = calibration_data("c4", rt.tokenizer, a.calib_samples, a.calib_seqlen, seed)
+            for pd in (float(p) for p in a.percdamp.split(",")):
+                for v in a.variants.split(","):
+                    dense.restore()
+                    tally = {"ties": 0, "groups": 0, "extra": 0}
+                    sg._global_mask = variant_mask(v, tally)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    try:
+                        rep = prune_model(rt, calib.input_ids, a.sparsity, "sparsegpt", percdamp=pd, progress=False)
+                    finally:
+                        sg._global_mask = original
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    p = perplexity(rt, "wikitext2", a.eval_seqlen, a.eval_windows, progress=False)["perplexity"]
+                    print(f"seed {seed} percdamp {pd:.4f} {v:8} ppl {p:9.3f}  sparsity {rep['global_sparsity']:.6f}  "
+                          f"extra {tally['extra']:6d} over {tally['groups']} blocks  "
+                          f"ties-at-threshold {tally['ties']:5d}  prune {wall:.0f} s wall {cpu:.0f} s cpu", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -37,8 +37,8 @@ def main(argv=None) -> None:
             "calibration": {"dataset": "c4", "samples": a.calib_samples, "seqlen": a.calib_seqlen},
             "evaluation": {"datasets": ["wikitext2"], "seqlen": 256, "windows": a.eval_windows}}
     with tempfile.TemporaryDirectory() as d:
-        from prunekit.core.models import load_model
-        load_model(a.model)  # build/dequantise once so neither path pays for it
+        from prunekit.core.loading import load_model
+        load_model(a.model).close()  # build/dequantise once so neither path pays for it
         t0 = time.perf_counter()
         serial = run_grid(grid, Path(d) / "serial.jsonl", progress=False)
         t_serial = time.perf_counter() - t0

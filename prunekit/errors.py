@@ -3,3 +3,7 @@
 
 class PrunekitError(Exception):
     """Bad input or missing resource; the message names the problem and the fix."""
+
+
+class SaveError(PrunekitError):
+    """Writing an output failed after the run completed (exit 1: the input was fine)."""

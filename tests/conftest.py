@@ -36,7 +36,6 @@ def tiny_model(kind: str = "llama", layers: int = 4, seed: int = 0, vocab: int =
     cfg._attn_implementation = "eager"
     model = tf.AutoModelForCausalLM.from_config(cfg).eval()
     model.config.use_cache = False
-    model.prunekit_name = f"tiny-{kind}-{seed}"
     return model
 
 

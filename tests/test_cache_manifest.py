@@ -15,6 +15,7 @@ import pytest
 from conftest import ByteTokenizer, tiny_calib, tiny_model
 
 from prunekit.core.cache import CacheWarning
+from prunekit.core.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +60,7 @@ def tokens(name="wikitext2"):
 
 @pytest.mark.parametrize("damage", DAMAGES + ["tamper"])
 def test_token_cache_entry_damage_is_detected_and_rebuilt(data_dir, damage, recwarn):
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     ref = tokens().clone()
     ptb_ref = tokens("ptb").clone()
     folder = cache_dir() / "tokens"
@@ -86,7 +87,7 @@ def test_token_cache_entry_damage_is_detected_and_rebuilt(data_dir, damage, recw
 
 
 def test_token_cache_names_its_dataset(data_dir):
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     tokens()
     wiki = next((cache_dir() / "tokens").glob("wikitext2-test-*.npz"))
     with np.load(wiki) as z:
@@ -97,7 +98,7 @@ def test_token_cache_names_its_dataset(data_dir):
 
 
 def test_token_staging_of_a_killed_writer_is_removed(data_dir):
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     folder = cache_dir() / "tokens"
     folder.mkdir(parents=True)
     stale = folder / f".wikitext2-test-x.npz.tmp-{dead_pid()}-.npz"
@@ -140,7 +141,7 @@ def _fake_smollm2_entry(cache: Path) -> None:
     """The dequantised-SmolLM2 entry tiny-llama takes its tokenizer from, without the 538 MB of
     weights: the tokenizer files of the user's entry, sealed under the GGUF's real identity."""
     from prunekit.core import cache as C
-    from prunekit.core.models import _sha256, _smollm2_gguf
+    from prunekit.core.aliases import _sha256, _smollm2_gguf
     src = next((d for d in sorted((USER_CACHE / "dense").glob("SmolLM2-135M-Instruct*"))
                 if (d / "tokenizer.json").is_file()), None)
     if src is None:
@@ -157,16 +158,17 @@ def _fake_smollm2_entry(cache: Path) -> None:
 
 
 def _ppl():
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     from prunekit.evaluation.perplexity import perplexity
-    model, tok = load_model("tiny-llama", "cpu")
-    return perplexity(model, tok, "wikitext2", 64, 2, progress=False)["perplexity"]
+    rt = load_model("tiny-llama", "cpu")
+    model, tok = rt.model, rt.tokenizer
+    return perplexity(Runtime.of(model, tok), "wikitext2", 64, 2, progress=False)["perplexity"]
 
 
 @pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
 @pytest.mark.parametrize("damage", DAMAGES + ["foreign-file", "manifest-identity"])
 def test_model_cache_damage_is_detected_and_rebuilt(damage, recwarn):
-    from prunekit.core.models import cache_dir
+    from prunekit.core.cache import cache_dir
     _fake_smollm2_entry(cache_dir())
     ref = _ppl()
     entry = cache_dir() / "dense" / "tiny-llama-v1"
@@ -193,7 +195,8 @@ def test_model_cache_damage_is_detected_and_rebuilt(damage, recwarn):
 
 @pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
 def test_model_staging_of_a_killed_writer_is_removed():
-    from prunekit.core.models import cache_dir, load_model
+    from prunekit.core.cache import cache_dir
+    from prunekit.core.loading import load_model
     _fake_smollm2_entry(cache_dir())
     dense = cache_dir() / "dense"
     stale = dense / f".tiny-llama-v1.tmp-{dead_pid()}-abc"

@@ -40,12 +40,12 @@ def test_unwritable_out(capsys, tmp_path):
 
 
 def test_method_flags_are_generated(capsys):
-    from prunekit.cli import build_parser
+    from prunekit.cli.parser import build_parser
     ap, table = build_parser()
     for flag in ("--owl-m", "--owl-lambda", "--alpha-epsilon", "--atp-beta"):
         assert flag in table
     args = ap.parse_args(["prune", "--sparsity", "0.7", "--allocation", "owl", "--owl-lambda", "0.1"])
-    from prunekit.cli import _collect_options
+    from prunekit.cli.parser import collect_options as _collect_options
     assert _collect_options(args, "owl", table) == {"owl": {"lam": 0.1}}
 
 

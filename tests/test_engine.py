@@ -11,7 +11,7 @@ import torch
 from conftest import FAMILIES, tiny_calib, tiny_model
 
 from prunekit.core.engine import capture, sequential
-from prunekit.core.models import layout
+from prunekit.core.architectures import layout
 
 
 @pytest.mark.parametrize("kind", FAMILIES)

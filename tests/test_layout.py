@@ -10,9 +10,9 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "prunekit"
 
 # Stage order: a module may import its own stage or a lower one, never a higher one.
-STAGES = ["errors", "utils", "core", "solvers", "scoring", "allocation", "evaluation", "experiments",
-          "reporting", "cli"]
-TOP = {"experiments", "reporting", "cli"}
+STAGES = ["errors", "vocabulary", "utils", "core", "solvers", "scoring", "allocation", "evaluation", "experiments",
+          "reporting", "oneshot", "cli"]
+TOP = {"experiments", "reporting", "oneshot", "cli"}
 
 
 def _stage(module: str) -> str | None:
@@ -22,8 +22,8 @@ def _stage(module: str) -> str | None:
     return parts[1]
 
 
-def _module_of(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
+def _module_of(path: Path, pkg: Path = PKG) -> str:
+    rel = path.relative_to(pkg.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -98,7 +98,7 @@ def test_import_direction_test_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 # test files that test no single module (tests/test_<name>.py)
-CROSS_CUTTING = {"integration", "layout", "browser"}
+CROSS_CUTTING = {"integration", "layout", "browser", "combinations"}
 
 
 def test_each_test_file_mirrors_a_module():
@@ -108,3 +108,85 @@ def test_each_test_file_mirrors_a_module():
     tests = {p.stem.removeprefix("test_") for p in Path(__file__).parent.glob("test_*.py")}
     stray = sorted(t for t in tests - CROSS_CUTTING if not any(t == n or t.startswith(n + "_") for n in names))
     assert not stray, f"test files that mirror no module: {stray}"
+
+
+# ----------------------------------------------------------------------------- cycles and module size
+
+MAX_LINES = 500
+
+
+def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
+    """module -> the package's modules it imports, function-local imports included (``ast.walk``
+    sees every import statement). ``from a.b import c`` names the module ``a.b.c`` when that is a
+    module of the package, else ``a.b``."""
+    files = {_module_of(p, pkg): p for p in sorted(pkg.rglob("*.py")) if "__pycache__" not in p.parts}
+    graph = {}
+    for me, path in files.items():
+        deps = set()
+        for module, names in _imports(path):
+            if not module.startswith(pkg.name):
+                continue
+            subs = {f"{module}.{n}" for n in names} & files.keys()
+            deps |= subs or ({module} & files.keys())
+        graph[me] = deps - {me}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state and (c := visit(d)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def long_modules(pkg: Path = PKG, limit: int = MAX_LINES) -> list[str]:
+    return [f"{p.relative_to(pkg.parent)}: {n} lines" for p in sorted(pkg.rglob("*.py"))
+            if "__pycache__" not in p.parts and (n := len(p.read_text().splitlines())) > limit]
+
+
+def test_no_import_cycles():
+    assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()))
+
+
+def test_no_module_over_500_lines():
+    assert long_modules() == []
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "prunekit"
+    for rel, text in {"__init__.py": "", **files}.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    return pkg
+
+
+def test_cycle_check_catches_a_planted_cycle(tmp_path):
+    """Two modules that import each other, one of them inside a function, form a cycle."""
+    pkg = _package(tmp_path, {"core/__init__.py": "", "core/a.py": "from prunekit.core.b import f\n",
+                              "core/b.py": "def f():\n    from prunekit.core import a\n",
+                              "core/c.py": "from prunekit.core import a\n"})
+    assert find_cycle(import_graph(pkg)) in (["prunekit.core.a", "prunekit.core.b", "prunekit.core.a"],
+                                             ["prunekit.core.b", "prunekit.core.a", "prunekit.core.b"])
+    (pkg / "core" / "b.py").write_text("def f():\n    return 1\n")
+    assert find_cycle(import_graph(pkg)) is None
+
+
+def test_size_check_catches_a_501_line_module(tmp_path):
+    pkg = _package(tmp_path, {"big.py": "x = 1\n" * 501, "ok.py": "x = 1\n" * 500})
+    assert long_modules(pkg) == ["prunekit/big.py: 501 lines"]

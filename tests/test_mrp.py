@@ -9,7 +9,7 @@ from conftest import tiny_calib, tiny_model
 
 from prunekit.allocation import mrp
 from prunekit.allocation.registry import allocate
-from prunekit.core.models import layout
+from prunekit.core.architectures import layout
 from prunekit.experiments import mrp_findings as analysis
 from prunekit.scoring.statistics import Statistics
 from prunekit.solvers.masks import _global_mask, magnitude_mask, wanda_mask
@@ -175,7 +175,7 @@ def test_refresh_is_identity_for_magnitude(het):
     must not change."""
     from prunekit.core.snapshot import weight_snapshot
     s = np.array([0.3, 0.1, 0.45, 0.2])
-    with weight_snapshot(het.model) as snap:  # dense again on exit
+    with weight_snapshot(het.rt) as snap:  # dense again on exit
         fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "dense")
     orig = mrp.build_tables(het, "magnitude", 5.0, "dense")
     for i in range(L):

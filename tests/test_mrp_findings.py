@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import tiny_calib, tiny_model
 
-from prunekit.core.models import layout
+from prunekit.core.architectures import layout
 from prunekit.evaluation.perplexity import window_nlls
 from prunekit.experiments import mrp_findings as analysis
 from prunekit.scoring.statistics import Statistics

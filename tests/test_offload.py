@@ -14,8 +14,7 @@ import pytest
 import torch
 from conftest import tiny_calib, tiny_model
 
-from prunekit.core.models import layout
-from prunekit.core.offload import memory_policy, offload_model, onload, set_memory_policy
+from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.solvers.prune import prune_model
@@ -28,9 +27,10 @@ SETUPS = [("cpu", "cpu", 2), ("disk", "cpu", 2), ("disk", "device", 1), ("none",
 
 
 def weights(model) -> dict:
-    lay, out = layout(model), {}
+    rt = Runtime.of(model)
+    lay, out = rt.layout, {}
     for i in range(lay.num_blocks):
-        with onload(model, i):
+        with rt.onload(i):
             for n, m in lay.linears(i).items():
                 out[(i, n)] = m.weight.detach().clone()
     return out
@@ -38,7 +38,7 @@ def weights(model) -> dict:
 
 def state(model) -> dict:
     """Every block weight (onloaded) and every other tensor of the model."""
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if v.device.type != "meta"}
+    sd = {k: v.detach().clone() for k, v in Runtime.of(model).model.state_dict().items() if v.device.type != "meta"}
     sd.update({f"block{i}.{n}": w for (i, n), w in weights(model).items()})
     return sd
 
@@ -51,10 +51,10 @@ def same(a: dict, b: dict) -> bool:
 
 
 def variant(kind, mode, acts, k, layers=4):
-    m = tiny_model(kind, layers=layers)
-    offload_model(m, mode)
-    set_memory_policy(m, acts, k)
-    return m
+    rt = Runtime.of(tiny_model(kind, layers=layers))
+    rt.offload(mode)
+    rt.set_memory_policy(acts, k)
+    return rt
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -66,7 +66,7 @@ def test_pruning_identical_under_every_offload_mode_and_policy(kind, metric):
     want = weights(ref)
     for mode, acts, k in SETUPS:
         m = variant(kind, mode, acts, k)
-        assert memory_policy(m).activations == acts
+        assert m.memory_policy.activations == acts
         rep = prune_model(m, ids, 0.5, metric, batch_size=2, progress=False)
         got = weights(m)
         assert abs(rep["global_sparsity"] - 0.5) < 0.01
@@ -135,8 +135,8 @@ def test_mrp_layer_sensitivity_identical(kind):
 @pytest.mark.parametrize("mode", ["none", "cpu", "disk"])
 def test_exception_inside_snapshot_leaves_model_exactly_dense(mode, monkeypatch):
     import prunekit.solvers.prune as pr
-    m = tiny_model("llama")
-    offload_model(m, mode)
+    m = Runtime.of(tiny_model("llama"))
+    m.offload(mode)
     dense = state(m)
     real = pr.prune_block
 
@@ -151,16 +151,16 @@ def test_exception_inside_snapshot_leaves_model_exactly_dense(mode, monkeypatch)
             prune_model(m, tiny_calib(4, 16).input_ids, 0.7, "sparsegpt", batch_size=2, progress=False)
     assert snap.modified == []
     assert same(state(m), dense)
-    assert not getattr(m, "prunekit_snapshots", [])  # the snapshot stopped watching
+    assert not m.snapshots  # the snapshot stopped watching
 
 
 def test_snapshot_copies_lazily_and_restore_is_reusable():
-    m = tiny_model("llama")
+    m = Runtime.of(tiny_model("llama"))
     dense = state(m)
     with weight_snapshot(m) as snap:
         assert snap.modified == []
         with snap.modify(1), torch.no_grad():
-            for lin in layout(m).linears(1).values():
+            for lin in m.layout.linears(1).values():
                 lin.weight.mul_(0)
         assert snap.modified == [1]  # only the modified block was copied
         snap.restore()
@@ -173,7 +173,7 @@ def test_snapshot_copies_lazily_and_restore_is_reusable():
 
 def test_statistics_refuse_scores_from_a_pruned_model():
     from prunekit.scoring.statistics import Statistics
-    m = tiny_model("llama")
+    m = Runtime.of(tiny_model("llama"))
     calib = tiny_calib(4, 16)
     st = Statistics(m, calib, cache=False, progress=False)
     dense = st.scores(0, "wanda")
@@ -185,23 +185,23 @@ def test_statistics_refuse_scores_from_a_pruned_model():
     assert all(torch.equal(again[n], dense[n]) for n in dense)
     # a writer that bypasses the snapshot is caught by the weight samples too
     with torch.no_grad():
-        layout(m).linears(2)["mlp.up_proj"].weight.mul_(0)
+        m.layout.linears(2)["mlp.up_proj"].weight.mul_(0)
     with pytest.raises(PrunekitError, match="block 2"):
         st.scores(2, "magnitude")
 
 
 def test_session_without_snapshot_and_with_offload(tmp_path):
     from prunekit.experiments.session import Session
-    m = tiny_model("llama")
-    offload_model(m, "disk")
+    m = Runtime.of(tiny_model("llama"))
+    m.offload("disk")
     calib = tiny_calib(4, 16)
     ref = tiny_model("llama")
     prune_model(ref, calib.input_ids, 0.5, "wanda", batch_size=2, progress=False)
     s = Session.__new__(Session)  # the Session restore contract on an offloaded model
     s._snap, s._pruned = weight_snapshot(m).__enter__(), True
     dense = state(m)
-    with onload(m, 0, write=True):
-        layout(m).linears(0)["self_attn.q_proj"].weight.data.zero_()
+    with m.onload(0, write=True):
+        m.layout.linears(0)["self_attn.q_proj"].weight.data.zero_()
     Session.restore(s)
     assert same(state(m), dense)
 
@@ -227,32 +227,33 @@ def tiny_dir(tmp_path):
 
 @pytest.mark.parametrize("kind", ["qwen2", "gemma3", "opt"])
 def test_disk_load_other_families_matches_in_memory(tmp_path, kind):
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     d = _save_tiny(tmp_path, kind)
     ids = tiny_calib(2, 16).input_ids
     out = {}
     for mode in ("none", "disk"):
-        m, _ = load_model(str(d), "cpu", "fp32", offload=mode)
+        rt = load_model(str(d), "cpu", "fp32", offload=mode)
         with torch.no_grad():
-            out[mode] = m(input_ids=ids).logits
+            out[mode] = rt.model(input_ids=ids).logits
     assert torch.equal(out["disk"], out["none"])
 
 
 @pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
 def test_load_model_offload_modes_give_bit_identical_masks(tiny_dir, metric):
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     ids = tiny_calib(4, 24).input_ids
     out = {}
     for mode in ("none", "cpu", "disk"):
-        m, _ = load_model(str(tiny_dir), "cpu", "fp32", offload=mode)
-        assert (getattr(m, "prunekit_offloader", None) is None) == (mode == "none")
+        m = load_model(str(tiny_dir), "cpu", "fp32", offload=mode)
+        assert (m.offloader is None) == (mode == "none")
+        assert not any(k.startswith("prunekit") for k in vars(m.model))  # nothing hung on the model
         if mode == "disk":  # blocks really are not in memory between uses
-            assert layout(m).linears(0)["self_attn.q_proj"].weight.device.type == "meta"
+            assert m.layout.linears(0)["self_attn.q_proj"].weight.device.type == "meta"
         prune_model(m, ids, 0.5, metric, batch_size=2, progress=False)
         out[mode] = weights(m)
         # the plain forward (perplexity path) onloads blocks through hooks and agrees
         with torch.no_grad():
-            out[mode]["logits"] = m(input_ids=ids[:2]).logits
+            out[mode]["logits"] = m.model(input_ids=ids[:2]).logits
     for mode in ("cpu", "disk"):
         for k, v in out["none"].items():
             assert torch.equal(out[mode][k], v), (mode, k)
@@ -261,7 +262,7 @@ def test_load_model_offload_modes_give_bit_identical_masks(tiny_dir, metric):
 def test_load_model_bad_offload_inputs(tiny_dir, tmp_path, monkeypatch):
     import prunekit.core.offload as off
     from prunekit.cli import main
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     with pytest.raises(PrunekitError, match="none, cpu, disk, auto"):
         load_model(str(tiny_dir), "cpu", offload="ram")
     bad = tmp_path / "file"
@@ -273,13 +274,14 @@ def test_load_model_bad_offload_inputs(tiny_dir, tmp_path, monkeypatch):
     assert main(["eval", "--model", str(tiny_dir), "--offload", "ram", "--eval", ""]) == 2
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(off, "free_bytes", lambda dev: 1000)
+    monkeypatch.setattr("prunekit.core.loading.free_bytes", off.free_bytes)
     with pytest.raises(PrunekitError, match=r"one decoder block .* needs .* GiB .* has .* GiB free"):
         load_model(str(tiny_dir), "cpu", offload="cpu")
 
 
 def test_auto_rule(monkeypatch, tiny_dir):
     import prunekit.core.offload as off
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     cpu = torch.device("cpu")
     assert off.estimate_auto(100, 0, cpu) in ("none",)
     monkeypatch.setattr(off, "free_bytes", lambda dev: 1 << 40 if dev.type == "cpu" else 120)
@@ -287,19 +289,21 @@ def test_auto_rule(monkeypatch, tiny_dir):
     assert off.estimate_auto(100, 0, fake_cuda) == "cpu"      # 130 > 120 on the device, fits in RAM
     assert off.estimate_auto(90, 0, fake_cuda) == "none"      # 117 <= 120
     monkeypatch.setattr(off, "free_bytes", lambda dev: 300_000)
+    monkeypatch.setattr("prunekit.core.loading.free_bytes", off.free_bytes)
     assert off.estimate_auto(300_000, 0, cpu) == "disk"
     # one 147 kB block fits in 300 kB, the 0.75 MB model does not: disk
-    m, _ = load_model(str(tiny_dir), "cpu", "fp32", offload="auto")
-    assert m.prunekit_offloader.mode == "disk"
+    m = load_model(str(tiny_dir), "cpu", "fp32", offload="auto")
+    assert m.offload_mode == "disk"
 
 
 def test_save_model_from_disk_offload_reads_back(tiny_dir, tmp_path):
-    from prunekit.core.models import load_model, save_model
-    m, tok = load_model(str(tiny_dir), "cpu", "fp32", offload="disk")
+    from prunekit.core.loading import load_model
+    from prunekit.core.saving import save_model
+    m = load_model(str(tiny_dir), "cpu", "fp32", offload="disk")
     prune_model(m, tiny_calib(4, 16).input_ids, 0.5, "wanda", batch_size=2, progress=False)
     want = weights(m)
-    save_model(m, tok, tmp_path / "saved")
-    back, _ = load_model(str(tmp_path / "saved"), "cpu", "fp32", offload="none")
+    save_model(m, tmp_path / "saved")
+    back = load_model(str(tmp_path / "saved"), "cpu", "fp32", offload="none")
     got = weights(back)
     assert all(torch.equal(got[k], want[k]) for k in want)
 
@@ -308,11 +312,11 @@ def test_save_model_from_disk_offload_reads_back(tiny_dir, tmp_path):
 @pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
 def test_smollm2_masks_bit_identical_across_offload_modes(metric):
     """M2's equivalence half on the real model: 2 x 64 calibration tokens keep it cheap."""
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(0))
     out = {}
     for mode in ("none", "cpu", "disk"):
-        m, _ = load_model("smollm2-135m", "cpu", "fp32", offload=mode)
+        m = load_model("smollm2-135m", "cpu", "fp32", offload=mode)
         prune_model(m, ids, 0.5, metric, batch_size=2, progress=False)
         out[mode] = {k: w == 0 for k, w in weights(m).items()}
         del m

@@ -37,10 +37,11 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("metric", ["wanda", "sparsegpt"])
 def test_peak_gpu_memory_is_one_block(model_dir, metric):
-    from prunekit.core.models import layout, load_model
+    from prunekit.core.architectures import layout
+    from prunekit.core.loading import load_model
     from prunekit.solvers.prune import prune_model
     B, T, n = 4, 512, 8
-    m, _ = load_model(str(model_dir), "cuda", "fp16", offload="cpu")
+    m = load_model(str(model_dir), "cuda", "fp16", offload="cpu").model
     assert m.prunekit_offloader.mode == "cpu"
     lay = layout(m)
     H, I = SHAPE["hidden_size"], SHAPE["intermediate_size"]

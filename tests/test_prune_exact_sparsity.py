@@ -26,7 +26,7 @@ def expected_zeros(W_shape, s, metric, blocksize=128):
 
 @pytest.mark.parametrize("metric", ["magnitude", "wanda", "sparsegpt"])
 def test_zero_count_per_group_is_round_n_s(metric):
-    from prunekit.core.models import layout
+    from prunekit.core.architectures import layout
     from prunekit.solvers.prune import prune_model
     model = tiny_model("llama")
     lay = layout(model)

@@ -15,7 +15,9 @@ KW = dict(calib_samples=4, calib_seqlen=32, eval_seqlen=64, eval_windows=2, batc
 
 def session(seed=0):
     from prunekit.experiments.session import Session
-    return Session(model_name="tiny", model=tiny_model("llama"), tokenizer=ByteTokenizer(), seed=seed, **KW)
+    from prunekit.core.runtime import Runtime
+    return Session(model_name="tiny", runtime=Runtime(tiny_model("llama"), ByteTokenizer(), name="tiny"), seed=seed,
+                   **KW)
 
 
 def fresh_ppl(allocation, metric, sparsity, seed=0):

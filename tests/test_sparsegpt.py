@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_calib, tiny_model
 from prunekit.core.engine import sequential
-from prunekit.core.models import layout
+from prunekit.core.architectures import layout
 from prunekit.solvers.prune import prune_block, prune_model
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import SparseGPT, sparsegpt
@@ -214,11 +214,11 @@ def test_block_upper_hessian_equals_full_xtx(d):
     h = Hessian(torch.nn.Linear(d, 3))
     xs = [torch.randn(2, 17, d, generator=g), torch.randn(1, 5, d, generator=g).bfloat16()]
     for x in xs:
-        h.add(x)
+        h.add(x, x.shape[0])
     X = torch.cat([x.reshape(-1, d).double() for x in xs])
     assert torch.allclose(h.H.double(), 2 * X.t() @ X / 3, rtol=1e-5, atol=1e-4)
     more = torch.randn(4, 9, d, generator=g)
-    h.add(more)                                     # after a read: the mirror is redone
+    h.add(more, 4)                                   # after a read: the mirror is redone
     X = torch.cat([X, more.reshape(-1, d).double()])
     want = 2 * X.t() @ X / 7
     assert torch.allclose(h.H.double(), want, rtol=1e-5, atol=1e-4)

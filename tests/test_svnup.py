@@ -15,7 +15,7 @@ from prunekit.allocation.registry import allocate
 from prunekit.allocation.svnup import map_to_sparsity
 from prunekit.allocation.svnup.game import LayerGame
 from prunekit.allocation.svnup.shapley import exact, monte_carlo, sliding_window
-from prunekit.core.models import layout
+from prunekit.core.architectures import layout
 from prunekit.errors import PrunekitError
 from prunekit.scoring.statistics import Statistics
 from prunekit.solvers.masks import magnitude_mask, wanda_mask

@@ -16,6 +16,7 @@ import yaml
 from conftest import hf_byte_tokenizer
 
 from prunekit.errors import PrunekitError
+from prunekit.core.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
@@ -30,13 +31,13 @@ def model_dir(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prunekit.core.models import save_model
+    from prunekit.core.saving import save_model
     tok = hf_byte_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama-dir"
-    save_model(LlamaForCausalLM(cfg).eval(), tok, out)
+    save_model(Runtime.of(LlamaForCausalLM(cfg).eval(), tok), out)
     return str(out)
 
 
@@ -88,7 +89,8 @@ def test_packaged_grids_are_the_comparison_profiles():
     """Each shipped grid equals the profile table's workload, and has the notebook's cell count."""
     from prunekit.experiments import comparison
     from prunekit.experiments.profiles import COMPARISON, COMPARISON_METHOD_OPTIONS
-    from prunekit.experiments.sweep import GRID_DIR, comparison_grid, load_grid, parse_grid
+    from prunekit.experiments.comparison import comparison_grid
+    from prunekit.experiments.sweep import GRID_DIR, load_grid, parse_grid
     for prof, cfg in COMPARISON.items():
         path = GRID_DIR / f"comparison-{prof}.yaml"
         assert yaml.safe_load(path.read_text()) == comparison_grid(prof)

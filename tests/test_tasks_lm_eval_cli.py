@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prunekit.core.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,11 +39,13 @@ def test_unknown_task_is_one_line_error(capsys, tmp_path):
 def test_stock_lm_eval_cli_runs_a_twin_on_a_saved_model(tmp_path, capsys):
     import torch
     from prunekit.cli import main
-    from prunekit.core.models import load_model, save_model
+    from prunekit.core.loading import load_model
+    from prunekit.core.saving import save_model
     from prunekit.evaluation.zeroshot import zero_shot
     torch.set_num_threads(1)
-    model, tok = load_model("tiny-llama")
-    save_model(model, tok, tmp_path / "model")
+    rt = load_model("tiny-llama")
+    model, tok = rt.model, rt.tokenizer
+    save_model(Runtime.of(model, tok), tmp_path / "model")
     assert main(["tasks", "--write", str(tmp_path / "tasks"), "--tasks", "arc_easy",
                  "--model", str(tmp_path / "model")]) == 0
     printed = capsys.readouterr().out
@@ -62,6 +65,6 @@ def test_stock_lm_eval_cli_runs_a_twin_on_a_saved_model(tmp_path, capsys):
     acc_cli = cli["results"]["prunekit_arc_easy"]["acc,none"]
     assert cli["n-samples"]["prunekit_arc_easy"]["effective"] == limit
     # the same model and documents through prunekit's in-memory path (stock HFLM + simple_evaluate)
-    ours = zero_shot(model, tok, ["arc_easy"], limit=limit)
+    ours = zero_shot(Runtime.of(model, tok), ["arc_easy"], limit=limit)
     assert acc_cli == pytest.approx(ours["arc_easy"]["acc"], abs=1e-12)
     assert cli["results"]["prunekit_arc_easy"]["acc_norm,none"] == pytest.approx(ours["arc_easy"]["acc_norm"], abs=1e-12)

@@ -21,6 +21,7 @@ pytest.importorskip("lm_eval")
 from conftest import hf_byte_tokenizer, tiny_model
 
 from prunekit.errors import PrunekitError
+from prunekit.core.runtime import Runtime
 
 DATA = Path(os.environ.get("PRUNEKIT_DATA_DIR") or "PRUNEKIT_DATA_DIR-not-set")
 if not (DATA / "boolq/val.jsonl").is_file():
@@ -208,10 +209,10 @@ def test_derived_formats(offline_tasks):
 def test_bad_task_name_and_fallback(tmp_path):
     from prunekit.evaluation.zeroshot import resolve_tasks, zero_shot
     with pytest.raises(PrunekitError, match=r"unknown zero-shot task 'mmlu'.*boolq.*lambada_openai") as e:
-        zero_shot(None, None, ["boolq", "mmlu"])
+        zero_shot(None, ["boolq", "mmlu"])
     assert "\n" not in str(e.value)
     with pytest.raises(PrunekitError, match="no zero-shot task"):
-        zero_shot(None, None, [])
+        zero_shot(None, [])
     assert resolve_tasks("boolq, rte", DATA) == {"boolq": "prunekit_boolq", "rte": "prunekit_rte"}
     with pytest.warns(UserWarning, match="stock task"):
         assert resolve_tasks(["piqa"], tmp_path) == {"piqa": None}  # files missing -> stock name
@@ -243,7 +244,7 @@ def test_random_tiny_llama_end_to_end(tok):
     from prunekit.evaluation.zeroshot import zero_shot
     model = _llama(tok)
     model.train()
-    r = zero_shot(model, tok, ["piqa", "arc_easy"], limit=10, batch_size=4)
+    r = zero_shot(Runtime.of(model, tok), ["piqa", "arc_easy"], limit=10, batch_size=4)
     assert model.training  # the caller's mode is restored
     assert set(r) == {"piqa", "arc_easy", "mean_acc"}
     for t, chance in (("piqa", 0.5), ("arc_easy", 0.25)):
@@ -292,7 +293,7 @@ def test_forced_answer_model(tok, tmp_path):
     ent = [ln for ln in _lines("rte/val.jsonl") if json.loads(ln)["label"] == "entailment"][:6]
     (tmp_path / "boolq/val.jsonl").write_text("\n".join(yes) + "\n")
     (tmp_path / "rte/val.jsonl").write_text("\n".join(ent) + "\n")
-    r = zero_shot(model, tok, ["boolq", "rte"], data_dir=tmp_path, batch_size=4)
+    r = zero_shot(Runtime.of(model, tok), ["boolq", "rte"], data_dir=tmp_path, batch_size=4)
     assert (r["boolq"]["acc"], r["boolq"]["n"]) == (1.0, 6)
     assert (r["rte"]["acc"], r["rte"]["n"]) == (1.0, 6)
     assert r["mean_acc"] == 1.0
@@ -300,6 +301,6 @@ def test_forced_answer_model(tok, tmp_path):
     n = 10
     share = sum(json.loads(ln)["label"] == "entailment" for ln in _lines("rte/val.jsonl", n)) / n
     assert 0 < share < 1
-    r = zero_shot(model, tok, "rte", limit=n, data_dir=DATA, batch_size=4)
+    r = zero_shot(Runtime.of(model, tok), "rte", limit=n, data_dir=DATA, batch_size=4)
     assert r["rte"]["acc"] == pytest.approx(share)
     assert r["rte"]["acc_norm"] is None and r["rte"]["n"] == n

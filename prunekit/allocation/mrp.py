@@ -343,7 +343,7 @@ def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, th
             with snap.modify(i) as block:  # a declared write: the snapshot saves block i first
                 on_block(i, block, {})
     else:
-        sequential(stats.model, stats.calib.input_ids, collect=COLLECT[metric], on_block=on_block,
+        sequential(stats.rt, stats.calib.input_ids, collect=COLLECT[metric], on_block=on_block,
                    batch_size=stats.batch_size, desc="mrp refresh", progress=False)
     return tables
 
@@ -395,7 +395,7 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
     tables = build_tables(stats, metric, m, threshold, blocksize)
     block_sizes = np.asarray(stats.sizes, dtype=float).sum(1)
     # the model is pruned during refreshes; the one weight snapshot brings the dense weights back
-    with (weight_snapshot(stats.model) if refresh else contextlib.nullcontext()) as snap:
+    with (weight_snapshot(stats.rt) if refresh else contextlib.nullcontext()) as snap:
         refresher = None
         if refresh:
             def refresher(s):

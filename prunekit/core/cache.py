@@ -27,6 +27,12 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "prunekit.json"
+
+
+def cache_dir() -> Path:
+    """``$PRUNEKIT_CACHE``, default ``~/.cache/prunekit``: dense models, token arrays, statistics,
+    offload work directories."""
+    return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
 MANIFEST_VERSION = 2
 
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from prunekit.core import cache
-from prunekit.core.models import cache_dir
+from prunekit.core.cache import cache_dir
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import DATASETS
 
-DATASETS = ("wikitext2", "c4", "ptb")
 C4_LOCAL_CALIB_DOCS = 900  # local c4 docs [0, 900) calibrate, [900, 1000) evaluate
 C4_EVAL_WINDOWS = 256      # reference: first 256*seqlen tokens of the validation text
 
@@ -240,6 +240,7 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
                               lambda: [_encode(tokenizer, t) for t in src.docs], _identity(src, tfp, "docs"))
         if not any(len(d) > seqlen for d in docs):
             raise PrunekitError(f"no {name} document is longer than seqlen={seqlen} tokens; lower --calib-seqlen")
+        _check_enough(name, sum(len(d) - seqlen for d in docs if len(d) > seqlen), nsamples, seqlen, taken)
         while len(rows) < nsamples:
             while True:
                 i = rng.randint(0, len(docs) - 1)
@@ -256,6 +257,7 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
         ids = ids[0].numpy()
         if len(ids) <= seqlen + 1:
             raise PrunekitError(f"{name} has only {len(ids)} tokens; lower --calib-seqlen")
+        _check_enough(name, len(ids) - seqlen, nsamples, seqlen, taken)
         while len(rows) < nsamples:
             start = rng.randint(0, len(ids) - seqlen - 1)
             if (-1, start) in taken:
@@ -265,6 +267,25 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
             rows.append(ids[start:start + seqlen])
     x = torch.from_numpy(np.stack(rows).astype(np.int64))
     return Calibration(x, name, seed, src.sha256, picks)
+
+
+def _check_enough(name: str, windows: int, nsamples: int, seqlen: int, taken: set) -> None:
+    """The sampler draws distinct windows by rejection: fewer than ``nsamples`` left would never end."""
+    free = windows - len(taken)
+    if nsamples > free:
+        raise PrunekitError(f"{name} has {free} distinct windows of {seqlen} tokens left, fewer than the {nsamples} "
+                            f"samples asked for; use at most {free} samples or a shorter seqlen")
+
+
+def heldout_set(calib: Calibration, tokenizer, nsamples: int, seqlen: int | None = None,
+                dataset: str | None = None, seed: int | None = None) -> Calibration:
+    """The held-out set of every analysis that must not score on the pruning windows (SV-NUP's game,
+    absorption's γ, MRP's selections): ``nsamples`` windows of ``dataset`` (default: the calibration
+    dataset), drawn with seed ``calib.seed + 1`` unless given, disjoint from ``calib``."""
+    if nsamples < 1:
+        raise PrunekitError(f"a held-out set needs at least 1 window, got {nsamples}")
+    return calibration_data(dataset or calib.dataset, tokenizer, nsamples, seqlen or calib.seqlen,
+                            calib.seed + 1 if seed is None else seed, exclude=calib)
 
 
 def eval_tokens(name: str, tokenizer, seqlen: int) -> tuple[torch.Tensor, Text]:

@@ -10,9 +10,10 @@
 3. ``Replay``: the clean block boundaries of a token set, kept every k blocks and recomputed in
    between; the one replay path of the analyses (absorption probe, MRP findings, SV-NUP game).
 
-Memory (``core.offload``): each block is onloaded to its execution device while it is worked on
-(``offload`` none/cpu/disk); boundary activations live on the device or on CPU by the model's
-``MemoryPolicy`` and move to the block's device one batch at a time, so a model spread over
+Every function takes the ``Runtime`` it works on (``core.runtime``; a plain in-memory model is
+wrapped). Memory (``core.offload``): each block is onloaded to its execution device while it is
+worked on (``offload`` none/cpu/disk); boundary activations live on the device or on CPU by the
+runtime's ``MemoryPolicy`` and move to the block's device one batch at a time, so a model spread over
 several devices runs each block where it lives with its inputs following it.
 """
 from __future__ import annotations
@@ -24,12 +25,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from prunekit.utils import tqdm
-
-from prunekit.utils import bars_disabled
-from prunekit.core.models import layout
-from prunekit.core.offload import activation_device, block_device, exec_device, memory_policy, onload
+from prunekit.core.offload import block_device
+from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
+from prunekit.utils import bars_disabled, tqdm
 
 _DROP = ("cache", "past_key_values", "past_key_value", "layer_past")
 
@@ -69,14 +68,14 @@ class BlockInputs:
 
 
 @torch.no_grad()
-def capture(model, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
+def capture(rt, input_ids: torch.Tensor, batch_size: int = 8) -> BlockInputs:
     """Hidden states entering block 0 and every block's kwargs, for ``input_ids`` (n, seqlen)."""
     if int(batch_size) < 1 or input_ids.shape[0] < 1:  # range(0, n, -2) is empty: no data, all-zero Hessians
         raise PrunekitError(f"calibration needs batch_size >= 1 and at least one window, got "
                             f"batch_size={batch_size}, {input_ids.shape[0]} windows")
-    lay = layout(model)
-    dev = exec_device(model)
-    store = activation_device(model)
+    rt = Runtime.of(rt)
+    lay, model = rt.layout, rt.model
+    dev, store = rt.device, rt.activation_device
     originals = list(lay.blocks)
     out = BlockInputs([])
     try:
@@ -109,11 +108,11 @@ class _Replay(nn.Module):
 
 
 @torch.no_grad()
-def head_logits(model, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def head_logits(rt, final_hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits from hidden states after the last block (any architecture: the blocks are swapped
     for a replay and the model runs its own head; embeddings are recomputed, which is cheap)."""
-    lay = layout(model)
-    dev = exec_device(model)
+    rt = Runtime.of(rt)
+    lay, model, dev = rt.layout, rt.model, rt.device
     originals = list(lay.blocks)
     try:
         for i in range(lay.num_blocks):
@@ -146,12 +145,14 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
 # ----------------------------------------------------------------------------- statistics
 
 class Stat:
-    """Accumulates a per-linear statistic from that linear's inputs (any leading dims)."""
+    """Accumulates a per-linear statistic from that linear's inputs (any leading dims). ``add`` is
+    told how many sequences ``x`` holds: OPT feeds fc1/fc2 a flattened (tokens, d) tensor, so the
+    count cannot come from x's shape without making the statistic depend on the batch size."""
     def __init__(self, linear: nn.Linear):
         self.nseq = 0
         self.d_in = linear.in_features
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, nseq: int) -> None:
         raise NotImplementedError
 
 
@@ -161,8 +162,8 @@ class WandaNorm(Stat):
         super().__init__(linear)
         self.sum = torch.zeros(self.d_in, dtype=torch.float32, device=linear.weight.device)
 
-    def add(self, x):
-        self.nseq += x.shape[0] if x.dim() == 3 else 1
+    def add(self, x, nseq):
+        self.nseq += nseq
         self.sum += x.reshape(-1, self.d_in).float().pow(2).sum(0)
 
     @property
@@ -200,7 +201,7 @@ class Hessian(Stat):
     def root(self) -> "Hessian":
         return self if self._owner is None else self._owner.root
 
-    def add(self, x):
+    def add(self, x, nseq):
         if self._seen is not None:
             self._seen[:] = [(r, hr) for r, hr in self._seen if r() is not None and hr() is not None]
             for r, hr in self._seen:
@@ -213,7 +214,7 @@ class Hessian(Stat):
             # frees, and on a 7B shape every block's 0.7 GB of Hessians piled up until an OOM kill
             self._seen.append((weakref.ref(x), weakref.ref(self)))
         root = self.root
-        root.nseq += x.shape[0] if x.dim() == 3 else 1
+        root.nseq += nseq
         x = x.reshape(-1, root.d_in).float()
         S = root._acc()
         # XᵀX is symmetric: accumulate only the block-upper part (row band b, columns from b on)
@@ -269,7 +270,7 @@ BlockCallback = Callable[[int, nn.Module, dict[str, dict[str, Stat]]], None]
 
 
 @torch.no_grad()
-def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInputs | None = None,
+def sequential(rt, input_ids: torch.Tensor | None = None, *, inputs: BlockInputs | None = None,
                collect: tuple[str, ...] = ("wanda",), on_block: BlockCallback | None = None,
                modifies: bool = True, batch_size: int = 8, desc: str = "calibrate",
                progress: bool = True) -> BlockInputs:
@@ -280,17 +281,18 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
     callback (a dense statistics pass): each block then runs once instead of twice. Block i is
     onloaded for the whole step (written back to its home when ``modifies``); activations stay
     where the model's memory policy puts them and move to the block one batch at a time."""
-    lay = layout(model)
-    acts = inputs if inputs is not None else capture(model, input_ids, batch_size)
-    store = activation_device(model)
+    rt = Runtime.of(rt)
+    lay = rt.layout
+    acts = inputs if inputs is not None else capture(rt, input_ids, batch_size)
+    store = rt.activation_device
     for i in tqdm(range(lay.num_blocks), desc=desc, disable=bars_disabled(progress), leave=False):
         block = lay.blocks[i]
-        with onload(model, i, write=modifies and on_block is not None):
+        with rt.onload(i, write=modifies and on_block is not None):
             linears = lay.linears(i)
             stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in collect}
             if "hessian" in stats:  # linears reading the same input share one X^T X (q/k/v, gate/up)
                 Hessian.link(stats["hessian"].values())
-            handles = collect_hooks(linears, stats)
+            handles = collect_hooks(block, linears, stats)
             dense_run_is_final = not modifies or on_block is None
             try:
                 if collect or dense_run_is_final:
@@ -310,17 +312,24 @@ def sequential(model, input_ids: torch.Tensor | None = None, *, inputs: BlockInp
     return acts
 
 
-def collect_hooks(linears: dict[str, nn.Linear], stats: dict) -> list:
-    """Forward hooks feeding each linear's inputs to its ``stats[kind][name]`` accumulators."""
+def collect_hooks(block: nn.Module, linears: dict[str, nn.Linear], stats: dict) -> list:
+    """Forward hooks feeding each linear's inputs to its ``stats[kind][name]`` accumulators; a
+    pre-hook on ``block`` reads the batch's sequence count from its (batch, tokens, d) input."""
     if not stats:
         return []
+    rows = [0]
+
+    def count(mod, args, kwargs):
+        h = args[0] if args else next(iter(kwargs.values()))
+        rows[0] = h.shape[0]
 
     def hook_for(name):
         def hook(mod, inp, out):
             for per_kind in stats.values():
-                per_kind[name].add(inp[0])
+                per_kind[name].add(inp[0], rows[0])
         return hook
-    return [m.register_forward_hook(hook_for(n)) for n, m in linears.items()]
+    return [block.register_forward_pre_hook(count, with_kwargs=True)] + [
+        m.register_forward_hook(hook_for(n)) for n, m in linears.items()]
 
 
 class Replay:
@@ -333,24 +342,25 @@ class Replay:
     decoder-block call made through this object."""
 
     @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, batch_size: int = 8, *, checkpoint_every: int | None = None,
+    def __init__(self, rt, ids: torch.Tensor, batch_size: int = 8, *, checkpoint_every: int | None = None,
                  store: str | None = None, progress: bool = False, desc: str = "clean run"):
-        self.model, self.lay = model, layout(model)
+        self.rt = rt = Runtime.of(rt)
+        self.lay = rt.layout
         self.L = self.lay.num_blocks
-        pol = memory_policy(model)
+        pol = rt.memory_policy
         k = int(checkpoint_every or pol.checkpoint_every)
         where = store or pol.activations
-        self.store = torch.device("cpu") if where == "cpu" else exec_device(model)
-        self.device = exec_device(model)
+        self.store = torch.device("cpu") if where == "cpu" else rt.device
+        self.device = rt.device
         self.block_runs = 0
-        self.acts = capture(model, ids, batch_size)
+        self.acts = capture(rt, ids, batch_size)
         self.ids = [ids[s:s + batch_size] for s in range(0, ids.shape[0], batch_size)]
         self.nbatches = len(self.acts.hidden)
         keep = set(range(0, self.L + 1, k)) | {self.L}
         self.ckpt: dict[int, list[torch.Tensor]] = {0: [h.to(self.store) for h in self.acts.hidden]}
         h = list(self.ckpt[0])
         for i in tqdm(range(self.L), desc=desc, disable=not progress, leave=False):
-            with onload(model, i):
+            with rt.onload(i):
                 h = [self.run(i, x, j).to(self.store) for j, x in enumerate(h)]
             if i + 1 in keep:
                 self.ckpt[i + 1] = h
@@ -391,14 +401,19 @@ class Replay:
         ``start`` with the current weights (one block onloaded at a time, all batches through it)."""
         hs = [self.boundary(start, j) for j in range(self.nbatches)]
         for i in range(start, self.L):
-            with onload(self.model, i):
+            with self.rt.onload(i):
                 hs = [self.run(i, h, j) for j, h in enumerate(hs)]
         return float(torch.cat([self.head_nll(h, j) for j, h in enumerate(hs)]).mean())
 
-    @torch.no_grad()
     def head_nll(self, final: torch.Tensor, j: int) -> torch.Tensor:
-        """Per-window mean next-token CE from the hidden state after the last block."""
-        return next_token_ce(head_logits(self.model, final, self.ids[j]), self.ids[j]).cpu()
+        return head_nll(self.rt, final, self.ids[j])
+
+
+@torch.no_grad()
+def head_nll(rt, final_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-window mean next-token NLL from the hidden states after the last block (the model's own
+    final norm and head, ``head_logits``): the loss of every replayed analysis."""
+    return next_token_ce(head_logits(rt, final_hidden, ids), ids).cpu()
 
 
 def next_token_ce(logits: torch.Tensor, ids: torch.Tensor, chunk_bytes: int = 1 << 22) -> torch.Tensor:
@@ -418,3 +433,18 @@ def next_token_ce(logits: torch.Tensor, ids: torch.Tensor, chunk_bytes: int = 1 
         for s in range(0, x.shape[0], rows):
             ce[s:s + rows] = F.cross_entropy(x[s:s + rows].float(), y[s:s + rows], reduction="none")
     return ce.view(ids.shape[0], -1).mean(1)
+
+
+@torch.no_grad()
+def window_nll(rt, ids: torch.Tensor, batch_size: int = 4, on_batch=None) -> torch.Tensor:
+    """Per-window mean next-token NLL of ``ids`` (n, seqlen) under the current weights: one plain
+    forward per batch (offloaded blocks are onloaded by their hooks). The one full-model NLL loop:
+    perplexity windows, absorption's γ, SV-NUP's reference forward. ``on_batch(tokens)`` after each."""
+    rt = Runtime.of(rt)
+    dev, out = rt.device, []
+    for x in ids.split(batch_size):
+        x = x.to(dev)
+        out.append(next_token_ce(rt.model(input_ids=x, use_cache=False).logits, x).cpu())
+        if on_batch is not None:
+            on_batch(x.numel())
+    return torch.cat(out)

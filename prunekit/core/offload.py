@@ -1,6 +1,6 @@
 """Offload: where each decoder block's weights live between uses, and the activation memory policy.
 
-Modes (``load_model(..., offload=...)``):
+Modes (``load_model(..., offload=...)``, or ``Runtime.offload(mode)`` for a model built in memory):
 
 - ``none``: the whole model on the execution device.
 - ``cpu``: embeddings, final norm and head on the execution device; block weights in CPU RAM
@@ -13,7 +13,7 @@ Modes (``load_model(..., offload=...)``):
 - ``auto`` (default): ``none`` when model + calibration activations + 30 % headroom fit on the
   execution device, else ``cpu`` when they fit in CPU RAM, else ``disk``.
 
-A block is *onloaded* with ``onload(model, i, write=...)`` (reference counted; the engine holds it
+A block is *onloaded* with ``Runtime.onload(i, write=...)`` (``core.runtime``) (reference counted; the engine holds it
 while running every batch through the block, forward hooks hold it during a plain ``model(x)``
 forward such as perplexity evaluation) and written back to its home on the last release when a
 holder declared ``write=True``.
@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +38,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import OFFLOAD_MODES
 
-OFFLOAD_MODES = ("none", "cpu", "disk", "auto")
 HEADROOM = 1.3  # `auto`: model + activations need 30 % headroom on the device
 
 
@@ -64,62 +63,6 @@ def check_mode(mode: str) -> str:
     if mode not in OFFLOAD_MODES:
         raise PrunekitError(f"unknown offload mode '{mode}'; use one of {', '.join(OFFLOAD_MODES)}")
     return mode
-
-
-def memory_policy(model) -> MemoryPolicy:
-    pol = getattr(model, "prunekit_memory", None)
-    if pol is not None:
-        return pol
-    return DEFAULT_POLICY[offload_mode(model)]
-
-
-def set_memory_policy(model, activations: str | None = None, checkpoint_every: int | None = None) -> MemoryPolicy:
-    """Override the activation memory policy of ``model`` (default: from its offload mode)."""
-    cur = memory_policy(model)
-    pol = MemoryPolicy(activations or cur.activations, int(checkpoint_every or cur.checkpoint_every))
-    model.prunekit_memory = pol
-    return pol
-
-
-def offloader(model) -> "Offloader | None":
-    return getattr(model, "prunekit_offloader", None)
-
-
-def offload_mode(model) -> str:
-    off = offloader(model)
-    return off.mode if off is not None else "none"
-
-
-def exec_device(model) -> torch.device:
-    """Where the embeddings, the head and the block being worked on compute."""
-    off = offloader(model)
-    if off is not None:
-        return off.device
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return emb.weight.device if emb is not None else next(model.parameters()).device
-
-
-def activation_device(model) -> torch.device:
-    return torch.device("cpu") if memory_policy(model).activations == "cpu" else exec_device(model)
-
-
-@contextmanager
-def onload(model, i: int, write: bool = False):
-    """Block ``i``'s weights materialised on its execution device for the duration (a no-op without
-    offload). ``write=True``: changes are written back to the block's home on the last release."""
-    if write:  # an active weight snapshot copies the block before its first modification
-        for snap in list(getattr(model, "prunekit_snapshots", ())):
-            snap.save(i)
-        model.__dict__.setdefault("prunekit_modified", set()).add(i)
-    off = offloader(model)
-    if off is None:
-        yield
-        return
-    off.acquire(i, write)
-    try:
-        yield
-    finally:
-        off.release(i)
 
 
 def block_device(block: nn.Module) -> torch.device:
@@ -152,7 +95,7 @@ def _set(mod: nn.Module, name: str, t: torch.Tensor, is_param: bool) -> None:
 class Offloader:
     """Block homes and reference-counted onloading (see module docstring)."""
 
-    def __init__(self, model, blocks: nn.ModuleList, prefix: str, mode: str, device: torch.device,
+    def __init__(self, blocks: nn.ModuleList, prefix: str, mode: str, device: torch.device,
                  sources: dict[str, tuple[str, str]] | None = None, work_dir: Path | None = None):
         self.mode, self.device, self.prefix = mode, torch.device(device), prefix
         self.blocks = blocks
@@ -199,11 +142,6 @@ class Offloader:
         return hook
 
     # ---- onload / release
-    def block_bytes(self, i: int) -> int:
-        return sum((mod._parameters if isp else mod._buffers)[n].numel()
-                   * (mod._parameters if isp else mod._buffers)[n].element_size()
-                   for _, mod, n, isp in self.entries[i])
-
     @torch.no_grad()
     def acquire(self, i: int, write: bool = False) -> None:
         self.dirty[i] |= bool(write)
@@ -310,42 +248,6 @@ def make_work_dir(root: Path) -> Path:
     except OSError as e:
         raise PrunekitError(f"--offload disk needs a writable cache directory; {root} is not writable "
                             f"({e.strerror or e}); set PRUNEKIT_CACHE to a writable directory") from e
-
-
-def attach(model, mode: str, device, blocks: nn.ModuleList, prefix: str,
-           sources: dict | None = None, work_dir: Path | None = None) -> Offloader | None:
-    """Install an ``Offloader`` on ``model`` (blocks must already be at their home: CPU tensors for
-    'cpu', meta tensors with ``sources`` for 'disk')."""
-    if mode == "none":
-        return None
-    off = Offloader(model, blocks, prefix, mode, torch.device(device), sources, work_dir)
-    model.prunekit_offloader = off
-    return off
-
-
-@torch.no_grad()
-def offload_model(model, mode: str, device=None, work_root: Path | None = None) -> Offloader | None:
-    """Offload the blocks of an in-memory ``model`` (tests, models built in memory): 'cpu' keeps them
-    in CPU RAM, 'disk' writes each block once to a private directory and frees it."""
-    from prunekit.core.models import block_prefix, cache_dir, layout
-    check_mode(mode)
-    if mode == "auto":
-        raise PrunekitError("offload_model needs an explicit mode (none, cpu, disk)")
-    if offloader(model) is not None:
-        raise PrunekitError("model is already offloaded")
-    lay = layout(model)
-    dev = torch.device(device) if device is not None else model.get_input_embeddings().weight.device
-    prefix = block_prefix(model)
-    if mode == "none":
-        return None
-    if mode == "cpu":
-        return attach(model, mode, dev, lay.blocks, prefix)
-    work = make_work_dir((work_root or cache_dir()) / "offload")
-    off = attach(model, "disk", dev, lay.blocks, prefix, {}, work)
-    for i in range(lay.num_blocks):  # the block is resident now: mark it held and dirty, then release
-        off.refs[i], off.dirty[i] = 1, True
-        off.release(i)
-    return off
 
 
 def estimate_auto(param_bytes: int, act_bytes: int, device: torch.device) -> str:

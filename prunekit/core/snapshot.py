@@ -1,13 +1,13 @@
 """The one weight snapshot: dense block weights saved lazily, restored on exit (also on an exception).
 
-    with weight_snapshot(model) as snap:   # nothing is copied yet
-        prune_model(model, ids, 0.5)       # each block is copied the first time it is modified
+    with weight_snapshot(rt) as snap:      # rt: the model's Runtime; nothing is copied yet
+        prune_model(rt, ids, 0.5)          # each block is copied the first time it is modified
         ...
         snap.restore()                     # dense again (the snapshot stays active)
     # leaving the block restores every modified block, also when an exception escapes
 
 A block is saved by ``snap.save(i)`` — called automatically by every writer that declares its writes
-(``offload.onload(model, i, write=True)``: the sequential engine when it prunes, ``snap.modify(i)``)
+(``rt.onload(i, write=True)``: the sequential engine when it prunes, ``snap.modify(i)``)
 while the snapshot is active. ``store``: where the saved copies live — ``cpu`` (RAM), ``disk``
 (safetensors under ``$PRUNEKIT_CACHE/offload``), ``device`` (the block's own device; fastest swap),
 or ``auto``: with disk offload the block's unmodified checkpoint file itself (no copy at all), else
@@ -23,19 +23,23 @@ from pathlib import Path
 
 import torch
 
-from prunekit.core.models import cache_dir, layout
-from prunekit.core.offload import make_work_dir, offloader, onload
+from prunekit.core.cache import cache_dir
+from prunekit.core.offload import make_work_dir
+from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
 
 STORES = ("auto", "cpu", "disk", "device")
 
 
 class WeightSnapshot:
-    def __init__(self, model, store: str = "auto"):
+    def __init__(self, rt: Runtime, store: str = "auto"):
         if store not in STORES:
             raise PrunekitError(f"unknown snapshot store '{store}'; use one of {', '.join(STORES)}")
-        self.model, self.lay = model, layout(model)
-        off = offloader(model)
+        if not isinstance(rt, Runtime):  # it must see every later write: those go through this runtime
+            raise PrunekitError("weight_snapshot needs the model's Runtime (load_model returns one; "
+                                "Runtime.of(model) wraps an in-memory model), not a bare model")
+        self.rt, self.lay = rt, rt.layout
+        off = rt.offloader
         if store == "auto":
             store = "sources" if off is not None and off.mode == "disk" else "cpu"
         self.store = store
@@ -45,9 +49,8 @@ class WeightSnapshot:
 
     # ---- lifecycle
     def __enter__(self) -> "WeightSnapshot":
-        snaps = self.model.__dict__.setdefault("prunekit_snapshots", [])
-        if self not in snaps:
-            snaps.append(self)
+        if self not in self.rt.snapshots:
+            self.rt.snapshots.append(self)
         self.active = True
         return self
 
@@ -59,9 +62,8 @@ class WeightSnapshot:
 
     def close(self) -> None:
         """Stop watching the model and drop the saved copies (without restoring)."""
-        snaps = self.model.__dict__.get("prunekit_snapshots", [])
-        if self in snaps:
-            snaps.remove(self)
+        if self in self.rt.snapshots:
+            self.rt.snapshots.remove(self)
         self.active = False
         self._drop(list(self.saved))
         if self._dir is not None:
@@ -79,10 +81,10 @@ class WeightSnapshot:
         """Copy block i's current linear weights, unless already saved since the last restore."""
         if i in self.saved:
             return
-        off = offloader(self.model)
-        dense = i not in self.model.__dict__.get("prunekit_modified", set())
+        off = self.rt.offloader
+        dense = i not in self.rt.modified
         if dense:  # nested snapshots share one immutable dense copy instead of copying again
-            for other in self.model.__dict__.get("prunekit_snapshots", []):
+            for other in self.rt.snapshots:
                 if other is not self and i in other.saved and other.saved[i][2] and other.saved[i][0] != "file":
                     kind, data, _ = other.saved[i]
                     if kind == "sources":
@@ -101,7 +103,7 @@ class WeightSnapshot:
         self.saved[i] = (*self._copy(i, self.store), dense)
 
     def _copy(self, i: int, store: str):
-        with onload(self.model, i):
+        with self.rt.onload(i):
             ws = {n: m.weight.detach() for n, m in self.lay.linears(i).items()}
             if store == "device":
                 return ("mem", {n: w.clone() for n, w in ws.items()})
@@ -125,14 +127,13 @@ class WeightSnapshot:
         todo = sorted(self.saved) if blocks is None else [b for b in blocks if b in self.saved]
         for i in todo:
             kind, data, dense = self.saved[i]
-            off = offloader(self.model)
+            off = self.rt.offloader
             if kind == "sources" and off.refs[i] == 0:
                 off.dirty[i] = False
                 off.set_block_sources(i, data)
             else:
                 self._write_back(i, kind, data)
-            mod = self.model.__dict__.setdefault("prunekit_modified", set())
-            mod.discard(i) if dense else mod.add(i)
+            self.rt.modified.discard(i) if dense else self.rt.modified.add(i)
         if not keep:
             self._drop(todo)
 
@@ -152,17 +153,16 @@ class WeightSnapshot:
 
     def _write_back(self, i: int, kind: str, data) -> None:
         # snapshot observers must not re-save the block while it is written back
-        snaps = self.model.__dict__.get("prunekit_snapshots", [])
-        self.model.__dict__["prunekit_snapshots"] = []
+        snaps, self.rt.snapshots = self.rt.snapshots, []
         try:
-            with onload(self.model, i, write=True):
+            with self.rt.onload(i, write=True):
                 for n, m in self.lay.linears(i).items():
                     m.weight.data.copy_(self.dense_weight(i, n, m.weight.device))
         finally:
-            self.model.__dict__["prunekit_snapshots"] = snaps
+            self.rt.snapshots = snaps
 
     def _drop(self, blocks) -> None:
-        off = offloader(self.model)
+        off = self.rt.offloader
         for i in blocks:
             kind, data, _ = self.saved.pop(i)
             if kind == "sources":
@@ -175,10 +175,10 @@ class WeightSnapshot:
         """Block i onloaded for writing (saved first); its changes persist until ``restore``."""
         if not self.active:
             raise PrunekitError("weight snapshot is not active; use it as `with weight_snapshot(model) as snap:`")
-        with onload(self.model, i, write=True):
+        with self.rt.onload(i, write=True):
             yield self.lay.blocks[i]
 
 
-def weight_snapshot(model, store: str = "auto") -> WeightSnapshot:
-    """A ``WeightSnapshot`` of ``model`` to use as a context manager (see module docstring)."""
-    return WeightSnapshot(model, store)
+def weight_snapshot(rt: Runtime, store: str = "auto") -> WeightSnapshot:
+    """A ``WeightSnapshot`` of the runtime's model to use as a context manager (module docstring)."""
+    return WeightSnapshot(rt, store)

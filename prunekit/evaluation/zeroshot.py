@@ -81,10 +81,10 @@ def resolve_batch_size(batch_size: int | str, device) -> int | str:
     return b
 
 
-def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_size: int | str = 1,
+def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str = 1,
               num_fewshot: int = 0, seed: int = 0, bootstrap_iters: int = 1000,
               data_dir: Path | str | None = None, max_length: int | None = None) -> dict:
-    """Stock lm-eval ``HFLM`` + ``simple_evaluate`` on ``model`` (a transformers causal LM in memory).
+    """Stock lm-eval ``HFLM`` + ``simple_evaluate`` on the runtime's model (in memory, with its tokenizer).
 
     Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "source"}, ...,
     "mean_acc": mean of acc over the tasks}``; acc_norm is None for tasks without it (boolq, rte,
@@ -95,9 +95,12 @@ def zero_shot(model, tokenizer, tasks, limit: int | float | None = None, batch_s
     ``data_dir`` overrides $PRUNEKIT_DATA_DIR; ``max_length`` overrides the model's context length.
     """
     names = resolve_tasks(tasks, data_dir)
+    if rt is None or getattr(rt, "tokenizer", None) is None:
+        raise PrunekitError("zero_shot needs a Runtime with its tokenizer (load_model returns one)")
+    model, tokenizer = rt.model, rt.tokenizer
     if num_fewshot is None or int(num_fewshot) < 0:
         raise PrunekitError(f"num_fewshot={num_fewshot} must be an integer >= 0")
-    batch_size = resolve_batch_size(batch_size, next(model.parameters()).device)
+    batch_size = resolve_batch_size(batch_size, rt.device)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM

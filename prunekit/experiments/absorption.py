@@ -160,7 +160,8 @@ def study(model: str = "smollm2-135m", profile: str = "quick", gamma: float = DE
             "trajectories": trajs, "prune_trajectories": prune_trajs, "sweep": sweep,
             "transition": transition_summary(sweep), "comparison": comparison, "dense_ppl": dense,
             "verdicts": verdicts(r, sweep, comparison, r_prune, label, prune_trajs),
-            "seconds": time.perf_counter() - t0, "params": p, "gamma": gamma}
+            "seconds": time.perf_counter() - t0, "params": p, "gamma": gamma,
+            "model_provenance": session.provenance()}
 
 
 def results_table(studies) -> dict:

@@ -32,9 +32,8 @@ from prunekit.utils import tqdm
 from prunekit.utils import bars_disabled
 from prunekit.allocation.plan import fit_budget
 from prunekit.allocation.registry import methods as registered_methods
-from prunekit.core.engine import Replay, head_logits, next_token_ce, sequential
-from prunekit.core.models import layout
-from prunekit.core.offload import exec_device, onload
+from prunekit.core.engine import Replay, sequential
+from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.experiments.correlation import bootstrap_spearman, coefficient_of_variation, spearman  # noqa: F401 (notebook API)
@@ -44,26 +43,24 @@ from prunekit.solvers.prune import METRICS, prune_block, prune_model
 # ----------------------------------------------------------------------------- sources
 
 def _resolve(source, calib=None):
-    """(model, stats, calib, batch_size, session) from a Session, a Statistics or a model."""
+    """(runtime, stats, calib, batch_size, session) from a Session, a Statistics, a Runtime or a model."""
     from prunekit.experiments.session import Session
     if isinstance(source, Session):
         source.restore()  # measurements start from the dense model
-        return source.model, source.stats, source.calib, source.batch_size, source
+        return source.runtime, source.stats, source.calib, source.batch_size, source
     if isinstance(source, Statistics):
-        return source.model, source, source.calib, source.batch_size, None
-    if isinstance(source, nn.Module):
-        stats = Statistics(source, calib, progress=False)
-        return source, stats, calib, 8, None
+        return source.rt, source, source.calib, source.batch_size, None
+    if isinstance(source, (Runtime, nn.Module)):
+        rt = Runtime.of(source)
+        return rt, Statistics(rt, calib, progress=False), calib, 8, None
     raise PrunekitError(f"expected a Session, Statistics or model, got {type(source).__name__}")
 
 
 def heldout_ids(session, nsamples: int = 2, seed: int | None = None) -> torch.Tensor:
     """Calibration-distribution windows disjoint from the session's calibration set (for losses
     that must not be measured on the windows the statistics came from)."""
-    from prunekit.core.data import calibration_data
-    cal = calibration_data(session.calib_dataset, session.tokenizer, nsamples, session.calib_seqlen,
-                           session.seed + 1 if seed is None else seed, exclude=session.calib)
-    return cal.input_ids
+    from prunekit.core.data import heldout_set
+    return heldout_set(session.calib, session.tokenizer, nsamples, seed=seed).input_ids
 
 
 # ----------------------------------------------------------------------------- dense boundaries
@@ -77,19 +74,6 @@ Boundaries = Replay
 def dense_boundaries(model, ids: torch.Tensor, batch_size: int = 8, checkpoint_every: int | None = None) -> Replay:
     """One dense walk recording the block boundaries of ``ids`` (``Replay``)."""
     return Replay(model, ids, batch_size, checkpoint_every=checkpoint_every, desc="dense boundaries")
-
-
-@torch.no_grad()
-def head_nll(model, final_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-window mean next-token CE from the hidden state after the last block (``window_nlls``'s
-    convention: seqlen-1 predictions per window)."""
-    return next_token_ce(head_logits(model, final_hidden, ids), ids).cpu()
-
-
-@torch.no_grad()
-def tail_nll(model, bounds: Replay, start: int) -> float:
-    """Mean window NLL when blocks start..L-1 are re-run from the dense boundary ``start``."""
-    return bounds.tail_nll(start)
 
 
 # ----------------------------------------------------------------------------- finding 1: LPS
@@ -127,7 +111,7 @@ def layer_sensitivity(source, metric: str = "wanda", sparsities=(0.5, 0.7, 0.9),
             raise PrunekitError("LPS needs evaluation windows; pass eval_ids= or calib=")
         eval_ids = stats.calib.input_ids
     sparsities = [float(s) for s in sparsities]
-    lay = layout(model)
+    lay = model.layout
     names = list(lay.linear_names)
     blocks = list(range(lay.num_blocks)) if blocks is None else list(blocks)
     bounds = bounds or dense_boundaries(model, eval_ids, bs)
@@ -155,10 +139,10 @@ def layer_sensitivity(source, metric: str = "wanda", sparsities=(0.5, 0.7, 0.9),
                        batch_size=bs, desc="LPS hessians", progress=False)
         else:
             norms = stats.wanda_norms() if metric == "wanda" else None
-            dev = exec_device(model)
+            dev = model.device
             for i in blocks:
                 st = {"wanda": {n: SimpleNamespace(norm=norms[i][n].to(dev)) for n in names}} if norms else {}
-                with onload(model, i):
+                with model.onload(i):
                     measure(i, lay.blocks[i], st)
     bar.close()
     table = pd.DataFrame(rows).sort_values(["sparsity", "block"]).reset_index(drop=True)
@@ -257,11 +241,12 @@ def nonoutlier_masks(stats, metric: str = "wanda", m: float = 5.0) -> list[dict[
 def measured_redundancy(model, masks: list[dict[str, torch.Tensor]], denominator: str = "surviving") -> np.ndarray:
     """Redundancy level (non-outlier ratio) of every block of a pruned model: surviving (non-zero)
     weights that were non-outliers in the dense model / surviving weights (or / all weights)."""
-    lay = layout(model)
+    rt = Runtime.of(model)
+    lay = rt.layout
     out = []
     for i in range(lay.num_blocks):
         non = surv = tot = 0
-        with onload(model, i):
+        with rt.onload(i):
             for n, lin in lay.linears(i).items():
                 alive = (lin.weight != 0).cpu()
                 non += int((alive & masks[i][n]).sum())
@@ -343,11 +328,11 @@ def redundancy_uniformity(session, target: float = 0.7, metric: str = "wanda", *
     ds = session.eval_datasets[0]
     for name, kind, per_block in tqdm(plans, desc="allocations", disable=bars_disabled(progress), leave=False):
         session.restore()
-        with weight_snapshot(session.model):  # pruned outside Session.run: restored on exit
-            prune_model(session.model, session.calib.input_ids, np.asarray(per_block), metric,
+        with weight_snapshot(session.runtime):  # pruned outside Session.run: restored on exit
+            prune_model(session.runtime, session.calib.input_ids, np.asarray(per_block), metric,
                         batch_size=session.batch_size, progress=False)
             nor = (current_redundancy(session.stats, metric, m) if measure == "current"
-                   else measured_redundancy(session.model, masks, denominator))
+                   else measured_redundancy(session.runtime, masks, denominator))
             ppl = session.evaluate([ds])[ds]["perplexity"]
         rows.append({"allocation": name, "kind": kind, "nor_std": float(nor.std()),
                      "nor_range": float(nor.max() - nor.min()), "ppl": ppl,
@@ -412,7 +397,7 @@ def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities
     def measure(rec, row):
         mt = row["metric"]
         nor = (current_redundancy(session.stats, mt, m) if measure == "current"
-               else measured_redundancy(session.model, masks[mt], denominator))
+               else measured_redundancy(session.runtime, masks[mt], denominator))
         row.update(ppl=rec["perplexity"][ds], nor_std=float(nor.std()), nor_range=float(nor.max() - nor.min()),
                    nor_dense_std=float(nor_dense[mt].std()), per_block=rec["planned_sparsity"],
                    nor=nor.tolist(), nor_dense=nor_dense[mt].tolist(),

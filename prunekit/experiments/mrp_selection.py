@@ -51,7 +51,7 @@ def study(session, sparsities=(0.7, 0.6, 0.5), configs: dict | None = None, metr
             test = test_at is None or any(abs(s - x) < 1e-9 for x in test_at)
             rec = session.run(method, metric, s, evaluate=test, **opts)
             row = {"model": session.model_name, "config": label, "method": method, "metric": metric,
-                   "sparsity": s, "heldout_nll": heldout_nll(session.model, ho),
+                   "sparsity": s, "heldout_nll": heldout_nll(session.runtime, ho),
                    **{f"ppl_{d}": v for d, v in rec.get("perplexity", {}).items()},
                    "block_min": float(np.min(rec["planned_sparsity"])),
                    "block_max": float(np.max(rec["planned_sparsity"])),

@@ -1,8 +1,8 @@
 """Experiment: the end-to-end run (data → calibrate → score → allocate → prune → evaluate) as a
 reusable session, shared by the CLI, the notebooks and the benchmarks.
 
-A ``Session`` loads the model once (``offload`` none | cpu | disk | auto decides where block
-weights live, ``core.offload``), keeps one lazy weight snapshot (``core.snapshot``: a block's dense
+A ``Session`` loads the model once into a ``Runtime`` (``offload`` none | cpu | disk | auto decides
+where block weights live, ``core.offload``), or takes the ``runtime`` it is given, keeps one lazy weight snapshot (``core.snapshot``: a block's dense
 weights are copied the first time it is pruned) and reuses one calibration set and one
 ``Statistics`` (so a sweep of allocations × sparsities runs the dense statistics pass once).
 ``session.run(...)`` restores the dense weights, prunes, evaluates and returns the JSON-ready
@@ -20,10 +20,13 @@ from prunekit.utils import bars_disabled
 from prunekit.allocation import allocate, with_solver_metric
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.core.data import calibration_data
-from prunekit.core.models import DEFAULT_MODEL, dtype_name, layout, load_model
+from prunekit.core.aliases import DEFAULT_MODEL
+from prunekit.core.devices import dtype_name
+from prunekit.core.loading import load_model
+from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
-from prunekit.evaluation.perplexity import perplexity
+from prunekit.evaluation.perplexity import perplexity, record_fields
 from prunekit.experiments.profiles import profile
 from prunekit.scoring.statistics import Statistics
 from prunekit.solvers.masks import parse_nm
@@ -47,28 +50,45 @@ class Session:
     restorable: bool = True
     zero_shot_batch_size: int | str = 1
     progress: bool = True
-    model: object = None
-    tokenizer: object = None
+    runtime: Runtime | None = None
     timings: dict = field(default_factory=dict)
 
     def __post_init__(self):
         t0 = time.perf_counter()
-        if self.model is None:
-            self.model, self.tokenizer = load_model(self.model_name, self.device, self.dtype, offload=self.offload,
-                                                    calib_tokens=self.calib_samples * self.calib_seqlen)
+        if self.runtime is None:
+            self.runtime = load_model(self.model_name, self.device, self.dtype, offload=self.offload,
+                                      calib_tokens=self.calib_samples * self.calib_seqlen)
+        elif not isinstance(self.runtime, Runtime) or self.runtime.tokenizer is None:
+            raise PrunekitError("Session(runtime=...) takes a Runtime with a tokenizer "
+                                "(load_model's, or Runtime(model, tokenizer, name=...))")
         self.timings["load_s"] = time.perf_counter() - t0
-        self.layout = layout(self.model)
+        self.layout = self.runtime.layout
         # the one dense snapshot: copies a block lazily when it is first pruned, restores on demand
-        self._snap = weight_snapshot(self.model).__enter__() if self.restorable else None
+        self._snap = weight_snapshot(self.runtime).__enter__() if self.restorable else None
         t0 = time.perf_counter()
         utils.seed_everything(self.seed)
         self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
                                       self.calib_seqlen, self.seed)
         self.timings["data_s"] = time.perf_counter() - t0
-        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
-                                tokenizer=self.tokenizer)
+        self.stats = Statistics(self.runtime, self.calib, batch_size=self.batch_size, progress=self.progress)
         self._dense_memo: dict = {}
         self._pruned = False  # weights differ from the dense copy (set by run)
+
+    @property
+    def model(self):
+        """The transformers model (``runtime.model``)."""
+        return self.runtime.model
+
+    @property
+    def tokenizer(self):
+        return self.runtime.tokenizer
+
+    def provenance(self) -> dict:
+        """The model's provenance entry (reports, records): its fingerprint is the dense model's,
+        taken by ``Statistics`` before anything was pruned."""
+        rt = self.runtime
+        return {"id": self.model_name, "fingerprint": self.stats.fingerprint, "origin": rt.origin,
+                "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch.")}
 
     @classmethod
     def from_profile(cls, name: str = "quick", **overrides) -> "Session":
@@ -83,14 +103,12 @@ class Session:
         utils.seed_everything(seed)
         self.calib = calibration_data(self.calib_dataset, self.tokenizer, self.calib_samples,
                                       self.calib_seqlen, seed)
-        self.stats = Statistics(self.model, self.calib, batch_size=self.batch_size, progress=self.progress,
-                                tokenizer=self.tokenizer)
+        self.stats = Statistics(self.runtime, self.calib, batch_size=self.batch_size, progress=self.progress)
         return self
 
     @torch.no_grad()
-    def restore(self, force: bool = False) -> None:
-        """Put the dense block weights back (between runs of a sweep); a no-op while dense.
-        ``force`` is accepted for compatibility: the snapshot knows which blocks were modified."""
+    def restore(self) -> None:
+        """Put the dense block weights back (between runs of a sweep); a no-op while dense."""
         if self._snap is not None:
             self._snap.restore()
         elif self._pruned:
@@ -111,7 +129,7 @@ class Session:
     def evaluate(self, datasets=None) -> dict:
         out = {}
         for d in datasets or self.eval_datasets:
-            out[d] = perplexity(self.model, self.tokenizer, d, self.eval_seqlen, self.eval_windows,
+            out[d] = perplexity(self.runtime, d, self.eval_seqlen, self.eval_windows,
                                 progress=self.progress)
         return out
 
@@ -129,7 +147,7 @@ class Session:
         key = ("zero_shot", tuple(tasks), limit)
         if key not in self._dense_memo:
             self.restore()
-            self._dense_memo[key] = zero_shot(self.model, self.tokenizer, list(tasks), limit=limit,
+            self._dense_memo[key] = zero_shot(self.runtime, list(tasks), limit=limit,
                                               batch_size=self.zero_shot_batch_size)
         return self._dense_memo[key]
 
@@ -147,7 +165,7 @@ class Session:
         import pandas as pd
         from prunekit.utils import tqdm
 
-        from prunekit.experiments.sweep import expand, iter_session
+        from prunekit.experiments.cells import expand, iter_session
         cells, skipped = expand(allocations, metrics, sparsities, seeds, options)
         bar = tqdm(cells, desc="sweep", disable=bars_disabled(self.progress))
         rows = [r for _, _, r in iter_session(self, bar, run_kw, on_run)]
@@ -176,7 +194,7 @@ class Session:
         t["allocate"] = time.perf_counter() - t0
         self.restore()
         self._pruned = True
-        rep = prune_model(self.model, self.calib.input_ids, plan, metric, nmt, self.batch_size,
+        rep = prune_model(self.runtime, self.calib.input_ids, plan, metric, nmt, self.batch_size,
                           progress=self.progress)
         t["calibrate_prune"] = rep.pop("prune_s")
         rec = {"model": self.model_name, "dtype": dtype_name(self.model.dtype), "metric": metric, "allocation": allocation,
@@ -184,21 +202,19 @@ class Session:
                "planned_sparsity": plan.per_block.tolist(), **rep,
                "calibration": {"dataset": self.calib_dataset, "samples": self.calib_samples,
                                "seqlen": self.calib_seqlen},
-               "seed": self.seed, "plan_extras": plan.to_dict()["extras"]}
+               "seed": self.seed, "plan_extras": plan.to_dict()["extras"], "model_provenance": self.provenance()}
         data_sha = {f"calib:{self.calib_dataset}": self.calib.data_sha256}
         if evaluate:
             t0 = time.perf_counter()
             ev = self.evaluate()
             t["eval"] = time.perf_counter() - t0
-            rec["perplexity"] = {d: r["perplexity"] for d, r in ev.items()}
-            rec["tokens_evaluated"] = {d: r["tokens"] for d, r in ev.items()}
-            rec["window_nll"] = {d: r["window_nll"] for d, r in ev.items()}
-            rec["eval"] = {"seqlen": self.eval_seqlen, "windows": self.eval_windows}
-            data_sha.update({f"eval:{d}": r["data_sha256"] for d, r in ev.items()})
+            fields = record_fields(ev, self.eval_seqlen, self.eval_windows)
+            data_sha.update(fields.pop("data_sha256"))
+            rec.update(fields)
         if zero_shot:
             from prunekit.evaluation.perplexity import zero_shot as zs
             t0 = time.perf_counter()
-            rec["zero_shot"] = zs(self.model, self.tokenizer, zero_shot, limit=zero_shot_limit,
+            rec["zero_shot"] = zs(self.runtime, zero_shot, limit=zero_shot_limit,
                                   batch_size=self.zero_shot_batch_size)
             t["zero_shot"] = time.perf_counter() - t0
         rec["timings_s"] = t

@@ -76,7 +76,7 @@ def model_card(rec: dict) -> str:
 
 def block_names(model) -> list[str]:
     """Module names of the decoder blocks (``model.layers.0`` …), as llm-compressor names them."""
-    from prunekit.core.models import layout
+    from prunekit.core.architectures import layout
     names = {id(m): n for n, m in model.named_modules()}
     return [names[id(b)] for b in layout(model).blocks]
 

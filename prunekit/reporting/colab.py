@@ -5,7 +5,7 @@ gets, from it, an "Open in Colab" badge under its first heading and an install c
 ``parameters`` cell that runs only on Colab: it clones the repository, installs prunekit with
 ``requirements.txt`` as pip *constraints* (the tested pins; torch is not pinned there, so Colab's
 CUDA torch stays) and, with ``--no-deps``, exactly the model packages the notebook's profiles load
-(``prunekit.core.models.ALIAS_PACKAGES``). ``--check`` exits 1 when a notebook is out of date
+(``prunekit.core.aliases.ALIAS_PACKAGES``). ``--check`` exits 1 when a notebook is out of date
 (tests/test_colab.py runs the same check).
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def models_per_profile(nb_path: Path) -> dict[str, list[str]]:
     default model), ``extra_models`` outside quick (20), and ``models`` (None: the notebook's
     profile table in ``MODEL_TABLES``, its first entry replaced by ``model``)."""
     import nbformat
-    from prunekit.core.models import DEFAULT_MODEL
+    from prunekit.core.aliases import DEFAULT_MODEL
     from prunekit.experiments import profiles
     p = parameters(nbformat.read(nb_path, as_version=4))
     table = MODEL_TABLES.get(nb_path.name[:2])
@@ -71,7 +71,7 @@ def models_per_profile(nb_path: Path) -> dict[str, list[str]]:
 
 
 def model_packages(models) -> list[str]:
-    from prunekit.core.models import ALIAS_PACKAGES
+    from prunekit.core.aliases import ALIAS_PACKAGES
     pkgs: list[str] = []
     for m in models:
         pkgs += [p for p in ALIAS_PACKAGES.get(m, ()) if p not in pkgs]

@@ -56,13 +56,21 @@ def notebook_parameters() -> dict | None:
         return None
 
 
-def provenance(models: list[dict] | None = None, profile: str | None = None, parameters: dict | None = None,
+def model_entry(m) -> dict:
+    """A model's provenance entry from a Runtime or Session (their ``provenance()``), a run record
+    (its ``model_provenance``) or an entry dict."""
+    if isinstance(m, dict):
+        return dict(m.get("model_provenance") or m)
+    return dict(m.provenance())
+
+
+def provenance(models=None, profile: str | None = None, parameters: dict | None = None,
                argv: list[str] | None = None) -> dict:
-    """The provenance block. ``models`` defaults to every model ``load_model`` returned in this
-    process; ``parameters`` to the notebook parameters the renderer passed (None elsewhere);
-    ``argv`` to ``sys.argv`` outside a notebook kernel."""
-    from prunekit.core.models import LOADED
-    models = [dict(m) for m in (LOADED if models is None else models)]
+    """The provenance block. ``models``: the runtimes, sessions or provenance dicts the result was
+    computed on (nothing is remembered behind the caller's back); ``parameters`` defaults to the
+    notebook parameters the renderer passed (None elsewhere); ``argv`` to ``sys.argv`` outside a
+    notebook kernel."""
+    models = [model_entry(m) for m in (models or [])]
     models = list({(m["id"], m.get("fingerprint")): m for m in models}.values())  # reloads listed once
     params = notebook_parameters() if parameters is None else parameters
     if profile is None and params:

@@ -71,10 +71,11 @@ def summarise(data) -> str:
     return ""
 
 
-def results_document(name: str, data, profile: str | None = None, summary: str | None = None) -> dict:
+def results_document(name: str, data, profile: str | None = None, summary: str | None = None,
+                     models=None) -> dict:
     if hasattr(data, "to_dict"):
         data = data.to_dict(orient="records")
-    prov = provenance(profile=profile)
+    prov = provenance(models, profile=profile)
     if profile is None:
         profile = prov["profile"] or (data.get("profile") if isinstance(data, dict) else None)
         prov["profile"] = profile
@@ -82,7 +83,8 @@ def results_document(name: str, data, profile: str | None = None, summary: str |
             "profile": profile, "provenance": prov, "data": data}
 
 
-def save_results(name: str, obj, profile: str | None = None, summary: str | None = None) -> None:
+def save_results(name: str, obj, profile: str | None = None, summary: str | None = None, models=None) -> None:
     """Write ``obj`` (dict / list / DataFrame) with its summary and provenance to
-    ``<report_dir>/<name>.json`` atomically (returns nothing: a notebook's last line stays quiet)."""
-    atomic_write_json(report_dir() / f"{name}.json", results_document(name, obj, profile, summary))
+    ``<report_dir>/<name>.json`` atomically (returns nothing: a notebook's last line stays quiet).
+    ``models``: the runtimes / sessions (or their provenance dicts) the results came from."""
+    atomic_write_json(report_dir() / f"{name}.json", results_document(name, obj, profile, summary, models))

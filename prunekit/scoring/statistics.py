@@ -19,8 +19,8 @@ import torch
 from prunekit.core import cache
 from prunekit.core.data import Calibration
 from prunekit.core.engine import sequential
-from prunekit.core.models import block_digest, cache_dir, fingerprint, layout
-from prunekit.core.offload import offloader, onload
+from prunekit.core.cache import cache_dir
+from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import wanda_score
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
@@ -85,14 +85,16 @@ class StatsCache:
 class Statistics:
     """Lazily computed, cached statistics of a dense model for allocation methods.
 
-    Attributes: ``model``, ``calib`` (a ``data.Calibration`` or None), ``sizes`` (blocks × linears
+    Attributes: ``rt`` (the ``Runtime``), ``model``, ``calib`` (a ``data.Calibration`` or None), ``sizes`` (blocks × linears
     parameter counts), ``linear_names``, ``num_blocks``, ``dense_passes`` (how many full
     calibration passes this object ran; a warm cache keeps it at 0)."""
 
-    def __init__(self, model, calib: Calibration | None = None, *, cache: bool | StatsCache = True,
+    def __init__(self, rt, calib: Calibration | None = None, *, cache: bool | StatsCache = True,
                  batch_size: int = 8, progress: bool = True, tokenizer=None):
-        self.model, self.calib, self.tokenizer = model, calib, tokenizer
-        self.layout = layout(model)
+        self.rt = Runtime.of(rt, tokenizer)
+        self.model, self.calib = self.rt.model, calib
+        self.tokenizer = tokenizer if tokenizer is not None else self.rt.tokenizer
+        self.layout = self.rt.layout
         self.sizes = np.asarray(self.layout.sizes(), dtype=float)
         self.linear_names = list(self.layout.linear_names)
         self.num_blocks = self.layout.num_blocks
@@ -102,25 +104,25 @@ class Statistics:
         self._fingerprint: str | None = None
         self._digests: list[str] = []
         self._mem: dict[str, object] = {}
-        if not getattr(model, "prunekit_modified", None):
+        if not self.rt.modified:
             self.fingerprint  # noqa: B018  (dense now: fingerprint eagerly, the cheap path later)
 
     @property
     def fingerprint(self) -> str:
         """Identity of the dense model these statistics describe (computed once, while dense)."""
         if self._fingerprint is None:
-            mod = getattr(self.model, "prunekit_modified", None)
+            mod = self.rt.modified
             if mod:
                 raise PrunekitError(f"Statistics need the dense model but blocks {sorted(mod)} are modified; "
                                     "restore the dense weights first (Session.restore / weight snapshot)")
-            self._fingerprint = fingerprint(self.model, self._digests)
+            self._fingerprint = self.rt.fingerprint(self._digests)
         return self._fingerprint
 
     def check_dense(self, i: int) -> None:
         """Raise when block i (onloaded) no longer holds the weights that were fingerprinted: scores
         from dense statistics and pruned weights must never be mixed under the dense cache key."""
         self.fingerprint  # noqa: B018
-        if block_digest(self.model, i) != self._digests[i]:
+        if self.rt.block_digest(i) != self._digests[i]:
             raise PrunekitError(f"block {i} differs from the model these Statistics fingerprinted (was it pruned?); "
                                 "restore the dense weights (Session.restore / weight snapshot) before asking for scores")
 
@@ -152,15 +154,15 @@ class Statistics:
             for k, v in reduce(i, block, stats).items():
                 kept[f"{i}.{k}"] = v.detach().float().cpu()
 
-        sequential(self.model, self.calib.input_ids, collect=collect, on_block=on_block, modifies=False,
+        sequential(self.rt, self.calib.input_ids, collect=collect, on_block=on_block, modifies=False,
                    batch_size=self.batch_size, desc="dense statistics", progress=self.progress)
         return kept
 
     # ---- statistics
     def weight(self, i: int, name: str) -> torch.Tensor:
         """Dense weight of block i's linear ``name`` (a copy when the block is offloaded)."""
-        off = offloader(self.model)
-        with onload(self.model, i):
+        off = self.rt.offloader
+        with self.rt.onload(i):
             self.check_dense(i)
             w = self.layout.linears(i)[name].weight.detach()
             return w.clone() if off is not None and off.needs_moving else w
@@ -185,7 +187,7 @@ class Statistics:
         dense input statistics: MRP's reading "current" (§1); never cached, and asked for on
         purpose — without it a modified block is an error."""
         out = {}
-        with onload(self.model, i):
+        with self.rt.onload(i):
             if not current:
                 self.check_dense(i)
             ws = {n: self.layout.linears(i)[n].weight.detach() for n in self.linear_names}

@@ -13,13 +13,12 @@ import numpy as np
 import torch
 
 from prunekit.core.engine import sequential
-from prunekit.core.models import layout
-from prunekit.core.offload import onload
+from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import METRICS
 from prunekit.solvers.masks import _check_nm_width, check_sparsity_value, magnitude_mask, parse_nm, wanda_mask
 from prunekit.solvers.sparsegpt import SparseGPT
 
-METRICS = ("magnitude", "wanda", "sparsegpt")
 COLLECT = {"magnitude": (), "wanda": ("wanda",), "sparsegpt": ("hessian",)}
 
 
@@ -69,15 +68,16 @@ def prune_block(i: int, block, stats, values: np.ndarray, metric: str, nm, names
             W.masked_fill_(wanda_mask(W, stats["wanda"][name].norm, s, nm), 0)
 
 
-def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=None,
+def prune_model(rt, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=None,
                 batch_size: int = 8, blocksize: int = 128, percdamp: float = 0.01,
                 progress: bool = True) -> dict:
-    """Prune ``model`` in place, block by block, on calibration windows ``calib_ids`` (n, seqlen).
+    """Prune the runtime's model (or an in-memory model) in place, block by block, on calibration windows ``calib_ids`` (n, seqlen).
     ``plan``: a float (uniform), per-block vector, (blocks, linears) array or SparsityPlan."""
     if metric not in METRICS:
         raise PrunekitError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
     nm = parse_nm(nm)
-    lay = layout(model)
+    rt = Runtime.of(rt)
+    lay = rt.layout
     values = plan_matrix(plan, lay)
     for n, m in lay.linears(0).items():
         _check_nm_width(nm, m.in_features, n)
@@ -88,23 +88,24 @@ def prune_model(model, calib_ids: torch.Tensor, plan, metric: str = "wanda", nm=
         prune_block(i, block, stats, values, metric, nm, lay.linear_names, blocksize, percdamp, consume=True)
 
     if need_data:
-        sequential(model, calib_ids, collect=COLLECT[metric], on_block=on_block,
+        sequential(rt, calib_ids, collect=COLLECT[metric], on_block=on_block,
                    batch_size=batch_size, desc=f"prune[{metric}]", progress=progress)
     else:
         for i in range(lay.num_blocks):
-            with onload(model, i, write=True):
+            with rt.onload(i, write=True):
                 on_block(i, lay.blocks[i], {})
-    return {"prune_s": time.perf_counter() - t0, **measure_sparsity(model)}
+    return {"prune_s": time.perf_counter() - t0, **measure_sparsity(rt)}
 
 
 @torch.no_grad()
-def measure_sparsity(model) -> dict:
+def measure_sparsity(rt) -> dict:
     """Realised sparsity from zeros: per block and global over the decoder-block linears."""
-    lay = layout(model)
+    rt = Runtime.of(rt)
+    lay = rt.layout
     per_block, zeros, total = [], 0, 0
     for i in range(lay.num_blocks):
         z = n = 0
-        with onload(model, i):
+        with rt.onload(i):
             for m in lay.linears(i).values():
                 n += m.weight.numel()
                 z += m.weight.numel() - int(torch.count_nonzero(m.weight))  # 10x cheaper than (w == 0).sum() in bf16

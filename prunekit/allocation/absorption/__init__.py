@@ -72,7 +72,6 @@ from prunekit.allocation.absorption.probe import (DEPTHS, REDUCTIONS, Probe, Tra
                                                   prune_trajectories_from_stats, trajectories_from_stats)
 from prunekit.core.engine import STATS, capture, run_block
 from prunekit.errors import PrunekitError
-from prunekit.core.models import layout
 from prunekit.solvers.prune import METRICS, COLLECT, prune_block
 from prunekit.solvers.masks import parse_nm
 
@@ -261,27 +260,20 @@ def select_gamma(stats, base_values: np.ndarray, r, target: float, metric: str, 
     on ``stats.calib``) with the corrected, budget-fitted plan; weights restored afterwards.
     Returns (γ, {γ: NLL}); ties go to the smallest γ."""
     from prunekit.allocation.plan import fit_budget
-    from prunekit.core.engine import next_token_ce
+    from prunekit.core.engine import window_nll
+    from prunekit.core.snapshot import weight_snapshot
     from prunekit.solvers.prune import prune_model
-    lay = layout(stats.model)
     ids = heldout if heldout is not None else heldout_ids(stats)
-    saved = {(i, n): m.weight.detach().to("cpu", copy=True) for i in range(lay.num_blocks)
-             for n, m in lay.linears(i).items()}
     nll = {}
-    try:
+    # the runtime's one snapshot holds the dense weights (on disk offload: the checkpoint itself)
+    with weight_snapshot(stats.rt) as snap:
         for g in grid:
             vals = fit_budget(absorption_correction(base_values, r, g, clip, center), stats.sizes, target,
                               s_min, s_max)
             calib = stats.calib.input_ids if metric != "magnitude" else None
-            prune_model(stats.model, calib, vals, metric, batch_size=getattr(stats, "batch_size", 8), progress=False)
-            dev = next(stats.model.parameters()).device
-            nll[float(g)] = float(torch.cat([next_token_ce(stats.model(input_ids=x.to(dev), use_cache=False).logits,
-                                                           x.to(dev)).cpu() for x in ids.split(4)]).mean())
-            for (i, n), w in saved.items():
-                lay.linears(i)[n].weight.copy_(w)
-    finally:
-        for (i, n), w in saved.items():
-            lay.linears(i)[n].weight.copy_(w)
+            prune_model(stats.rt, calib, vals, metric, batch_size=getattr(stats, "batch_size", 8), progress=False)
+            nll[float(g)] = float(window_nll(stats.rt, ids).mean())
+            snap.restore()
     best = min(nll, key=lambda g: (nll[g], g))
     return best, nll
 

@@ -12,7 +12,7 @@ from prunekit.utils import tqdm
 from prunekit.core.engine import STATS, Replay, collect_hooks
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.utils import bars_disabled
-from prunekit.core.models import layout
+from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import parse_nm
 from prunekit.solvers.prune import COLLECT, METRICS, prune_block
@@ -172,13 +172,14 @@ class Probe:
             raise PrunekitError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         if store is not None:
             _check_choice("store", store, ("cpu", "device"))
-        self.model = model
-        self.lay = layout(model)
+        self.rt = rt = Runtime.of(model)
+        self.model = rt.model
+        self.lay = rt.layout
         self.L = self.lay.num_blocks
         self.skip_first, self.progress = skip_first, progress
-        self.norm = _final_norm(model, self.lay.blocks)
+        self.norm = _final_norm(rt.model, self.lay.blocks)
         # the one replay engine: clean boundaries kept every k blocks (memory policy defaults)
-        self.replay = Replay(model, input_ids, batch_size, checkpoint_every=checkpoint_every, store=store,
+        self.replay = Replay(rt, input_ids, batch_size, checkpoint_every=checkpoint_every, store=store,
                              progress=progress, desc="absorption: clean run")
         self.device = self.replay.device
         self.acts, self.ckpt, self.nbatches = self.replay.acts, self.replay.ckpt, self.replay.nbatches
@@ -267,10 +268,10 @@ class Probe:
             raise PrunekitError(f"sparsity {sparsity} is outside [0, 1)")
         values = np.zeros((self.L, len(names)))
         values[layer] = row
-        with weight_snapshot(self.model) as snap, snap.modify(layer):  # dense again on exit
+        with weight_snapshot(self.rt) as snap, snap.modify(layer):  # dense again on exit
             linears = self.lay.linears(layer)
             stats = {k: {n: STATS[k](m) for n, m in linears.items()} for k in COLLECT[metric]}
-            hooks = collect_hooks(linears, stats)
+            hooks = collect_hooks(block, linears, stats)
             # the dense output of block `layer` is a clean boundary that recomputation would take
             # from the pruned block: keep it for this experiment (one boundary)
             extra = layer + 1 not in self.ckpt
@@ -319,7 +320,7 @@ def probe_from_stats(stats, skip_first: bool = True, probe_samples: int = 0, pro
     if probe_samples < 0 or probe_seqlen < 0:
         raise PrunekitError("probe_samples / probe_seqlen must be >= 0 (0 = the whole calibration set)")
     ids = ids[: probe_samples or None, : probe_seqlen or None]
-    return Probe(stats.model, ids, batch_size=getattr(stats, "batch_size", 8), skip_first=skip_first,
+    return Probe(stats.rt, ids, batch_size=getattr(stats, "batch_size", 8), skip_first=skip_first,
                  progress=getattr(stats, "progress", True))
 
 

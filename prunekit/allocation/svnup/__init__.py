@@ -39,7 +39,6 @@ from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, s
 from prunekit.core.data import Calibration
 from prunekit.core.engine import next_token_ce
 from prunekit.errors import PrunekitError
-from prunekit.core.models import layout
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
 

@@ -7,9 +7,8 @@ from collections import OrderedDict
 import torch
 
 from prunekit.core.data import Calibration
-from prunekit.core.engine import BlockInputs, capture, head_logits, next_token_ce, run_block, sequential
-from prunekit.core.models import layout
-from prunekit.core.offload import activation_device, exec_device, offloader, onload
+from prunekit.core.engine import BlockInputs, capture, head_nll, run_block, sequential, window_nll
+from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
@@ -51,21 +50,22 @@ class LayerGame:
         ids = heldout_ids.input_ids if isinstance(heldout_ids, Calibration) else heldout_ids
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
             raise PrunekitError("held-out set must be a (samples, seqlen >= 2) token tensor or a Calibration")
-        self.model, self.target, self.base_metric, self.game = model, float(target), base_metric, game
-        self.layout = layout(model)
+        self.rt = Runtime.of(model)
+        self.model, self.target, self.base_metric, self.game = self.rt.model, float(target), base_metric, game
+        self.layout = self.rt.layout
         self.n = self.layout.num_blocks
         self.full = (1 << self.n) - 1
         self.batch_size, self.progress = batch_size, progress
         self.store = "weights" if base_metric == "sparsegpt" or store == "weights" else "masks"
         self.heldout_ids = ids
         self._state_budget = int(state_cache_mb * 2 ** 20)
-        self._acts = activation_device(model)
+        self._acts = self.rt.activation_device
         t0 = time.perf_counter()
         self._pruned = self._build_pruned(calib_ids, blocksize, percdamp)
         self.build_seconds = time.perf_counter() - t0
         self._is_dense = [True] * self.n
         self._snap = None
-        self._inputs: BlockInputs = capture(model, ids, batch_size)  # embeddings: shared by every coalition
+        self._inputs: BlockInputs = capture(self.rt, ids, batch_size)  # embeddings: shared by every coalition
         self._states: OrderedDict[tuple[int, int], list[torch.Tensor]] = OrderedDict()
         self._state_bytes = 0
         self.value_cache: dict[int, float] = {}
@@ -92,11 +92,11 @@ class LayerGame:
 
         if self.base_metric == "magnitude":
             for i in range(self.n):
-                with onload(self.model, i):
+                with self.rt.onload(i):
                     keep(i, self.layout.blocks[i], {})
         else:
             collect = ("wanda",) if self.base_metric == "wanda" else ("hessian",)
-            sequential(self.model, calib_ids, collect=collect, on_block=keep, modifies=False,
+            sequential(self.rt, calib_ids, collect=collect, on_block=keep, modifies=False,
                        batch_size=self.batch_size, desc=f"SV-NUP pruned blocks [{self.base_metric}]",
                        progress=self.progress)
         return out
@@ -115,7 +115,7 @@ class LayerGame:
     def _set_block(self, i: int, dense: bool) -> None:
         """Block i dense or pruned for the next run. Offloaded blocks are private copies while
         onloaded (a pruned state vanishes on release); resident ones go through the snapshot."""
-        off = offloader(self.model)
+        off = self.rt.offloader
         if off is not None and off.needs_moving:
             if not dense:
                 self._apply_pruned(i)
@@ -126,7 +126,7 @@ class LayerGame:
             self._snap.restore([i], keep=True)
         else:
             if self._snap is None:
-                self._snap = weight_snapshot(self.model).__enter__()
+                self._snap = weight_snapshot(self.rt).__enter__()
             with self._snap.modify(i):
                 self._apply_pruned(i)
         self._is_dense[i] = dense
@@ -206,7 +206,7 @@ class LayerGame:
             states = self._states[key]
         for i in range(start, self.n):
             block = self.layout.blocks[i]
-            with onload(self.model, i):
+            with self.rt.onload(i):
                 self._set_block(i, bool(dense_mask >> i & 1))
                 states = [run_block(block, h, self._inputs.block_kwargs(i, j)).to(self._acts)
                           for j, h in enumerate(states)]
@@ -219,16 +219,13 @@ class LayerGame:
     @torch.no_grad()
     def _head_nll(self, final: list[torch.Tensor]) -> float:
         """Final norm + LM head + CE on the final hidden states (``calibrate.head_logits``)."""
-        nll = [next_token_ce(head_logits(self.model, h, x), x).cpu() for h, x in zip(final, self._batches())]
+        nll = [head_nll(self.rt, h, x) for h, x in zip(final, self._batches())]
         return float(torch.cat(nll).mean())
 
     @torch.no_grad()
     def plain_forward_nll(self) -> float:
         """One ordinary full forward over the held-out set with the current weights (reference cost)."""
-        dev = exec_device(self.model)
-        nll = [next_token_ce(self.model(input_ids=x.to(dev), use_cache=False).logits, x).cpu()
-               for x in self._batches()]
-        return float(torch.cat(nll).mean())
+        return float(window_nll(self.rt, self.heldout_ids, self.batch_size).mean())
 
     def _batches(self) -> list[torch.Tensor]:
         return [self.heldout_ids[j:j + self.batch_size] for j in range(0, self.heldout_ids.shape[0], self.batch_size)]
@@ -245,6 +242,9 @@ def _tokenizer(stats):
     if tok is not None:
         return tok
     from transformers import AutoTokenizer
+    tok = stats.rt.tokenizer
+    if tok is not None:
+        return tok
     path = getattr(stats.model, "name_or_path", None) or getattr(stats.model.config, "_name_or_path", None)
     try:
         return AutoTokenizer.from_pretrained(path)
@@ -256,13 +256,10 @@ def _tokenizer(stats):
 def heldout_data(stats, nsamples: int = 8, seqlen: int | None = None, dataset: str | None = None) -> Calibration:
     """Held-out value set: ``nsamples`` windows of the calibration dataset drawn with seed
     calib.seed + 1, excluding the pruning samples (disjoint by construction)."""
-    from prunekit.core.data import calibration_data
+    from prunekit.core.data import heldout_set
     if stats.calib is None:
         raise PrunekitError("SV-NUP needs calibration data to draw a disjoint held-out set; pass calib= to Statistics")
-    if nsamples < 1:
-        raise PrunekitError(f"heldout_samples must be >= 1, got {nsamples}")
-    return calibration_data(dataset or stats.calib.dataset, _tokenizer(stats), nsamples,
-                            seqlen or stats.calib.seqlen, stats.calib.seed + 1, exclude=stats.calib)
+    return heldout_set(stats.calib, _tokenizer(stats), nsamples, seqlen, dataset)
 
 
 def _resolve_heldout(stats, heldout, nsamples, seqlen) -> tuple[torch.Tensor, str]:
@@ -284,5 +281,5 @@ def layer_game(stats, target: float, base_metric: str = "wanda", game: str = "de
     ids, _ = _resolve_heldout(stats, heldout, heldout_samples, heldout_seqlen)
     calib_ids = stats.calib.input_ids if stats.calib is not None else None
     stats.dense_passes += base_metric != "magnitude"
-    return LayerGame(stats.model, calib_ids, ids, target, base_metric, game,
+    return LayerGame(stats.rt, calib_ids, ids, target, base_metric, game,
                      batch_size=getattr(stats, "batch_size", 8), progress=progress, **kw)

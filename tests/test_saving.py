@@ -8,6 +8,7 @@ import re
 import stat
 
 import pytest
+from prunekit.core.runtime import Runtime
 
 ARGS = ["prune", "--model", "tiny-llama", "--metric", "wanda", "--sparsity", "0.6", "--allocation", "owl",
         "--owl-lambda", "0.05", "--calib-samples", "4", "--calib-seqlen", "64", "--eval", "wikitext2",
@@ -58,11 +59,11 @@ def test_saved_files_are_readable(saved):
 
 
 def test_config_has_use_cache_on_and_weights_round_trip(saved):
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     from prunekit.solvers.prune import measure_sparsity
     d, rec, _ = saved
     assert json.loads((d / "model" / "config.json").read_text())["use_cache"] is True
-    model, _ = load_model(str(d / "model"))
+    model = load_model(str(d / "model")).model
     assert measure_sparsity(model)["layer_sparsity"] == pytest.approx(rec["layer_sparsity"], abs=0)
 
 
@@ -90,18 +91,20 @@ def test_model_card(saved):
 
 def test_bf16_save_is_half_the_size_and_keeps_the_zeros(saved, tmp_path):
     import torch
-    from prunekit.core.models import load_model, save_model
+    from prunekit.core.loading import load_model
+    from prunekit.core.saving import save_model
     d, _, _ = saved
-    model, tok = load_model(str(d / "model"))
+    rt = load_model(str(d / "model"))
+    model, tok = rt.model, rt.tokenizer
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    save_model(model, tok, tmp_path / "bf16", dtype="bf16")
-    save_model(model, tok, tmp_path / "fp32", dtype="fp32")  # the default dtype may already be bf16
+    save_model(Runtime.of(model, tok), tmp_path / "bf16", dtype="bf16")
+    save_model(Runtime.of(model, tok), tmp_path / "fp32", dtype="fp32")  # the default dtype may already be bf16
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # untouched in memory
     size = lambda p: sum(f.stat().st_size for f in p.glob("*.safetensors"))  # noqa: E731
     ratio = size(tmp_path / "bf16") / size(tmp_path / "fp32")
     print(f"bf16 / fp32 safetensors size: {ratio:.4f}")
     assert 0.45 < ratio < 0.55
-    half, _ = load_model(str(tmp_path / "bf16"), dtype="bf16")
+    half = load_model(str(tmp_path / "bf16"), dtype="bf16").model
     assert next(half.parameters()).dtype == torch.bfloat16
     for (n, p), q in zip(model.named_parameters(), half.parameters()):
         assert torch.equal(p == 0, q == 0), n
@@ -111,12 +114,13 @@ def test_recipe_is_the_per_block_plan(saved):
     import re as _re
 
     import yaml
-    from prunekit.core.models import layout, load_model
+    from prunekit.core.architectures import layout
+    from prunekit.core.loading import load_model
     d, rec, _ = saved
     recipe = yaml.safe_load((d / "recipe.yaml").read_text())
     (stage,) = recipe.values()
     mod = stage["sparsity_modifiers"]["WandaPruningModifier"]
-    model, _ = load_model(str(d / "model"))
+    model = load_model(str(d / "model")).model
     names = [n for n, m in model.named_modules() if any(m is b for b in layout(model).blocks)]
     # llm-compressor matches its targets against module names: exactly the decoder blocks, in order,
     # and takes one sparsity per target in that order
@@ -149,10 +153,10 @@ def test_llm_compressor_applies_the_plan(saved):
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
-    from prunekit.core.models import load_model
+    from prunekit.core.loading import load_model
     from prunekit.solvers.prune import measure_sparsity
     d, rec, _ = saved
-    model, _ = load_model("tiny-llama")
+    model = load_model("tiny-llama").model
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (4, 64), generator=g).tolist()
     ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 64] * 4})

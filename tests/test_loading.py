@@ -1,13 +1,16 @@
-"""Model loading and saving (prunekit/core/models.py): errors, unsupported architectures, round trip."""
+"""Model loading and saving (prunekit/core/loading.py, saving.py): errors, unsupported architectures, round trip."""
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import tiny_calib, tiny_model
 
-from prunekit.core.models import layout, load_model, save_model
+from prunekit.core.architectures import layout
+from prunekit.core.loading import load_model
+from prunekit.core.saving import save_model
 from prunekit.errors import PrunekitError
 from prunekit.solvers.prune import prune_model
+from prunekit.core.runtime import Runtime
 
 
 def test_model_errors(tmp_path):
@@ -36,7 +39,7 @@ def test_save_and_reload_roundtrip(tmp_path):
     class Tok:
         def save_pretrained(self, d):
             pass
-    out = save_model(model, Tok(), tmp_path / "pruned")
+    out = save_model(Runtime.of(model, Tok()), tmp_path / "pruned")
     import transformers as tf
     back = tf.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     sd = back.state_dict()
@@ -46,4 +49,4 @@ def test_save_and_reload_roundtrip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
     with pytest.raises(PrunekitError, match="not empty"):
-        save_model(model, Tok(), out)
+        save_model(Runtime.of(model, Tok()), out)

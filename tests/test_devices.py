@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_calib, tiny_model
-from prunekit.core import models
+from prunekit.core import devices as models
 from prunekit.core.engine import Hessian, WandaNorm, sequential
 from prunekit.errors import PrunekitError
 from prunekit.evaluation.perplexity import perplexity_from_nlls, window_nlls

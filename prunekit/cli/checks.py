@@ -1,0 +1,172 @@
+"""Every check that can fail, run before any model loads: arguments, method options (the registry's
+contract), output locations, data files, the environment and the model (from headers only)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+from prunekit.cli.parser import collect_options
+from prunekit.errors import PrunekitError
+
+def check_device(device: str | None) -> None:
+    """cpu, cuda, cuda:N (that GPU present), mps (available) or auto; anything else is an error."""
+    import re
+
+    import torch
+    if device in (None, "auto", "cpu"):
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m:
+        if not torch.cuda.is_available():
+            raise PrunekitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise PrunekitError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return
+    if device == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PrunekitError("--device mps: MPS is not available on this machine")
+        return
+    raise PrunekitError(f"unknown --device '{device}'; use cpu, cuda, cuda:N, mps or auto")
+
+
+def _datasets(text: str, flag: str) -> list[str]:
+    from prunekit.core.data import DATASETS
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    for d in names:
+        if d not in DATASETS:
+            raise PrunekitError(f"unknown {flag} dataset '{d}'; choose from {', '.join(DATASETS)}")
+    return list(dict.fromkeys(names))
+
+
+def _check_text(name: str, split: str, seqlen: int | None = None, flag: str = "") -> None:
+    """The data file exists, is UTF-8 text and is not empty (read now, not after pruning), and is
+    long enough for one window of ``seqlen`` tokens (a byte-level BPE or SentencePiece token spans
+    at least one UTF-8 byte, so a text of fewer bytes can never fill the window — no tokenizer needed)."""
+    from prunekit.core.data import load_text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = load_text(name, split)
+    if not (t.text or "").strip() and not any((d or "").strip() for d in (t.docs or [])):
+        raise PrunekitError(f"dataset '{name}' ({split}) from {t.origin} holds no text")
+    if seqlen is not None:
+        longest = (len(t.text.encode()) if t.text is not None else max(len(d.encode()) for d in t.docs))
+        if longest + 2 <= seqlen:  # +2: BOS/EOS the tokenizer may add
+            what = "text" if t.text is not None else "longest document"
+            raise PrunekitError(f"{flag} {seqlen}: the {what} of dataset '{name}' ({split}) has only {longest} "
+                                f"bytes, fewer than {seqlen} tokens")
+
+
+def _check_environment() -> None:
+    """Variables that would otherwise fail deep inside a run."""
+    from prunekit.core.cache import cache_dir
+    th = os.environ.get("PRUNEKIT_THREADS", "")
+    if th and not (th.isdigit() and int(th) >= 1):
+        raise PrunekitError(f"PRUNEKIT_THREADS={th!r} must be a positive integer")
+    c = cache_dir()
+    probe = c
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PrunekitError(f"PRUNEKIT_CACHE={c} is not a writable directory ({probe} is in the way)")
+
+
+def validate(args, table: dict | None = None) -> dict:
+    """Every check that can fail, before the model loads. Returns the prepared run settings:
+    ``evals``, ``zero_shot``, ``allocation`` and its checked ``options``, ``model_info``."""
+    from prunekit.core.loading import peek_model
+    from prunekit.utils import check_writable
+    prep: dict = {}
+    if args.offload == "disk":  # the offload work directory must be writable: check before loading
+        import shutil
+
+        from prunekit.core.cache import cache_dir
+        from prunekit.core.offload import make_work_dir
+        shutil.rmtree(make_work_dir(cache_dir() / "offload"), ignore_errors=True)
+    prep["evals"] = _datasets(args.eval, "--eval")
+    zs = [t.strip() for t in args.zero_shot.split(",") if t.strip()]
+    if zs:
+        from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS
+        bad = [t for t in zs if t not in OFFLINE_TASKS]
+        if bad:
+            raise PrunekitError(f"unknown zero-shot task {', '.join(map(repr, bad))}; choose from {', '.join(STOCK_TASKS)}")
+        from prunekit.evaluation.tasks import data_dir, has_local_data
+        offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        for t in zs:
+            if offline and not has_local_data(t):
+                raise PrunekitError(f"zero-shot task '{t}': its files ({', '.join(OFFLINE_TASKS[t].files)}) are not "
+                                    f"under PRUNEKIT_DATA_DIR={data_dir()} and the hub is offline")
+    prep["zero_shot"] = list(dict.fromkeys(zs)) or None
+    check_device(args.device)
+    _check_environment()
+    for flag, val in (("--out", args.out), ("--save-model", getattr(args, "save_model", None))):
+        if val is not None and not val.strip():
+            raise PrunekitError(f"{flag} needs a path, got an empty string")
+    if args.out:
+        check_writable(args.out, "--out")
+    from prunekit.evaluation.zeroshot import resolve_batch_size
+    resolve_batch_size(args.zero_shot_batch_size, "cpu")
+    if args.cmd == "prune":
+        from prunekit.allocation import spec
+        from prunekit.solvers.masks import parse_nm
+        nm = parse_nm(args.nm)
+        if nm is not None:
+            if args.sparsity is not None and abs(args.sparsity - nm[0] / nm[1]) > 1e-9:
+                raise PrunekitError(f"--sparsity {args.sparsity} contradicts --nm {args.nm} (= {nm[0] / nm[1]})")
+            if args.allocation != "uniform" or args.absorption_correction:
+                raise PrunekitError(f"--nm {args.nm} prunes every layer alike; it needs --allocation uniform "
+                                    "without --absorption-correction")
+            args.sparsity = nm[0] / nm[1]
+        if args.sparsity is None:
+            raise PrunekitError("--sparsity is required (or give --nm)")
+        if args.s_min > args.s_max:
+            raise PrunekitError(f"--s-min {args.s_min} is above --s-max {args.s_max}")
+        if not (args.s_min <= args.sparsity <= args.s_max):
+            raise PrunekitError(f"--sparsity {args.sparsity} lies outside [--s-min {args.s_min}, --s-max {args.s_max}]")
+        if args.save_dtype and not args.save_model:
+            raise PrunekitError("--save-dtype needs --save-model DIR")
+        if args.export_recipe:
+            from prunekit.reporting.artifacts import RECIPE_MODIFIERS
+            if args.metric not in RECIPE_MODIFIERS:
+                raise PrunekitError(f"--export-recipe needs --metric {' or '.join(RECIPE_MODIFIERS)} "
+                                    f"(llm-compressor has no per-layer {args.metric} modifier)")
+            check_writable(args.export_recipe, "--export-recipe")
+        if args.save_model:
+            check_writable(args.save_model, "--save-model", directory=True)
+            if args.out and os.path.abspath(args.out) == os.path.abspath(args.save_model):
+                raise PrunekitError("--out and --save-model name the same path")
+        opts_by_method = collect_options(args, args.allocation, table or {})
+        options = dict(opts_by_method.get(args.allocation, {}))
+        allocation = args.allocation
+        if args.absorption_correction:
+            options = {**opts_by_method.get("absorption", {}), "base": args.allocation, "base_options": options}
+            allocation = "absorption"
+        info = peek_model(args.model)
+        nb = info.num_blocks
+        options = spec(allocation).check_options(options, nb)  # the method's declared contract
+        if allocation == "absorption":
+            base = options.get("base", spec("absorption").options["base"].default)
+            options["base_options"] = spec(base).check_options(options.get("base_options") or {}, nb)
+        if nm is not None and info.widths and any(w % nm[1] for w in info.widths):
+            raise PrunekitError(f"--nm {args.nm}: M={nm[1]} does not divide the layer widths {info.widths} "
+                                f"of model '{args.model}'")
+        held = {**options, **(options.get("base_options") or {})}.get("heldout") if allocation in (
+            "svnup", "absorption") else None
+        if isinstance(held, str):
+            _datasets(held, "--svnup-heldout")
+            _check_text(held, "calib")
+        prep.update(allocation=allocation, options=options)
+        seqlens = {"--calib-seqlen": args.calib_seqlen, "--eval-seqlen": args.eval_seqlen}
+        _check_text(args.calib_dataset, "calib", args.calib_seqlen + 1, "--calib-seqlen")
+    else:
+        info = peek_model(args.model)
+        seqlens = {"--eval-seqlen": args.eval_seqlen}
+    prep["model_info"] = info
+    if info.max_positions:
+        for flag, n in seqlens.items():
+            if flag == "--eval-seqlen" and not prep["evals"]:
+                continue
+            if n > info.max_positions:
+                raise PrunekitError(f"{flag} {n} exceeds the {info.max_positions} positions of model '{args.model}'")
+    for d in prep["evals"]:
+        _check_text(d, "test", args.eval_seqlen, "--eval-seqlen")
+    return prep
