@@ -197,7 +197,8 @@ def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "au
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")
     rows = [("dense", 0.0, sess.dense()["wikitext2"])]
-    for metric in ("magnitude", "wanda", "sparsegpt"):
+    from prunekit.vocabulary import METRICS
+    for metric in METRICS:
         rec = sess.run("uniform", metric, 0.5)
         rows.append((f"{metric} 50%", rec["global_sparsity"], rec["perplexity"]["wikitext2"]))
     print(f"\n{'model':<16}{'sparsity':>10}{'wikitext2 ppl':>16}")

@@ -218,7 +218,7 @@ class Hessian(Stat):
         x = x.reshape(-1, root.d_in).float()
         S = root._acc()
         # XᵀX is symmetric: accumulate only the block-upper part (row band b, columns from b on)
-        # and mirror it on read: (k+1)/2k of the flops; 1.6x faster for k = 4 on this CPU.
+        # and mirror it on read: (k+1)/2k of the flops (docs/benchmarks.md has the measured gain).
         for r0, r1 in _bands(root.d_in):
             S[r0:r1, r0:].addmm_(x[:, r0:r1].t(), x[:, r0:])
         root._mirrored = False

@@ -121,7 +121,7 @@ def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str
     try:
         if offline:
             write_task_configs(tmp, offline, root)
-        # Indexing the ~15k stock YAMLs takes ~20 s; offline twins include their stock YAML by
+        # Indexing the ~15k stock YAMLs is slow; offline twins include their stock YAML by
         # absolute path, so the stock index is only needed when some task runs online.
         tm = TaskManager(include_path=tmp, include_defaults=bool(online))
         try:

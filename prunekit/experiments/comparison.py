@@ -40,21 +40,6 @@ def configurations(available: dict | None = None) -> list[tuple[str, str, dict]]
     return out
 
 
-def run_comparison(session, seeds, metrics, sparsities, configs=None, options: dict | None = None,
-                   zero_shot_tasks=None, zero_shot_limit=None) -> pd.DataFrame:
-    """``Session.sweep`` with one row per (seed, allocation label, metric, sparsity): perplexities and
-    zero-shot mean. ``options`` maps a registered method name to extra keyword options (e.g. faster
-    SV-NUP); the absorption wrapper passes its base method's options on."""
-    options = options or {}
-    variants = {}
-    for label, method, opts in configs or configurations():
-        if method == "absorption":
-            opts = {"base_options": options.get(opts["base"], {}), **opts}
-        variants[label] = (method, opts)
-    return session.sweep(variants, metrics, sparsities, options, seeds=list(seeds),
-                         zero_shot=list(zero_shot_tasks or []) or None, zero_shot_limit=zero_shot_limit)
-
-
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of every numeric column, per (allocation, metric, sparsity)."""
     value_cols = [c for c in df.columns if c.startswith("ppl_") or c == "zero_shot_mean"]

@@ -178,7 +178,7 @@ class MetricDependency:
     base_loss: float
 
 
-def metric_dependency(source, metrics=("magnitude", "wanda", "sparsegpt"), sparsities=(0.5, 0.7, 0.9), *,
+def metric_dependency(source, metrics=METRICS, sparsities=(0.5, 0.7, 0.9), *,
                       eval_ids=None, calib=None, results: dict[str, LPSResult] | None = None,
                       top: int = 3, progress: bool = True) -> MetricDependency:
     """LPS under each metric (sharing one dense-boundary cache), pairwise Spearman correlations

@@ -67,7 +67,7 @@ class SparseGPT:
         bounds = torch.tensor([0] + rows).cumsum(0).tolist()
         groups = [(bounds[k], bounds[k + 1], float(s)) for k, s in enumerate(sparsities)]
         # Thousands of tiny sequential ops: on a CPU extra threads only add sync overhead (and
-        # collapse under contention: 15 s vs 1.2 s per 576x1536 matrix here); GPUs are unaffected.
+        # collapse under contention, docs/benchmarks.md); GPUs are unaffected.
         threads = torch.get_num_threads()
         if W.device.type == "cpu":
             torch.set_num_threads(1)
