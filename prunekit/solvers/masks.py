@@ -1,4 +1,4 @@
-"""Masks: magnitude and Wanda scores, per-row / N:M / global mask selection (docs/methods.md §0.2, §0.4)."""
+"""Masks: per-row / N:M / global mask selection (docs/methods.md §0.2, §0.4)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,7 @@ import math
 import torch
 
 from prunekit.errors import PrunekitError
+from prunekit.solvers import scores
 
 
 def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -100,15 +101,10 @@ def _global_mask(score: torch.Tensor, s: float) -> torch.Tensor:
 
 
 def magnitude_mask(W: torch.Tensor, s: float, nm=None) -> torch.Tensor:
-    score = W.abs().float()
+    score = scores.magnitude_score(W)
     return _nm_mask(score, *nm) if nm else _global_mask(score, s)
 
 
-def wanda_score(W: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """A_ij = |W_ij| * ||X_j||_2 (Wanda, eq. 1)."""
-    return W.abs().float() * norm.reshape(1, -1)
-
-
 def wanda_mask(W: torch.Tensor, norm: torch.Tensor, s: float, nm=None) -> torch.Tensor:
-    score = wanda_score(W, norm)
+    score = scores.wanda_score(W, norm)
     return _nm_mask(score, *nm) if nm else _row_mask(score, s)
