@@ -26,7 +26,7 @@ outlier ratios, ESD alphas, the model itself) with on-disk caching. A method reg
 
 ``check_options`` validates a dict of options against all of these before any work. It is the ONLY
 place option values are checked: the bounds are each method's true domain, so a value it accepts
-is never refused by the method later (``tests/test_option_domains.py`` runs every method just
+is never refused by the method later (``tests/test_registry_domains.py`` runs every method just
 inside every bound).
 
 ``allocate`` runs a method and returns its budget-exact, clipped plan: the parameter-weighted mean

@@ -119,7 +119,8 @@ def test_cross_option_constraints_are_in_the_contract(method, options, target, b
 
 
 @pytest.mark.parametrize("method,option,value,target", [
-    ("mrp", "s0", 0.5, 0.5), ("mrp", "s_cap", 0.5, 0.5), ("mrp", "refresh", 1, 0.5), ("absorption", "probe_seqlen", 2, 0.5),
+    ("mrp", "s0", 0.5, 0.5), ("mrp", "s_cap", 0.5, 0.5), ("mrp", "refresh", 1, 0.5),
+    ("absorption", "probe_seqlen", 2, 0.5),
     ("absorption", "heldout_seqlen", 2, 0.5), ("absorption", "base_options", {"lam": 0.1}, 0.5),
 ])
 def test_cross_option_edges_run(stats, method, option, value, target):
