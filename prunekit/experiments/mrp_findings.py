@@ -32,7 +32,7 @@ from prunekit.utils import tqdm
 from prunekit.utils import bars_disabled
 from prunekit.allocation.plan import fit_budget
 from prunekit.allocation.registry import methods as registered_methods
-from prunekit.core.engine import Replay, head_logits, next_token_ce, sequential
+from prunekit.core.engine import Replay, sequential
 from prunekit.core.models import layout
 from prunekit.core.offload import exec_device, onload
 from prunekit.core.snapshot import weight_snapshot
@@ -77,19 +77,6 @@ Boundaries = Replay
 def dense_boundaries(model, ids: torch.Tensor, batch_size: int = 8, checkpoint_every: int | None = None) -> Replay:
     """One dense walk recording the block boundaries of ``ids`` (``Replay``)."""
     return Replay(model, ids, batch_size, checkpoint_every=checkpoint_every, desc="dense boundaries")
-
-
-@torch.no_grad()
-def head_nll(model, final_hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-window mean next-token CE from the hidden state after the last block (``window_nlls``'s
-    convention: seqlen-1 predictions per window)."""
-    return next_token_ce(head_logits(model, final_hidden, ids), ids).cpu()
-
-
-@torch.no_grad()
-def tail_nll(model, bounds: Replay, start: int) -> float:
-    """Mean window NLL when blocks start..L-1 are re-run from the dense boundary ``start``."""
-    return bounds.tail_nll(start)
 
 
 # ----------------------------------------------------------------------------- finding 1: LPS

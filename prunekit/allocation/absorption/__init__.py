@@ -59,23 +59,19 @@ Correction (``absorption_correction`` and the registered ``"absorption"`` alloca
     unclipped blocks, so the ordering of s' − s_base across blocks is preserved.
 """
 from __future__ import annotations
-import inspect
+
 import math
-from dataclasses import dataclass, fields
-from typing import Literal, Callable, Iterator
+from typing import Literal
+
 import numpy as np
 import torch
-from prunekit.utils import tqdm
+
+from prunekit.allocation.absorption.probe import (Probe, Trajectory, coefficients, prune_trajectories_from_stats,
+                                                  trajectories_from_stats)
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import allocate, register, spec, with_solver_metric
-from prunekit.allocation.absorption.probe import (DEPTHS, REDUCTIONS, Probe, Trajectory, _check_choice, coefficients,
-                                                  prune_trajectories_from_stats, trajectories_from_stats)
-from prunekit.core.engine import STATS, capture, run_block
-from prunekit.errors import PrunekitError
 from prunekit.core.models import layout
-from prunekit.solvers.prune import METRICS, COLLECT, prune_block
-from prunekit.solvers.masks import parse_nm
-
+from prunekit.errors import PrunekitError
 
 LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (docs/methods.md §3)
 CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
@@ -368,6 +364,3 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
                    "tilt_correlation": tilt_correlation(delta, base_plan.per_block, target),
                    "pre_budget_per_block": (values * base_plan.sizes).sum(1) / base_plan.sizes.sum(1)})
     return SparsityPlan(values, base_plan.sizes, target, "absorption", opts, list(base_plan.linear_names), extras)
-
-
-# ============================================================================ experiments / verdicts

@@ -22,32 +22,18 @@ Three parts:
    or rank / softmax), registered with ``@register("svnup")``.
 """
 from __future__ import annotations
-import itertools
-import math
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Literal, Callable
+
+from typing import Literal
+
 import numpy as np
 import torch
-from prunekit.utils import tqdm
+
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
-from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game
-from prunekit.allocation.svnup.shapley import SHAPLEY_ESTIMATORS, EXACT_MAX_PLAYERS, estimate
-from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, sequential
-from prunekit.core.data import Calibration
-from prunekit.core.engine import next_token_ce
+from prunekit.allocation.svnup.game import _resolve_heldout, layer_game
+from prunekit.allocation.svnup.shapley import EXACT_MAX_PLAYERS, estimate
 from prunekit.errors import PrunekitError
-from prunekit.core.models import layout
-from prunekit.solvers.masks import magnitude_mask, wanda_mask
-from prunekit.solvers.sparsegpt import sparsegpt
 
-
-PHI_MAPPINGS = ("linear", "rank", "softmax")
-
-
-# ============================================================================ estimators
 
 def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam: float = 0.08,
                     temperature: float = 1.0) -> np.ndarray:
@@ -152,6 +138,3 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
                    heldout_seqlen=heldout_seqlen,
                    heldout=heldout if heldout is None or isinstance(heldout, str) else hkey)
     return SparsityPlan(values, sizes, target, "svnup", options, list(stats.linear_names), extras)
-
-
-# ============================================================================ studies (notebook / benchmark)
