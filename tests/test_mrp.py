@@ -107,7 +107,7 @@ def test_deterministic(het):
     np.testing.assert_array_equal(a.values, b.values)
 
 
-def brute_force_nor(stats, i, s, metric, m, threshold, denominator, blocksize):
+def brute_force_nor(stats, i, s, metric, m, reading, denominator, blocksize):
     """NOR of block i at sparsity s from the solvers' own mask functions on the dense scores."""
     A_all, alive_all = [], []
     for n in stats.linear_names:
@@ -127,27 +127,27 @@ def brute_force_nor(stats, i, s, metric, m, threshold, denominator, blocksize):
         A_all.append(A.reshape(-1))
         alive_all.append(~pruned.reshape(-1))
     A, alive = torch.cat(A_all).double(), torch.cat(alive_all)
-    tau = m * (A.mean() if threshold == "dense" else A[alive].mean())
+    tau = m * (A.mean() if reading == "frozen" else A[alive].mean())
     non = int((alive & (A <= tau)).sum())
     den = int(alive.sum()) if denominator == "surviving" else A.numel()
     return non / den
 
 
-@pytest.mark.parametrize("metric,threshold,denominator,m", [
-    ("wanda", "dense", "surviving", 1.0), ("wanda", "current", "dense", 3.0), ("magnitude", "dense", "dense", 1.0),
-    ("magnitude", "current", "surviving", 1.0), ("sparsegpt", "dense", "surviving", 1.0),
-    ("sparsegpt", "current", "surviving", 3.0), ("wanda", "dense", "dense", 5.0),
-    ("wanda", "current", "surviving", 0.5)])
-def test_incremental_nor_matches_brute_force(het, metric, threshold, denominator, m):
+@pytest.mark.parametrize("metric,reading,denominator,m", [
+    ("wanda", "frozen", "surviving", 1.0), ("wanda", "recomputed", "dense", 3.0), ("magnitude", "frozen", "dense", 1.0),
+    ("magnitude", "recomputed", "surviving", 1.0), ("sparsegpt", "frozen", "surviving", 1.0),
+    ("sparsegpt", "recomputed", "surviving", 3.0), ("wanda", "frozen", "dense", 5.0),
+    ("wanda", "recomputed", "surviving", 0.5)])
+def test_incremental_nor_matches_brute_force(het, metric, reading, denominator, m):
     # m=1 makes ~40% of the weights outliers, so groups run out of non-outliers (k > c) before the
     # target; column blocks of 32 give SparseGPT several groups per matrix
     bsz = 32
-    tables = mrp.build_tables(het, metric, m, threshold, bsz)
+    tables = mrp.build_tables(het, metric, m, reading, bsz)
     seen, memo = [], {}
 
     def brute(i, s):  # memoised on (block, sparsity): unchanged blocks are still compared every step
         if (i, s) not in memo:
-            memo[i, s] = brute_force_nor(het, i, s, metric, m, threshold, denominator, bsz)
+            memo[i, s] = brute_force_nor(het, i, s, metric, m, reading, denominator, bsz)
         return memo[i, s]
 
     def check(step, s, nor, tabs):
@@ -176,8 +176,8 @@ def test_refresh_is_identity_for_magnitude(het):
     from prunekit.core.snapshot import weight_snapshot
     s = np.array([0.3, 0.1, 0.45, 0.2])
     with weight_snapshot(het.rt) as snap:  # dense again on exit
-        fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "dense")
-    orig = mrp.build_tables(het, "magnitude", 5.0, "dense")
+        fresh = mrp.refresh_tables(het, snap, s, "magnitude", 5.0, "frozen")
+    orig = mrp.build_tables(het, "magnitude", 5.0, "frozen")
     for i in range(L):
         for x in (s[i], s[i] + 0.07, 0.9):
             assert fresh[i].nor(x) == pytest.approx(orig[i].nor(x), abs=1e-12)
@@ -201,11 +201,11 @@ def test_measured_redundancy_matches_simulation_for_one_shot_masks(het):
 def test_incremental_nor_matches_brute_force_k_blocks_per_step(het):
     """k=3 blocks per step, start sparsity s0=0.2, cap 0.8: every step still matches brute force,
     exactly k blocks move per full step and none passes the cap."""
-    tables = mrp.build_tables(het, "wanda", 1.0, "dense", 128)
+    tables = mrp.build_tables(het, "wanda", 1.0, "frozen", 128)
     prev = [np.full(L, 0.2)]
 
     def check(step, s, nor, tabs):
-        want = [brute_force_nor(het, i, float(s[i]), "wanda", 1.0, "dense", "surviving", 128) for i in range(L)]
+        want = [brute_force_nor(het, i, float(s[i]), "wanda", 1.0, "frozen", "surviving", 128) for i in range(L)]
         np.testing.assert_allclose(nor, want, rtol=0, atol=1e-12)
         moved = int((s != prev[-1]).sum())
         assert moved <= 3 and s.max() <= 0.8 + 1e-12
@@ -245,7 +245,7 @@ def owl_ratio_of_pruned_model(stats, i, s, metric, m, blocksize=128):
 def test_current_reading_matches_pruned_model_every_step(het, metric, m):
     """The incremental ratio equals OWL's test on the actually pruned block after every step."""
     bsz = 32
-    tables = mrp.build_tables(het, metric, m, "owl", bsz)
+    tables = mrp.build_tables(het, metric, m, "current", bsz)
     memo, seen = {}, []
 
     def check(step, s, nor, tabs):
@@ -264,7 +264,7 @@ def test_current_reading_matches_pruned_model_every_step(het, metric, m):
 
 @pytest.mark.parametrize("metric,m", [("wanda", 5.0), ("wanda", 3.0), ("magnitude", 5.0)])
 def test_current_reading_at_zero_sparsity_is_owl_outlier_ratio(het, metric, m):
-    nor0 = mrp.redundancy_levels(het, np.zeros(L), metric, m, threshold="owl")
+    nor0 = mrp.redundancy_levels(het, np.zeros(L), metric, m, reading="current")
     np.testing.assert_allclose(nor0, 1.0 - het.outlier_ratios(m, metric) / 100.0, atol=1e-12)
 
 
@@ -300,7 +300,7 @@ def test_current_redundancy_of_pruned_model_matches_table(het):
         got = analysis.current_redundancy(het, "wanda", 5.0)
     finally:
         _put_back(het, snap)
-    np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "wanda", 5.0, threshold="owl"), atol=1e-9)
+    np.testing.assert_allclose(got, mrp.redundancy_levels(het, s, "wanda", 5.0, reading="current"), atol=1e-9)
 
 
 def test_selection_ranks_on_common_cells_only():
@@ -314,3 +314,18 @@ def test_selection_ranks_on_common_cells_only():
     assert out.loc["mrp[current,M=5]", "mrp_rank"] == 1 and out.loc["mrp[current,M=5]", "cells"] == 1
     vs = sel.beats_baselines(pd.DataFrame(rows), "mrp[current,M=5]")
     assert vs["diff"].iloc[-1] == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("reading", mrp.READINGS)
+def test_readings_and_tables_share_one_vocabulary(het, reading):
+    """The option ``reading`` and the tables take the same names: the method's starting ratios are
+    the tables' ratios under the same name, and the brute force of that reading agrees."""
+    import typing
+    assert set(typing.get_args(typing.get_type_hints(mrp.mrp)["reading"])) == set(mrp.READINGS)
+    plan = mrp.mrp(het, 0.5, reading=reading, delta=0.05, m=3.0, s0=0.3)  # s0 > 0: the readings differ
+    s0 = plan.options["s0"]
+    np.testing.assert_allclose(plan.extras["nor_initial"],
+                               mrp.redundancy_levels(het, s0, "wanda", 3.0, reading=reading), atol=1e-12)
+    if reading != "current":  # the brute force of the earlier readings
+        want = [brute_force_nor(het, i, s0, "wanda", 3.0, reading, "surviving", 128) for i in range(L)]
+        np.testing.assert_allclose(plan.extras["nor_initial"], want, atol=1e-9)

@@ -82,3 +82,49 @@ def test_random_allocations_budget_exact_and_seeded():
         assert abs((u * sizes.sum(1)).sum() / sizes.sum() - 0.6) < 1e-9
         assert (u >= 0).all() and (u <= 0.95).all()
     assert np.std([u.std() for u in a]) > 0  # a range of non-uniformities
+
+
+class _FakeSession:
+    """The part of ``Session`` that ``compare_mrp_variants`` uses: ``sweep`` prunes the tiny model
+    with Wanda at each sparsity and hands the pruned model to ``on_run``."""
+
+    def __init__(self, stats):
+        self.stats, self.model, self.eval_datasets = stats, stats.model, ["synthetic"]
+        self.runtime = stats.rt
+        self._dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self):
+        self.model.load_state_dict(self._dense)
+
+    def sweep(self, variants, metrics, sparsities, on_run=None):
+        import pandas as pd
+        rows = []
+        for label in variants:
+            for mt in metrics:
+                for s in sparsities:
+                    self.restore()
+                    prune_model(self.model, self.stats.calib.input_ids, s, mt, progress=False)
+                    row = {"allocation": label, "method": variants[label][0], "metric": mt, "sparsity": s}
+                    on_run({"perplexity": {"synthetic": 1.0}, "planned_sparsity": [s] * self.stats.num_blocks,
+                            "allocation_options": {}}, row)
+                    rows.append(row)
+        self.restore()
+        return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("reading", analysis.MEASURES)
+def test_compare_mrp_variants_measures_after_with_the_reading_it_is_given(reading):
+    """The "after" column (nor) uses the reading passed as ``measure``, like the "before" column;
+    the two readings give different values on the pruned model, so a mix-up shows."""
+    model = tiny_model(seed=2)
+    stats = Statistics(model, tiny_calib(n=2, seqlen=16), cache=False, progress=False)
+    session = _FakeSession(stats)
+    m = 3.0
+    masks = analysis.nonoutlier_masks(stats, "wanda", m)
+    prune_model(model, stats.calib.input_ids, 0.6, "wanda", progress=False)
+    want = {"current": analysis.current_redundancy(stats, "wanda", m),
+            "frozen": analysis.measured_redundancy(model, masks, "surviving")}
+    assert np.abs(want["current"] - want["frozen"]).max() > 1e-3  # the readings are distinguishable
+    session.restore()
+    df = analysis.compare_mrp_variants(session, {"u": ("uniform", {})}, ("wanda",), (0.6,), m=m, measure=reading)
+    np.testing.assert_allclose(df["nor"].iloc[0], want[reading], atol=1e-12)

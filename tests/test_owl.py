@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.allocation.owl import owl_mapping
-from prunekit.allocation.registry import allocate
+from prunekit.allocation.registry import allocate, spec
 from prunekit.errors import PrunekitError
 from prunekit.scoring.statistics import Statistics
 
@@ -44,8 +44,8 @@ def test_owl_mapping_degenerate_and_errors():
     np.testing.assert_allclose(owl_mapping([1.0], 0.5, 0.08), 0.5)
     with pytest.raises(PrunekitError):
         owl_mapping([1.0, np.nan], 0.5, 0.08)
-    with pytest.raises(PrunekitError):
-        owl_mapping([1.0, 2.0], 0.5, -0.1)
+    with pytest.raises(PrunekitError):  # option values: the registry contract refuses them
+        spec("owl").check_options({"lam": -0.1})
 
 
 def test_owl_plan_records_options_and_extras(tiny_stats):

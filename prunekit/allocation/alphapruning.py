@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import typing
 from typing import Literal
 
 import numpy as np
@@ -15,8 +14,6 @@ from prunekit.errors import PrunekitError
 
 EsdEstimator = Literal["xmin_peak", "xmin_mid"]
 AlphaMapping = Literal["block_wise", "per_matrix"]
-ESD_ESTIMATORS = typing.get_args(EsdEstimator)   # the option's choices, from its type
-ALPHA_MAPPINGS = typing.get_args(AlphaMapping)
 
 
 def _hill(log_ev: np.ndarray, suffix: np.ndarray, i: int) -> float:
@@ -48,8 +45,6 @@ def hill_alpha_from_eigs(eigs, estimator: str = "xmin_peak", fix_lower_bound: bo
     eigenvalues above xmin equal) are treated as non-candidates; the histogram is fp32 like the
     reference, the Hill sums and KS distances are float64 (differences ~1e-6).
     """
-    if estimator not in ESD_ESTIMATORS:
-        raise PrunekitError(f"unknown ESD estimator '{estimator}'; choose from {', '.join(ESD_ESTIMATORS)}")
     ev = torch.as_tensor(eigs).detach().reshape(-1).to("cpu", torch.float32)
     ev = torch.sort(ev[ev > 0]).values
     N = ev.numel()
@@ -59,7 +54,7 @@ def hill_alpha_from_eigs(eigs, estimator: str = "xmin_peak", fix_lower_bound: bo
     log_ev = np.log(ev64)
     suffix = np.cumsum(log_ev[::-1])[::-1]  # suffix[i] = Σ_{k≥i} ln λ_k
 
-    if estimator == "xmin_mid":
+    if estimator == "xmin_mid":  # else xmin_peak (choices checked by the registry)
         a = _hill(log_ev, suffix, N // 2)
         if not math.isfinite(a):
             raise PrunekitError("ESD alpha is undefined: the upper half of the spectrum is constant")
@@ -139,12 +134,8 @@ def alpha_mapping(alphas, sizes, target: float, epsilon: float = 0.3,
     if not np.all(np.isfinite(a)):
         raise PrunekitError("ESD alphas contain inf/NaN (a constant or all-zero weight matrix?); "
                             "use estimator='xmin_mid' or check the model weights")
-    if not (0.0 <= epsilon < 1.0):
-        raise PrunekitError(f"AlphaPruning epsilon must be in [0, 1), got {epsilon}")
-    if mapping == "block_wise":
+    if mapping == "block_wise":  # else per_matrix (choices checked by the registry)
         a = np.repeat(a.mean(axis=1, keepdims=True), a.shape[1], axis=1)
-    elif mapping != "per_matrix":
-        raise PrunekitError(f"unknown AlphaPruning mapping '{mapping}'; choose from {', '.join(ALPHA_MAPPINGS)}")
     span = a.max() - a.min()
     if span <= 0:
         return np.full(a.shape, target)
@@ -152,7 +143,8 @@ def alpha_mapping(alphas, sizes, target: float, epsilon: float = 0.3,
     return r * (target * n.sum() / (n * r).sum())
 
 
-@register("alphapruning", reads=("weights",), bounds={"epsilon": (0.0, 1.0)})
+# ε < 1: at ε = 1 the least-sparse matrix gets r = 1 − ε = 0 (§5 mapping), the range S(1±ε) collapses at one end
+@register("alphapruning", reads=("weights",), bounds={"epsilon": (0.0, 1.0, "[)")})
 def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: EsdEstimator = "xmin_peak",
                  fix_lower_bound: bool = False, mapping: AlphaMapping = "block_wise") -> SparsityPlan:
     """AlphaPruning: heavier-tailed weight spectra (smaller PL α) are pruned less, range S(1±ε).
@@ -165,8 +157,6 @@ def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: EsdEstim
     Extras: ``alpha`` (L, K) per-matrix alphas, ``alpha_block`` (L,) block means.
     """
     target = check_target(target)
-    # estimator / mapping: checked by the registry (Literal choices) and, for direct calls, by
-    # hill_alpha_from_eigs / alpha_mapping
     alphas = model_alphas(stats, estimator, fix_lower_bound)
     s = alpha_mapping(alphas, stats.sizes, target, epsilon, mapping)
     return block_plan(stats, target, s, "alphapruning",

@@ -1,8 +1,6 @@
 """ATP: a linearly increasing sparsity schedule over depth (docs/methods.md §7)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from prunekit.allocation.plan import SparsityPlan, block_plan, check_target
@@ -31,7 +29,5 @@ def atp(stats, target: float, beta: float = 0.02) -> SparsityPlan:
     No statistics needed. Extras: ``raw`` (schedule before budget/bounds).
     """
     target = check_target(target)
-    if not (beta >= 0 and math.isfinite(beta)):
-        raise PrunekitError(f"ATP beta must be a finite number >= 0, got {beta}")
     s = atp_schedule(int(stats.num_blocks), target, float(beta))
     return block_plan(stats, target, s, "atp", {"beta": float(beta)}, {"raw": s})

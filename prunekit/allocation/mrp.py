@@ -38,7 +38,7 @@ non-outliers first, so a group with ``c`` non-outliers that lost its ``k`` lowes
 ``max(c-k, 0)`` of them. Per block we cache the sorted per-group counts ``c`` and their suffix sums
 ("prefix counts"); the NOR of a block at any sparsity is then one ``searchsorted`` per group size,
 and each greedy step recomputes only the blocks it changed. Readings ``recomputed`` and ``current``
-(table modes "current" / "owl") keep each group's sorted scores (fp32) and their cumulative sums
+keep each group's sorted scores (fp32) and their cumulative sums
 (fp64) — about three fp32 copies of the block weights (≈1.2 GB for SmolLM2-135M) — because the
 threshold moves with the mean; for ``current`` a group with ``c`` scores ≤ tau that lost its ``k``
 lowest keeps ``n_g − max(c, k)`` outliers, and tau = m · (Σ A − removed prefix sum) / n_l.
@@ -66,18 +66,17 @@ from prunekit.allocation.registry import register
 from prunekit.core.engine import sequential
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
-from prunekit.solvers.masks import prune_count, wanda_score
+from prunekit.solvers import scores
+from prunekit.solvers.masks import prune_count
 from prunekit.solvers.prune import COLLECT, prune_block
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
 from prunekit.utils import tqdm
 
-METRICS = ("wanda", "magnitude", "sparsegpt")
-THRESHOLDS = ("dense", "current", "owl")
-DENOMINATORS = ("surviving", "dense")
-# reading -> BlockTable threshold mode. "current" (default): OWL's own outlier test on the CURRENT
-# sparse block; "frozen" / "recomputed": the two earlier readings (tau frozen at the dense mean /
-# recomputed over the surviving weights, NOR over the surviving or the dense count).
-READINGS = {"current": "owl", "frozen": "dense", "recomputed": "current"}
+# The readings of the non-outlier ratio, one vocabulary for the option, the tables and the
+# experiments: "current" (default) OWL's own outlier test on the CURRENT sparse block; "frozen" /
+# "recomputed" the two earlier readings (tau frozen at the dense mean / recomputed over the
+# surviving weights, NOR over the surviving or the dense count).
+READINGS = ("current", "frozen", "recomputed")
 S0_GAP = 0.1  # [I] reading "current" starts from a real sparse model pruned uniformly at S - 0.1
 
 
@@ -90,16 +89,14 @@ def comparison_groups(A: torch.Tensor, metric: str, blocksize: int = 128) -> lis
         return [A]
     if metric == "magnitude":
         return [A.reshape(1, -1)]
-    if metric == "sparsegpt":
-        rows, cols = A.shape
-        nb = cols // blocksize
-        out = []
-        if nb:
-            out.append(A[:, : nb * blocksize].reshape(rows, nb, blocksize).permute(1, 0, 2).reshape(nb, -1))
-        if cols % blocksize:
-            out.append(A[:, nb * blocksize:].reshape(1, -1))
-        return out
-    raise PrunekitError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
+    rows, cols = A.shape  # sparsegpt: every blocksize-column block over all rows
+    nb = cols // blocksize
+    out = []
+    if nb:
+        out.append(A[:, : nb * blocksize].reshape(rows, nb, blocksize).permute(1, 0, 2).reshape(nb, -1))
+    if cols % blocksize:
+        out.append(A[:, nb * blocksize:].reshape(1, -1))
+    return out
 
 
 @dataclass
@@ -108,8 +105,8 @@ class _Family:
     n: int
     counts: np.ndarray            # non-outlier count per group under the frozen tau, sorted ascending
     suffix: np.ndarray            # suffix[i] = counts[i:].sum(); len G+1
-    sorted: torch.Tensor | None = None  # (G, n) scores ascending           (threshold="current")
-    csum: torch.Tensor | None = None    # (G, n+1) float64 cumulative sums   (threshold="current")
+    sorted: torch.Tensor | None = None  # (G, n) scores ascending           (current / recomputed)
+    csum: torch.Tensor | None = None    # (G, n+1) float64 cumulative sums   (current / recomputed)
 
     @property
     def groups(self) -> int:
@@ -119,11 +116,9 @@ class _Family:
 class BlockTable:
     """Cached per-block structure answering "NOR of this block at sparsity s" in O(#group sizes)."""
 
-    def __init__(self, scores: dict[str, torch.Tensor], metric: str, m: float, threshold: str = "dense",
+    def __init__(self, scores: dict[str, torch.Tensor], metric: str, m: float, reading: str = "frozen",
                  blocksize: int = 128, tau_scores: dict[str, torch.Tensor] | None = None):
-        if threshold not in THRESHOLDS:
-            raise PrunekitError(f"unknown MRP threshold '{threshold}'; choose from {', '.join(THRESHOLDS)}")
-        self.m, self.threshold = float(m), threshold
+        self.m, self.reading = float(m), reading
         ref = tau_scores if tau_scores is not None else scores
         tot = sum(float(a.double().sum()) for a in ref.values())
         self.n = sum(a.numel() for a in ref.values())
@@ -140,7 +135,7 @@ class BlockTable:
             counts = np.sort((G <= self.tau).sum(1).cpu().numpy().astype(np.int64))
             suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0]]).astype(np.int64)
             fam = _Family(n, counts, suffix)
-            if threshold in ("current", "owl"):
+            if reading != "frozen":
                 fam.sorted = torch.sort(G.cpu(), dim=1)[0]
                 fam.csum = torch.nn.functional.pad(fam.sorted.double().cumsum(1), (1, 0))
             self.families.append(fam)
@@ -177,7 +172,7 @@ class BlockTable:
         """(surviving non-outliers, surviving weights) after removing ``prune_count(n_g, s)`` lowest of
         every group (readings "frozen" / "recomputed")."""
         non = surv = 0.0
-        if self.threshold == "dense":
+        if self.reading == "frozen":
             for f in self.families:
                 k = prune_count(f.n, s)  # the solvers' count
                 i = int(np.searchsorted(f.counts, k, side="right"))  # groups with c > k keep c-k
@@ -193,7 +188,7 @@ class BlockTable:
         return non, surv
 
     def nor(self, s: float, denominator: str = "surviving") -> float:
-        if self.threshold == "owl":  # the denominator is fixed by OWL's test (all n entries)
+        if self.reading == "current":  # the denominator is fixed by OWL's test (all n entries)
             return self.owl_ratio(s)
         non, surv = self.counts(s)
         den = surv if denominator == "surviving" else self.n
@@ -205,43 +200,33 @@ class BlockTable:
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _check(metric: str, threshold: str, denominator: str) -> None:
-    if metric not in METRICS:
-        raise PrunekitError(f"unknown MRP score '{metric}'; choose from {', '.join(METRICS)}")
-    if threshold not in THRESHOLDS:
-        raise PrunekitError(f"unknown MRP threshold '{threshold}'; choose from {', '.join(THRESHOLDS)}")
-    if denominator not in DENOMINATORS:
-        raise PrunekitError(f"unknown MRP denominator '{denominator}'; choose from {', '.join(DENOMINATORS)}")
-
-
-def build_tables(stats, metric: str = "wanda", m: float = 5.0, threshold: str = "dense",
+def build_tables(stats, metric: str = "wanda", m: float = 5.0, reading: str = "frozen",
                  blocksize: int = 128) -> list[BlockTable]:
     """One ``BlockTable`` per block from the dense scores in ``stats`` (``stats.model`` must hold
-    the dense weights). ``threshold`` is a table mode (dense|current|owl; ``READINGS`` maps the
-    method's readings to them). Frozen-threshold tables are memoised per Statistics object."""
-    if threshold == "owl":  # sorted scores do not depend on m: keep one entry per Statistics, re-m'd copies
-        key = (stats.fingerprint, metric, "owl", blocksize)
+    the dense weights) under ``reading`` (``READINGS``). Frozen-threshold tables are memoised per
+    Statistics object."""
+    if reading == "current":  # sorted scores do not depend on m: keep one entry per Statistics, re-m'd copies
+        key = (stats.fingerprint, metric, "current", blocksize)
         memo = _TABLES.setdefault(stats, {})
         if key not in memo:
             for old in [k for k in memo if len(k) == 4]:  # ~3 fp32 copies of the weights: keep only one
                 del memo[old]
-            memo[key] = [BlockTable(stats.scores(i, metric), metric, m, threshold, blocksize)
+            memo[key] = [BlockTable(stats.scores(i, metric), metric, m, reading, blocksize)
                          for i in range(stats.num_blocks)]
         return [t.with_m(m) for t in memo[key]]
-    key = (stats.fingerprint, metric, float(m), threshold, blocksize)
-    memo = _TABLES.setdefault(stats, {}) if threshold == "dense" else {}
+    key = (stats.fingerprint, metric, float(m), reading, blocksize)
+    memo = _TABLES.setdefault(stats, {}) if reading == "frozen" else {}
     if key not in memo:
-        memo[key] = [BlockTable(stats.scores(i, metric), metric, m, threshold, blocksize)
+        memo[key] = [BlockTable(stats.scores(i, metric), metric, m, reading, blocksize)
                      for i in range(stats.num_blocks)]
     return memo[key]
 
 
-def redundancy_levels(stats, per_block, metric: str = "wanda", m: float = 5.0, threshold: str = "dense",
+def redundancy_levels(stats, per_block, metric: str = "wanda", m: float = 5.0, reading: str = "frozen",
                       denominator: str = "surviving", blocksize: int = 128) -> np.ndarray:
     """Simulated NOR of every block when block l is pruned at ``per_block[l]`` (dense scores,
     solver-order removal; no weights touched)."""
-    _check(metric, threshold, denominator)
-    tables = build_tables(stats, metric, m, threshold, blocksize)
+    tables = build_tables(stats, metric, m, reading, blocksize)
     s = np.broadcast_to(np.asarray(per_block, dtype=float), (len(tables),))
     return np.array([t.nor(float(x), denominator) for t, x in zip(tables, s)])
 
@@ -303,12 +288,12 @@ def greedy(tables: list[BlockTable], block_sizes: np.ndarray, target: float, *, 
 # ----------------------------------------------------------------------------- refresh
 
 @torch.no_grad()
-def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, threshold: str,
+def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, reading: str,
                    blocksize: int = 128, percdamp: float = 0.01) -> list[BlockTable]:
     """Prune the (restored) model at ``per_block`` with ``metric`` in one sequential pass and rebuild
     every block's table from the scores the solver sees there: block l's statistics come from the
     pruned upstream blocks, its scores from its pruned (SparseGPT: updated) weights, whose removed
-    entries score 0 and so count as already removed. ``tau`` (frozen mode) is m·mean of the dense
+    entries score 0 and so count as already removed. ``tau`` (reading frozen) is m·mean of the dense
     weights scored with the refreshed statistics. Leaves the model pruned; the caller restores.
 
     Deviation from "prune_model + a fresh Statistics": the solver's own statistics are recorded in
@@ -330,13 +315,13 @@ def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, th
             W, Wd = lin.weight.detach().float(), Wd.float()
             if metric == "wanda":
                 norm = st["wanda"][n].norm
-                cur[n], ref[n] = wanda_score(W, norm), wanda_score(Wd, norm)
+                cur[n], ref[n] = scores.wanda_score(W, norm), scores.wanda_score(Wd, norm)
             elif metric == "sparsegpt":
-                d2 = torch.diag(hessian_inverse_cholesky(st["hessian"][n].H, percdamp, copy=False)[0]).reshape(1, -1) ** 2
-                cur[n], ref[n] = W.pow(2) / d2, Wd.pow(2) / d2
+                d = torch.diag(hessian_inverse_cholesky(st["hessian"][n].H, percdamp, copy=False)[0])
+                cur[n], ref[n] = scores.sparsegpt_score(W, d), scores.sparsegpt_score(Wd, d)
             else:
-                cur[n], ref[n] = W.abs(), Wd.abs()
-        tables[i] = BlockTable(cur, metric, m, threshold, blocksize, tau_scores=ref)
+                cur[n], ref[n] = scores.magnitude_score(W), scores.magnitude_score(Wd)
+        tables[i] = BlockTable(cur, metric, m, reading, blocksize, tau_scores=ref)
 
     if metric == "magnitude":
         for i in range(lay.num_blocks):
@@ -350,9 +335,24 @@ def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, th
 
 # ----------------------------------------------------------------------------- the method
 
-@register("mrp", solver_metric="score", reads=("wanda", "hessian"),
-          bounds={"m": (0.0, None), "delta": (0.0, 1.0), "k": (1, None), "s0": (0.0, 1.0), "s_cap": (0.0, 1.0),
-                  "refresh": (0, None), "blocksize": (1, None)})
+MIN_DELTA = 1e-4  # bounds the loop: at most L·(S − s0)/(k·delta) + 1 ≤ 1e4·L steps
+
+
+def _check_mrp(options: dict, target: float | None, num_blocks: int | None) -> None:
+    """MRP's cross-option domain: s0 ≤ target ≤ s_cap (the loop starts at s0 and must reach the
+    budget with every block capped at s_cap)."""
+    if target is None:
+        return
+    s0, cap = options["s0"], options["s_cap"]
+    if s0 is not None and s0 > target:
+        raise PrunekitError(f"mrp option 's0' must be <= the target sparsity {target}, got {s0}")
+    if cap < target:
+        raise PrunekitError(f"mrp option 's_cap' must be >= the target sparsity {target}, got {cap}")
+
+
+@register("mrp", solver_metric="score", reads=("wanda", "hessian"), check=_check_mrp,
+          bounds={"m": (0.0, None, "(]"), "delta": (MIN_DELTA, 1.0), "k": (1, None), "s0": (0.0, 1.0, "[)"),
+                  "s_cap": (0.0, 1.0, "[)"), "refresh": (0, None), "blocksize": (1, None)})
 def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
         reading: Literal["current", "frozen", "recomputed"] = "current", m: float = 7.0,
         delta: float = 0.01, k: int = 1, s0: float | None = None, s_cap: float = 0.95,
@@ -366,40 +366,28 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
     block (tau = m × mean over all entries, pruned ones scoring 0; ratio over all entries),
     ``frozen`` tau frozen at the dense mean, ``recomputed`` tau over the surviving weights (the
     earlier readings; ``denominator`` surviving|dense applies to them only); ``m`` outlier
-    multiplier; ``delta`` sparsity added per step; ``k`` blocks per step; ``s0`` start sparsity
-    (default: S − 0.1 for ``current``, 0 for the earlier readings); ``s_cap`` per-block cap
+    multiplier (> 0); ``delta`` sparsity added per step, in [1e-4, 1] (the lower bound caps the
+    loop at 1e4 steps per block); ``k`` blocks per step; ``s0`` start sparsity
+    (default: S − 0.1 for ``current``, 0 for the earlier readings; at most S); ``s_cap`` per-block
+    cap in [S, 1)
     (allocate's s_min/s_max clip afterwards); ``refresh`` = K re-measures the scores on the
     partially pruned model every K steps (one sequential pruning pass each, plus one at the start
     for ``current``; 0 = off); ``blocksize`` SparseGPT's column block.
     Defaults (reading ``current``, ``m`` = 7) chosen on held-out calibration NLL among the readings
     and M ∈ {3, 5, 7} (``experiments/mrp_selection.py``; measured cells in docs/results.md)."""
     metric = score
-    threshold = READINGS.get(reading)
-    if threshold is None:
-        raise PrunekitError(f"unknown MRP reading '{reading}'; choose from {', '.join(READINGS)}")
-    _check(metric, threshold, denominator)
     if s0 is None:
         s0 = max(round(target - S0_GAP, 12), 0.0) if reading == "current" else 0.0
-    if not (0 < delta <= 1):
-        raise PrunekitError(f"MRP delta {delta} must lie in (0, 1]; e.g. --mrp-delta 0.01")
-    if k < 1 or int(k) != k:
-        raise PrunekitError(f"MRP k {k} must be a positive integer (blocks pruned per step)")
-    if not (0 <= s0 <= target):
-        raise PrunekitError(f"MRP start sparsity s0={s0} must lie in [0, target={target}]")
-    if not (target <= s_cap < 1):
-        raise PrunekitError(f"MRP cap s_cap={s_cap} must lie in [target={target}, 1)")
-    if refresh < 0 or int(refresh) != refresh:
-        raise PrunekitError(f"MRP refresh {refresh} must be a non-negative integer (steps between refreshes)")
     if metric != "magnitude" and stats.calib is None:
         raise PrunekitError(f"MRP with score '{metric}' needs calibration data; pass calib= to Statistics")
-    tables = build_tables(stats, metric, m, threshold, blocksize)
+    tables = build_tables(stats, metric, m, reading, blocksize)
     block_sizes = np.asarray(stats.sizes, dtype=float).sum(1)
     # the model is pruned during refreshes; the one weight snapshot brings the dense weights back
     with (weight_snapshot(stats.rt) if refresh else contextlib.nullcontext()) as snap:
         refresher = None
         if refresh:
             def refresher(s):
-                return refresh_tables(stats, snap, s, metric, m, threshold, blocksize)
+                return refresh_tables(stats, snap, s, metric, m, reading, blocksize)
         out = greedy(tables, block_sizes, target, delta=delta, k=int(k), s0=s0, s_cap=s_cap,
                      denominator=denominator, refresh=int(refresh), refresher=refresher,
                      refresh_start=reading == "current", progress=getattr(stats, "progress", False))

@@ -27,8 +27,6 @@ def owl_mapping(lod, target: float, lam: float) -> np.ndarray:
     target = check_target(target)
     if lod.size == 0 or not np.all(np.isfinite(lod)):
         raise PrunekitError("OWL needs a non-empty, finite outlier-ratio vector (one value per block)")
-    if lam < 0:
-        raise PrunekitError(f"OWL lambda must be >= 0, got {lam}")
     span = lod.max() - lod.min()
     if span <= 0:
         return np.full(lod.shape, target)
@@ -37,7 +35,8 @@ def owl_mapping(lod, target: float, lam: float) -> np.ndarray:
     return 1.0 - density
 
 
-@register("owl", reads=("outlier_ratios",), bounds={"m": (0.0, None), "lam": (0.0, 1.0)})
+# m > 0: at m = 0 every non-zero score is an "outlier" (OWL eq. 3 needs M > 0)
+@register("owl", reads=("outlier_ratios",), bounds={"m": (0.0, None, "(]"), "lam": (0.0, 1.0)})
 def owl(stats, target: float, m: float = 5.0, lam: float = 0.08,
         metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda") -> SparsityPlan:
     """OWL: blocks with more Wanda-score outliers (LOD) are pruned less; spread 2λ around mean S.
@@ -53,8 +52,6 @@ def owl(stats, target: float, m: float = 5.0, lam: float = 0.08,
     Extras: ``lod`` (per-block outlier ratio in %), ``raw`` (mapping before budget/bounds).
     """
     target = check_target(target)
-    if not m > 0:
-        raise PrunekitError(f"OWL outlier threshold m must be > 0, got {m}")
     lod = np.asarray(stats.outlier_ratios(float(m), metric), dtype=float)
     s = owl_mapping(lod, target, lam)
     return block_plan(stats, target, s, "owl", {"m": float(m), "lam": float(lam), "metric": metric},

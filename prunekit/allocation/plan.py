@@ -76,9 +76,6 @@ def fit_budget(values: np.ndarray, sizes: np.ndarray, target: float, s_min: floa
     return out
 
 
-# ----------------------------------------------------------------------------- registry
-
-
 def check_target(target: float) -> float:
     target = float(target)
     if not (0.0 <= target < 1.0):

@@ -19,7 +19,15 @@ outlier ratios, ESD alphas, the model itself) with on-disk caching. A method reg
   the raw output.
 * ``wraps``: the option naming another registered method it wraps (absorption's ``base``).
 * ``options``: typed options derived from the signature (``Literal`` gives the choices) plus the
-  declared ``bounds``; ``check_options`` validates a dict of options against them before any work.
+  declared ``bounds`` (closed by default; ``(lo, hi, "(]")`` opens an end);
+* ``check``: cross-option constraints (and constraints relative to the target sparsity or the
+  model's number of blocks), ``check(options, target, num_blocks)`` with every option filled in
+  (defaults for the ones not given); it raises a one-line PrunekitError.
+
+``check_options`` validates a dict of options against all of these before any work. It is the ONLY
+place option values are checked: the bounds are each method's true domain, so a value it accepts
+is never refused by the method later (``tests/test_registry_domains.py`` runs every method just
+inside every bound).
 
 ``allocate`` runs a method and returns its budget-exact, clipped plan: the parameter-weighted mean
 sparsity over all pruned linears equals ``target`` within 1e-6, and every value lies in
@@ -49,10 +57,12 @@ class Option:
     default: Any
     type: type | None = None
     choices: tuple | None = None
-    low: float | None = None           # inclusive lower bound
-    high: float | None = None          # inclusive upper bound
+    low: float | None = None           # lower bound (inclusive unless low_open)
+    high: float | None = None          # upper bound (inclusive unless high_open)
     nullable: bool = False
     at_most_blocks: bool = False       # also <= the model's number of decoder blocks
+    low_open: bool = False
+    high_open: bool = False
 
     def describe(self) -> str:
         """One line for ``--help``: the default and the allowed range."""
@@ -60,7 +70,9 @@ class Option:
         parts = [f"default: {d}"]
         if self.low is not None or self.high is not None or self.at_most_blocks:
             hi = [str(v) for v in (self.high,) if v is not None] + (["#blocks"] if self.at_most_blocks else [])
-            parts.append(f"range: [{'' if self.low is None else self.low}, {' and '.join(hi) or 'inf'}]")
+            parts.append(f"range: {'(' if self.low_open or self.low is None else '['}"
+                         f"{'-inf' if self.low is None else self.low}, {' and '.join(hi) or 'inf'}"
+                         f"{')' if self.high_open or not hi else ']'}")
         return "; ".join(parts)
 
     def check(self, method: str, value, num_blocks: int | None = None):
@@ -97,10 +109,10 @@ class Option:
         except (TypeError, ValueError):
             raise PrunekitError(f"{where} must be of type {t.__name__}, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if self.low is not None and value < self.low:
-                raise PrunekitError(f"{where} must be >= {self.low}, got {value}")
-            if self.high is not None and value > self.high:
-                raise PrunekitError(f"{where} must be <= {self.high}, got {value}")
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                raise PrunekitError(f"{where} must be {'>' if self.low_open else '>='} {self.low}, got {value}")
+            if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+                raise PrunekitError(f"{where} must be {'<' if self.high_open else '<='} {self.high}, got {value}")
             if self.at_most_blocks and num_blocks is not None and value > num_blocks:
                 raise PrunekitError(f"{where} must be <= the model's {num_blocks} blocks, got {value}")
         return value
@@ -116,18 +128,22 @@ class MethodSpec:
     reads: tuple[str, ...] = ()
     exact: bool = False
     wraps: str | None = None
+    check: Callable[[dict, float | None, int | None], None] | None = None
 
-    def check_options(self, options: dict, num_blocks: int | None = None) -> dict:
+    def check_options(self, options: dict, num_blocks: int | None = None, target: float | None = None) -> dict:
         """Validate and convert ``options`` (unknown names, types, choices, bounds — including bounds
-        relative to the model's ``num_blocks`` when known): one-line errors, before any work."""
+        relative to the model's ``num_blocks`` and the ``target`` sparsity when known — and the
+        method's cross-option ``check``): one-line errors, before any work."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise PrunekitError(f"{self.name} has no option {', '.join(map(repr, unknown))}; "
                                 f"options: {', '.join(self.options) or 'none'}")
         out = {k: self.options[k].check(self.name, v, num_blocks) for k, v in options.items()}
-        if self.wraps and self.wraps in out and out[self.wraps] not in _REGISTRY:
-            raise PrunekitError(f"{self.name} option '{self.wraps}': unknown allocation '{out[self.wraps]}'; "
-                                f"choose from {', '.join(sorted(_REGISTRY))}")
+        if self.wraps and self.wraps in out and (out[self.wraps] not in _REGISTRY or out[self.wraps] == self.name):
+            raise PrunekitError(f"{self.name} option '{self.wraps}': '{out[self.wraps]}' is not an allocation it can "
+                                f"wrap; choose from {', '.join(sorted(set(_REGISTRY) - {self.name}))}")
+        if self.check is not None:
+            self.check({**{k: o.default for k, o in self.options.items()}, **out}, target, num_blocks)
         return out
 
 
@@ -148,23 +164,25 @@ def _options(fn: Method, bounds: dict) -> dict[str, Option]:
         t = base[0] if len(base) == 1 else None
         if typing.get_origin(t) is typing.Literal:
             choices, t = typing.get_args(t), None
-        lo, hi = bounds.get(p.name, (None, None))
+        lo, hi, *ends = bounds.get(p.name, (None, None))
+        ends = ends[0] if ends else "[]"
         blocks = hi == "num_blocks" or (isinstance(hi, tuple) and "num_blocks" in hi)
         if isinstance(hi, tuple):
             hi = next((v for v in hi if v != "num_blocks"), None)
         elif hi == "num_blocks":
             hi = None
         out[p.name] = Option(p.name, p.default, t if isinstance(t, type) else None, choices, lo, hi, nullable,
-                             blocks)
+                             blocks, ends[0] == "(", ends[1] == ")")
     return out
 
 
 def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, ...] = (), exact: bool = False,
-             wraps: str | None = None, bounds: dict | None = None):
+             wraps: str | None = None, bounds: dict | None = None, check: Callable | None = None):
     """Decorator: ``@register("owl", reads=("wanda",), bounds={"lam": (0, 0.5)})`` makes
     ``allocate("owl", ...)`` and ``--allocation owl`` work; see the module docstring for the fields.
-    An upper bound ``"num_blocks"`` (or a tuple ``(16, "num_blocks")``) also bounds the option by the
-    model's number of decoder blocks (checked when it is known: the CLI reads it from the config)."""
+    Bounds are closed; a third item ``"(]"``, ``"[)"`` or ``"()"`` opens an end. An upper bound
+    ``"num_blocks"`` (or a tuple ``(16, "num_blocks")``) also bounds the option by the model's number
+    of decoder blocks (checked when it is known: the CLI reads it from the config)."""
     def deco(fn: Method) -> Method:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise PrunekitError(f"allocation '{name}' is registered twice")
@@ -173,7 +191,7 @@ def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, .
             if k is not None and k not in opts:
                 raise PrunekitError(f"register('{name}'): '{k}' is not an option of {fn.__name__}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = MethodSpec(name, fn, summary, opts, solver_metric, tuple(reads), exact, wraps)
+        _REGISTRY[name] = MethodSpec(name, fn, summary, opts, solver_metric, tuple(reads), exact, wraps, check)
         return fn
     return deco
 
@@ -210,7 +228,7 @@ def allocate(method: str, stats, target: float, s_min: float = 0.0, s_max: float
     sp = spec(method)
     if not (0.0 <= target < 1.0):
         raise PrunekitError(f"sparsity {target} is outside [0, 1)")
-    options = sp.check_options(options, getattr(stats, "num_blocks", None))
+    options = sp.check_options(options, getattr(stats, "num_blocks", None), target)
     out = sp.fn(stats, target, **options)
     sizes = np.asarray(stats.sizes, dtype=float)
     if isinstance(out, SparsityPlan):

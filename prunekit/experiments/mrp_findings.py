@@ -394,7 +394,7 @@ def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities
                                 for blk in masks[mt]])) for mt in metrics}  # "before" redundancy levels
     ds = session.eval_datasets[0]
 
-    def measure(rec, row):
+    def on_run(rec, row):  # not named ``measure``: that would shadow the reading this call was given
         mt = row["metric"]
         nor = (current_redundancy(session.stats, mt, m) if measure == "current"
                else measured_redundancy(session.runtime, masks[mt], denominator))
@@ -404,7 +404,7 @@ def compare_mrp_variants(session, variants: dict, metrics=("wanda",), sparsities
                    options={**variants[row["allocation"]][1], **rec["allocation_options"]})
 
     # principle 2 (the metric that prunes also scores) is Session.run's default for MRP
-    df = session.sweep(variants, metrics, sparsities, on_run=measure)
+    df = session.sweep(variants, metrics, sparsities, on_run=on_run)
     if df.empty:
         return df
     return df.rename(columns={"allocation": "variant", "method": "allocation"})

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pandas as pd
 
+from prunekit.allocation.mrp import READINGS  # the one vocabulary of MRP readings
 from prunekit.allocation.svnup.game import heldout_data
 from prunekit.evaluation.perplexity import window_nlls
 
-READINGS = ("current", "frozen", "recomputed")
 MS = (3.0, 5.0, 7.0)
 BASELINES = {"uniform": ("uniform", {}), "owl": ("owl", {}), "alphapruning": ("alphapruning", {})}
 

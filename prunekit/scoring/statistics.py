@@ -22,7 +22,7 @@ from prunekit.core.engine import sequential
 from prunekit.core.cache import cache_dir
 from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
-from prunekit.solvers.masks import wanda_score
+from prunekit.solvers import scores
 from prunekit.solvers.sparsegpt import hessian_inverse_cholesky
 
 STATS_VERSION = "1"
@@ -194,11 +194,11 @@ class Statistics:
         for n in self.linear_names:
             W = ws[n].float()
             if metric == "magnitude":
-                out[n] = W.abs()
+                out[n] = scores.magnitude_score(W)
             elif metric == "wanda":
-                out[n] = wanda_score(W, self.wanda_norms()[i][n].to(W.device))
+                out[n] = scores.wanda_score(W, self.wanda_norms()[i][n].to(W.device))
             elif metric == "sparsegpt":
-                out[n] = W.pow(2) / self.hinv_diag()[i][n].to(W.device).reshape(1, -1).pow(2)
+                out[n] = scores.sparsegpt_score(W, self.hinv_diag()[i][n].to(W.device))
             else:
                 raise PrunekitError(f"unknown metric '{metric}'")
         return out

@@ -1,4 +1,4 @@
-"""Masks: magnitude and Wanda scores, per-row / N:M / global mask selection (docs/methods.md §0.2, §0.4)."""
+"""Masks: per-row / N:M / global mask selection (docs/methods.md §0.2, §0.4)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,7 @@ import math
 import torch
 
 from prunekit.errors import PrunekitError
+from prunekit.solvers import scores
 
 
 def parse_nm(nm: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -54,11 +55,10 @@ def _row_mask(score: torch.Tensor, s: float, chunk_rows: int = 1024) -> torch.Te
     """Prune the prune_count(d_in, s) lowest scores of every row (Wanda's comparison group); ties at the
     threshold go to the lower column index, as a stable ascending sort would order them.
 
-    The k-th smallest value t of each row comes from a partial selection (topk unsorted: ~30 %
-    cheaper than kthvalue on CPU, and a full sort is 3-4x dearer); ``score <= t`` is then the mask
+    The k-th smallest value t of each row comes from a partial selection (topk unsorted: cheaper
+    than kthvalue or a full sort); ``score <= t`` is then the mask
     except in the rare rows where a tie at t overshoots k, which are settled by a cumulative count.
-    Rows go in chunks so the temporaries stay small on a 7B-size matrix (on a bf16 LLaMA-7B shape
-    block the kthvalue/cumsum version was 80 % of a Wanda prune's CPU time)."""
+    Rows go in chunks so the temporaries stay small on a 7B-size matrix."""
     rows, cols = score.shape
     k = prune_count(cols, s)
     if k <= 0:
@@ -89,8 +89,7 @@ def _nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def _global_mask(score: torch.Tensor, s: float) -> torch.Tensor:
     """Prune the prune_count(numel, s) lowest scores of the whole tensor (magnitude's comparison
     group; SparseGPT's per column block). Ties at the threshold go to the lower flat index. A k-th
-    value selection instead of topk(k): 3x cheaper on CPU for k = numel/2 (topk was 30 % of the
-    SparseGPT column sweep)."""
+    value selection instead of topk(k): no k-sized sorted output to build for k = numel/2."""
     flat = score.reshape(-1)
     k = prune_count(flat.numel(), s)
     if k <= 0:
@@ -100,15 +99,10 @@ def _global_mask(score: torch.Tensor, s: float) -> torch.Tensor:
 
 
 def magnitude_mask(W: torch.Tensor, s: float, nm=None) -> torch.Tensor:
-    score = W.abs().float()
+    score = scores.magnitude_score(W)
     return _nm_mask(score, *nm) if nm else _global_mask(score, s)
 
 
-def wanda_score(W: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """A_ij = |W_ij| * ||X_j||_2 (Wanda, eq. 1)."""
-    return W.abs().float() * norm.reshape(1, -1)
-
-
 def wanda_mask(W: torch.Tensor, norm: torch.Tensor, s: float, nm=None) -> torch.Tensor:
-    score = wanda_score(W, norm)
+    score = scores.wanda_score(W, norm)
     return _nm_mask(score, *nm) if nm else _row_mask(score, s)

@@ -59,22 +59,18 @@ Correction (``absorption_correction`` and the registered ``"absorption"`` alloca
     unclipped blocks, so the ordering of s' − s_base across blocks is preserved.
 """
 from __future__ import annotations
-import inspect
+
 import math
-from dataclasses import dataclass, fields
-from typing import Literal, Callable, Iterator
+from typing import Literal
+
 import numpy as np
 import torch
-from prunekit.utils import tqdm
-from prunekit.allocation.plan import SparsityPlan
-from prunekit.allocation.registry import allocate, register, with_solver_metric
-from prunekit.allocation.absorption.probe import (DEPTHS, REDUCTIONS, Probe, Trajectory, _check_choice, coefficients,
-                                                  prune_trajectories_from_stats, trajectories_from_stats)
-from prunekit.core.engine import STATS, capture, run_block
-from prunekit.errors import PrunekitError
-from prunekit.solvers.prune import METRICS, COLLECT, prune_block
-from prunekit.solvers.masks import parse_nm
 
+from prunekit.allocation.absorption.probe import (Probe, Trajectory, coefficients, prune_trajectories_from_stats,
+                                                  trajectories_from_stats)
+from prunekit.allocation.plan import SparsityPlan
+from prunekit.allocation.registry import allocate, register, spec, with_solver_metric
+from prunekit.errors import PrunekitError
 
 LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (docs/methods.md §3)
 CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
@@ -151,11 +147,8 @@ def correction_signal(coefficients, clip: float = CLIP, center: str = "mean") ->
     ``Δ = −u`` (``center="none"``, [I]). Amplifying blocks (large u) get Δ < 0 (protected)."""
     r = np.asarray(coefficients, dtype=float).reshape(-1)
     if r.size == 0 or not np.all(np.isfinite(r)) or (r <= 0).any():
-        raise PrunekitError("absorption coefficients must be finite and > 0 (was eta 0 or the "
-                            "calibration too short?); re-measure with eta > 0")
-    if not (clip > 0):
-        raise PrunekitError(f"clip must be > 0, got {clip}")
-    _check_choice("center", center, CENTERS)
+        raise PrunekitError("absorption coefficients must be finite and > 0 (no drift measured: was nothing "
+                            "pruned at this sparsity, or the calibration too short?)")
     u = np.clip(np.log(r), -clip, clip)
     delta = -(u - u.mean()) if center == "mean" else -u
     return u, delta
@@ -171,8 +164,6 @@ def absorption_correction(plan, coefficients, gamma: float = DEFAULT_GAMMA, clip
     _, delta = correction_signal(coefficients, clip, center)
     if values.shape[0] != delta.size:
         raise PrunekitError(f"plan has {values.shape[0]} blocks but {delta.size} absorption coefficients")
-    if not math.isfinite(gamma):
-        raise PrunekitError(f"gamma must be finite, got {gamma}")
     return values + gamma * (delta if values.ndim == 1 else delta[:, None])
 
 
@@ -188,9 +179,6 @@ def coefficients_from_stats(stats, eta: float = 1e-2, draws: int = 1, seed: int 
     ``prune_metric``); ``"matched"`` [I]: Gaussian noise whose size matches, block by block, the
     drift that pruning injects there (η_l = the measured injected drift R_l of the pruned block);
     ``"noise"``: Gaussian noise of one size η for every block."""
-    _check_choice("reduction", reduction, REDUCTIONS)
-    _check_choice("depth", depth, DEPTHS)
-    _check_choice("perturbation", perturbation, PERTURBATIONS)
     if perturbation in ("prune", "matched"):
         if sparsity is None:
             raise PrunekitError(f"perturbation='{perturbation}' needs a sparsity")
@@ -288,8 +276,21 @@ def tilt_correlation(delta, base_per_block, target: float) -> float:
     return float(np.corrcoef(d, t)[0, 1])
 
 
-@register("absorption", wraps="base", solver_metric="score", reads=("model", "calibration"),
-          bounds={"gamma": (0.0, None), "eta": (0.0, None), "draws": (1, None), "clip": (0.0, None),
+MIN_ETA = 1e-6  # a smaller relative noise is lost in fp32 rounding: no drift, r = 0/0
+
+
+def _check_absorption(options: dict, target: float | None, num_blocks: int | None) -> None:
+    """Absorption's domain beyond the bounds: token lengths 0 (= all) or >= 2 (next-token NLL and
+    drift need two positions), and ``base_options`` within the base method's own contract."""
+    for k in ("probe_seqlen", "heldout_seqlen"):
+        if options[k] == 1:
+            raise PrunekitError(f"absorption option '{k}' must be 0 (the calibration length) or >= 2, got 1")
+    if options["base_options"]:
+        spec(options["base"]).check_options(options["base_options"], num_blocks, target)
+
+
+@register("absorption", wraps="base", solver_metric="score", reads=("model", "calibration"), check=_check_absorption,
+          bounds={"gamma": (0.0, None), "eta": (MIN_ETA, None), "draws": (1, None), "clip": (0.0, None, "(]"),
                   "seed": (0, None), "probe_samples": (0, None), "probe_seqlen": (0, None),
                   "heldout_samples": (1, None), "heldout_seqlen": (0, None)})
 def absorption(stats, target: float, base: str = "owl", gamma: float | None = None, eta: float = 1e-2,
@@ -319,12 +320,9 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
     ``probe_seqlen`` measure on the first windows / tokens of the calibration set only (0 = all).
     ``score``: the solver's metric, passed on to a base that ranks by it (MRP principle 2) unless
     ``base_options`` sets its own, and used to prune during the γ selection.
-    γ = 0 returns the base plan without measuring. Extras: ``absorption_r``, ``absorption_u``,
+    γ = 0 (or target 0) returns the base plan without measuring. Extras: ``absorption_r``, ``absorption_u``,
     ``absorption_delta``, ``base_per_block``, ``tilt_correlation`` (corr of Δ with S_base − S),
     ``gamma_nll`` (held-out NLL per γ when selected) and the base's extras prefixed ``base.``."""
-    if base == "absorption":
-        raise PrunekitError("absorption cannot wrap itself; pass base=owl|alphapruning|uniform|...")
-    _check_choice("perturbation", perturbation, PERTURBATIONS)
     base_options = dict(base_options or {})
     if score is not None:  # the solver's metric reaches a base that declared it wants it
         base_options = with_solver_metric(base, base_options, score)
@@ -338,7 +336,7 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
             "base_options": base_options}
     extras = {f"base.{k}": v for k, v in base_plan.extras.items()}
     extras["base_per_block"] = base_plan.per_block.copy()
-    if gamma == 0:
+    if gamma == 0 or target == 0:  # nothing to correct (at target 0 nothing is pruned, no drift to measure)
         return SparsityPlan(base_plan.values.copy(), base_plan.sizes, target, "absorption", opts,
                             list(base_plan.linear_names), extras)
     r, _ = coefficients_from_stats(stats, eta, draws, seed, skip_first=skip_first, reduction=reduction,
@@ -358,6 +356,3 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
                    "tilt_correlation": tilt_correlation(delta, base_plan.per_block, target),
                    "pre_budget_per_block": (values * base_plan.sizes).sum(1) / base_plan.sizes.sum(1)})
     return SparsityPlan(values, base_plan.sizes, target, "absorption", opts, list(base_plan.linear_names), extras)
-
-
-# ============================================================================ experiments / verdicts

@@ -22,31 +22,18 @@ Three parts:
    or rank / softmax), registered with ``@register("svnup")``.
 """
 from __future__ import annotations
-import itertools
-import math
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Literal, Callable
+
+from typing import Literal
+
 import numpy as np
 import torch
-from prunekit.utils import tqdm
+
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import register
-from prunekit.allocation.svnup.game import BASE_METRICS, GAMES, _resolve_heldout, layer_game
-from prunekit.allocation.svnup.shapley import SHAPLEY_ESTIMATORS, EXACT_MAX_PLAYERS, estimate
-from prunekit.core.engine import BlockInputs, capture, head_logits, run_block, sequential
-from prunekit.core.data import Calibration
-from prunekit.core.engine import next_token_ce
+from prunekit.allocation.svnup.game import _resolve_heldout, layer_game
+from prunekit.allocation.svnup.shapley import EXACT_MAX_PLAYERS, estimate
 from prunekit.errors import PrunekitError
-from prunekit.solvers.masks import magnitude_mask, wanda_mask
-from prunekit.solvers.sparsegpt import sparsegpt
 
-
-PHI_MAPPINGS = ("linear", "rank", "softmax")
-
-
-# ============================================================================ estimators
 
 def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam: float = 0.08,
                     temperature: float = 1.0) -> np.ndarray:
@@ -60,8 +47,6 @@ def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam
     if not np.all(np.isfinite(phi)):
         raise PrunekitError("Shapley values contain NaN/inf; the layer game diverged — lower the target sparsity")
     if mapping in ("linear", "rank"):
-        if lam < 0:
-            raise PrunekitError(f"lam must be >= 0, got {lam}")
         if mapping == "linear":
             span = phi.max() - phi.min()
             z = (phi - phi.min()) / span if span > 0 else np.full(L, 0.5)
@@ -69,21 +54,29 @@ def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam
             from scipy.stats import rankdata
             z = (rankdata(phi) - 1) / (L - 1) if L > 1 else np.full(L, 0.5)
         return target + lam - 2 * lam * z
-    if mapping == "softmax":
-        if not temperature > 0:
-            raise PrunekitError(f"temperature must be > 0, got {temperature}")
-        sd = phi.std()
-        zt = (phi - phi.mean()) / sd if sd > 0 else np.zeros(L)
+    # softmax (mapping and temperature > 0 checked by the registry contract)
+    sd = phi.std()
+    zt = (phi - phi.mean()) / sd if sd > 0 else np.zeros(L)
+    with np.errstate(over="ignore"):  # T → 0: the one-hot limit on the smallest φ̃, not an error
         p = np.exp(-(zt - zt.min()) / temperature)
-        p /= p.sum()
-        n = np.ones(L) if sizes is None else np.asarray(sizes, dtype=float).reshape(L, -1).sum(1)
-        return p * target * n.sum() / (n * p).sum()
-    raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
+    p /= p.sum()
+    n = np.ones(L) if sizes is None else np.asarray(sizes, dtype=float).reshape(L, -1).sum(1)
+    return p * target * n.sum() / (n * p).sum()
 
 
-@register("svnup", reads=("wanda", "hessian", "calibration"),
+def _check_svnup(options: dict, target: float | None, num_blocks: int | None) -> None:
+    """SV-NUP's domain beyond the bounds: a target in (0, 1) (the layer game prunes at it) and the
+    exact estimator only up to EXACT_MAX_PLAYERS blocks (2^L coalitions)."""
+    if target is not None and not 0.0 < target < 1.0:
+        raise PrunekitError(f"svnup needs a target sparsity in (0, 1), got {target}")
+    if options["estimator"] == "exact" and num_blocks is not None and num_blocks > EXACT_MAX_PLAYERS:
+        raise PrunekitError(f"svnup option 'estimator': exact Shapley over {num_blocks} blocks needs "
+                            f"2^{num_blocks} evaluations; use sliding_window or monte_carlo")
+
+
+@register("svnup", reads=("wanda", "hessian", "calibration"), check=_check_svnup,
           bounds={"window": (1, (EXACT_MAX_PLAYERS, "num_blocks")), "lam": (0.0, 1.0), "heldout_samples": (1, None),
-                  "n_permutations": (1, None), "seed": (0, None), "temperature": (1e-12, None),
+                  "n_permutations": (1, None), "seed": (0, None), "temperature": (0.0, None, "(]"),
                   "heldout_seqlen": (2, None)})
 def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carlo", "exact"] = "sliding_window",
           window: int = 5, lam: float = 0.08, mapping: Literal["linear", "rank", "softmax"] = "linear",
@@ -109,15 +102,6 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
     option that affects them."""
     target = float(target)
-    if not (0.0 < target < 1.0):
-        raise PrunekitError(f"sparsity {target} must lie in (0, 1) for SV-NUP")
-    if estimator not in SHAPLEY_ESTIMATORS:
-        raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(SHAPLEY_ESTIMATORS)}")
-    if mapping not in PHI_MAPPINGS:
-        raise PrunekitError(f"unknown mapping '{mapping}'; choose from {', '.join(PHI_MAPPINGS)}")
-    if estimator == "exact" and stats.num_blocks > EXACT_MAX_PLAYERS:
-        raise PrunekitError(f"exact Shapley over {stats.num_blocks} blocks needs 2^{stats.num_blocks} evaluations; "
-                            "use estimator='sliding_window' or 'monte_carlo'")
     ids, hkey = _resolve_heldout(stats, heldout, heldout_samples, heldout_seqlen)
     est_opts = {"exact": {}, "monte_carlo": {"n_permutations": int(n_permutations), "seed": int(seed)},
                 "sliding_window": {"window": int(window), "disjoint": bool(disjoint),
@@ -154,6 +138,3 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
                    heldout_seqlen=heldout_seqlen,
                    heldout=heldout if heldout is None or isinstance(heldout, str) else hkey)
     return SparsityPlan(values, sizes, target, "svnup", options, list(stats.linear_names), extras)
-
-
-# ============================================================================ studies (notebook / benchmark)

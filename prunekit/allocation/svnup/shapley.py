@@ -217,6 +217,3 @@ def estimate(v: Callable, n: int, estimator: str = "sliding_window", **options) 
     if estimator not in SHAPLEY_ESTIMATORS:
         raise PrunekitError(f"unknown Shapley estimator '{estimator}'; choose from {', '.join(SHAPLEY_ESTIMATORS)}")
     return SHAPLEY_ESTIMATORS[estimator](v, n, **options)
-
-
-# ============================================================================ the layer game
