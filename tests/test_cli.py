@@ -54,3 +54,32 @@ def test_methods_lists_registry(capsys):
     out = capsys.readouterr().out
     for name in ("uniform", "owl", "alphapruning", "atp"):
         assert name in out
+
+
+def test_version_and_help_do_not_load_torch():
+    """--version and the top-level --help answer without importing torch (they took 3-5 s when the
+    package imported it first); the subprocess starts from a clean interpreter."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom prunekit.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['sweep', '--help']):\n"
+            "    assert main(argv) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "prunekit 0.1.0" in r.stdout and "{prune,eval,methods,tasks,demo,sweep}" in r.stdout
+
+
+def test_prune_help_opens_with_examples_and_describes_every_method_flag(capsys):
+    from prunekit.allocation import specs
+    from prunekit.cli.parser import build_parser
+    ap, table = build_parser()
+    with pytest.raises(SystemExit):
+        ap.parse_args(["prune", "--help"])
+    out = capsys.readouterr().out
+    head = out[:out.index("options:")]
+    assert head.count("\n  prunekit prune ") == 3  # three example commands before any option
+    assert {name for name, _ in table.values()} == {n for n, s in specs().items() if s.options}
+    for flag, (method, opt) in table.items():
+        assert opt.doc, f"{flag}: {method}'s docstring has no line for option '{opt.name}'"
+        assert opt.doc.split("…")[0][:30] in " ".join(out.split()), flag

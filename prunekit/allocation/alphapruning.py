@@ -149,7 +149,7 @@ def alphapruning(stats, target: float, epsilon: float = 0.3, estimator: EsdEstim
                  fix_lower_bound: bool = False, mapping: AlphaMapping = "block_wise") -> SparsityPlan:
     """AlphaPruning: heavier-tailed weight spectra (smaller PL α) are pruned less, range S(1±ε).
 
-    Options: ``epsilon`` ε (argparse default 0.3; per-model values in docs/methods.md §5 table,
+    Options: ``epsilon`` ε, the half-width of the range (argparse default 0.3; per-model values in docs/methods.md §5 table,
     e.g. LLaMA-7B wanda 0.2), ``estimator`` 'xmin_peak' (reference) | 'xmin_mid',
     ``fix_lower_bound`` (False reproduces the reference's log-vs-linear xmin lower bound; True is
     the [I] fix), ``mapping`` 'block_wise' (reference default) | 'per_matrix'.

@@ -22,7 +22,7 @@ def atp_schedule(num_blocks: int, target: float, beta: float) -> np.ndarray:
 def atp(stats, target: float, beta: float = 0.02) -> SparsityPlan:
     """ATP: sparsity increases linearly with depth, s_i = S − β(L−1)/2 + β·i.
 
-    Option ``beta`` β: step between consecutive blocks. The paper picks β on a small grid by
+    Options: ``beta`` β, the step between consecutive blocks. The paper picks β on a small grid by
     perplexity (§7 [S]); the default 0.02 is an [I] choice (keeps the range within ±0.3 for 32
     blocks). β must be ≥ 0 (the schedule is monotonically increasing by construction); values that
     leave [s_min, s_max] are clipped by ``allocate`` with the budget restored.

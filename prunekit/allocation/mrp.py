@@ -66,6 +66,7 @@ from prunekit.allocation.registry import register
 from prunekit.core.engine import sequential
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import Metric
 from prunekit.solvers import scores
 from prunekit.solvers.masks import prune_count
 from prunekit.solvers.prune import COLLECT, prune_block
@@ -353,7 +354,7 @@ def _check_mrp(options: dict, target: float | None, num_blocks: int | None) -> N
 @register("mrp", solver_metric="score", reads=("wanda", "hessian"), check=_check_mrp,
           bounds={"m": (0.0, None, "(]"), "delta": (MIN_DELTA, 1.0), "k": (1, None), "s0": (0.0, 1.0, "[)"),
                   "s_cap": (0.0, 1.0, "[)"), "refresh": (0, None), "blocksize": (1, None)})
-def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
+def mrp(stats, target: float, score: Metric = "wanda",
         reading: Literal["current", "frozen", "recomputed"] = "current", m: float = 7.0,
         delta: float = 0.01, k: int = 1, s0: float | None = None, s_cap: float = 0.95,
         denominator: Literal["surviving", "dense"] = "surviving", refresh: int = 0,
@@ -374,7 +375,14 @@ def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] 
     partially pruned model every K steps (one sequential pruning pass each, plus one at the start
     for ``current``; 0 = off); ``blocksize`` SparseGPT's column block.
     Defaults (reading ``current``, ``m`` = 7) chosen on held-out calibration NLL among the readings
-    and M ∈ {3, 5, 7} (``experiments/mrp_selection.py``; measured cells in docs/results.md)."""
+    and M ∈ {3, 5, 7} (``experiments/mrp_selection.py``; measured cells in docs/results.md).
+    Options: ``score`` the importance score that defines outliers and the removal order;
+    ``reading`` how the non-outlier ratio is read (current, frozen or recomputed, above); ``m`` the
+    outlier multiplier M; ``delta`` sparsity added per step, at least 1e-4; ``k`` blocks pruned per
+    step; ``s0`` start sparsity of every block (default: S − 0.1 for current, else 0); ``s_cap``
+    per-block sparsity cap; ``denominator`` of the earlier readings' ratio, surviving or all
+    weights; ``refresh`` re-measure the scores every K steps on the partially pruned model (0 =
+    off); ``blocksize`` SparseGPT's column block in refreshes."""
     metric = score
     if s0 is None:
         s0 = max(round(target - S0_GAP, 12), 0.0) if reading == "current" else 0.0

@@ -1,13 +1,13 @@
 """OWL: outlier-weighted layerwise sparsity (Yin et al. 2024; docs/methods.md §4)."""
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 
 from prunekit.allocation.plan import SparsityPlan, block_plan, check_target
 from prunekit.allocation.registry import register
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import Metric
 
 
 def owl_mapping(lod, target: float, lam: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def owl_mapping(lod, target: float, lam: float) -> np.ndarray:
 # m > 0: at m = 0 every non-zero score is an "outlier" (OWL eq. 3 needs M > 0)
 @register("owl", reads=("outlier_ratios",), bounds={"m": (0.0, None, "(]"), "lam": (0.0, 1.0)})
 def owl(stats, target: float, m: float = 5.0, lam: float = 0.08,
-        metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda") -> SparsityPlan:
+        metric: Metric = "wanda") -> SparsityPlan:
     """OWL: blocks with more Wanda-score outliers (LOD) are pruned less; spread 2λ around mean S.
 
     Options (defaults = the OWL README setting for LLaMA-7B at 70%, [V-code]):

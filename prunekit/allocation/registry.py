@@ -63,11 +63,12 @@ class Option:
     at_most_blocks: bool = False       # also <= the model's number of decoder blocks
     low_open: bool = False
     high_open: bool = False
+    doc: str = ""                      # one line from the method's docstring (``option_docs``)
 
     def describe(self) -> str:
-        """One line for ``--help``: the default and the allowed range."""
+        """One line for ``--help``: what it is (from the docstring), the default and the allowed range."""
         d = f"{self.default:.6g}" if isinstance(self.default, float) else repr(self.default)
-        parts = [f"default: {d}"]
+        parts = ([self.doc] if self.doc else []) + [f"default: {d}"]
         if self.low is not None or self.high is not None or self.at_most_blocks:
             hi = [str(v) for v in (self.high,) if v is not None] + (["#blocks"] if self.at_most_blocks else [])
             parts.append(f"range: {'(' if self.low_open or self.low is None else '['}"
@@ -150,8 +151,38 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
+def option_docs(doc: str, names) -> dict[str, str]:
+    """One line per option from the last ``Options`` paragraph of a method's docstring: the text
+    after ````name```` up to the next option named, or the end of its clause (``;`` or ``.`` outside
+    parentheses)."""
+    text, names = " ".join((doc or "").split()), list(names)
+    text = text[text.rfind("Options"):] if "Options" in text else ""
+    out = {}
+    for name in names:
+        start = text.find(f"``{name}``")
+        if start < 0:
+            continue
+        rest = text[start + len(name) + 4:].lstrip(" :=")
+        cut = min([j for o in names if o != name and (j := rest.find(f"``{o}``")) >= 0] + [len(rest)])
+        depth = 0
+        for j, ch in enumerate(rest[:cut]):
+            depth += (ch in "([") - (ch in ")]")
+            if depth <= 0 and ch in ";." and (j + 1 == len(rest) or rest[j + 1] == " "):
+                cut = j
+                break
+        line = rest[:cut].strip(" ,;:")
+        if line.count(")") > line.count("("):
+            line = line.rstrip(")")
+        if line.startswith("(") and line.endswith(")"):
+            line = line[1:-1]
+        out[name] = line if len(line) <= 110 else line[:107].rsplit(" ", 1)[0] + " …"
+    return out
+
+
 def _options(fn: Method, bounds: dict) -> dict[str, Option]:
     hints = typing.get_type_hints(fn)
+    params = [p.name for p in list(inspect.signature(fn).parameters.values())[2:]]
+    docs = option_docs(fn.__doc__, params)
     out = {}
     for p in list(inspect.signature(fn).parameters.values())[2:]:  # after (stats, target)
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name.startswith("_"):
@@ -172,7 +203,7 @@ def _options(fn: Method, bounds: dict) -> dict[str, Option]:
         elif hi == "num_blocks":
             hi = None
         out[p.name] = Option(p.name, p.default, t if isinstance(t, type) else None, choices, lo, hi, nullable,
-                             blocks, ends[0] == "(", ends[1] == ")")
+                             blocks, ends[0] == "(", ends[1] == ")", docs.get(p.name, ""))
     return out
 
 

@@ -31,6 +31,18 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return f"{h} (default: %(default)s)" if h else "default: %(default)s"
 
 
+PRUNE_EXAMPLES = """Prune a model with a solver and a layer-wise allocation, then evaluate it.
+
+examples:
+  # Wanda at 50 %, every layer alike, on the embedded SmolLM2; perplexity on WikiText-2
+  prunekit prune --sparsity 0.5 --metric wanda --out run.json
+  # OWL + SparseGPT at 70 % with the absorption correction, saved as a HF directory
+  prunekit prune --sparsity 0.7 --metric sparsegpt --allocation owl --absorption-correction --save-model pruned/
+  # 2:4 semi-structured Wanda on a 7B model with its blocks offloaded to disk (a T4 in Colab)
+  prunekit prune --nm 2:4 --metric wanda --model meta-llama/Llama-2-7b-hf --dtype fp16 --offload disk
+"""
+
+
 def _flag(method: str, param: str) -> str:
     return f"--{PREFIX.get(method, method)}-{RENAME.get(param, param).replace('_', '-')}"
 
@@ -176,7 +188,7 @@ def build_parser(method_flags: bool = True) -> tuple[argparse.ArgumentParser, di
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pr = sub.add_parser("prune", help="prune a model and evaluate it", formatter_class=_Help,
                         usage="%(prog)s --sparsity S [--metric M] [--allocation A] [options]",
-                        description="Prune a model with a solver and a layer-wise allocation, then evaluate it.")
+                        description=PRUNE_EXAMPLES)
     g = pr.add_argument_group("pruning")
     g.add_argument("--metric", default="wanda", choices=METRICS, help="pruning solver")
     g.add_argument("--sparsity", type=_float_in(0.0, 1.0), default=None, metavar="FLOAT",

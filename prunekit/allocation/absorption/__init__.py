@@ -71,6 +71,7 @@ from prunekit.allocation.absorption.probe import (Probe, Trajectory, coefficient
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.allocation.registry import allocate, register, spec, with_solver_metric
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import Metric
 
 LAMBDA_CORR = 0.04                 # [I] half of OWL's λ = 0.08 (docs/methods.md §3)
 CLIP = math.log(3.0)               # [S] u = clip(log r, −log 3, log 3)
@@ -299,10 +300,10 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
                depth: Literal["final", "mean"] = "final", final_norm: bool = False, skip_first: bool = True,
                center: Literal["mean", "none"] = "mean", probe_samples: int = 0, probe_seqlen: int = 0,
                perturbation: Literal["prune", "matched", "noise"] = "prune",
-               prune_metric: Literal["wanda", "magnitude", "sparsegpt"] | None = None,
+               prune_metric: Metric | None = None,
                heldout_samples: int = 4, heldout_seqlen: int = 0,
                heldout: str | None = None,
-               base_options: dict | None = None, score: Literal["wanda", "magnitude", "sparsegpt"] | None = None,
+               base_options: dict | None = None, score: Metric | None = None,
                ) -> SparsityPlan:
     """Absorption-aware correction of a base allocation: s' = s_base + γΔ from absorption coefficients.
 
@@ -322,7 +323,19 @@ def absorption(stats, target: float, base: str = "owl", gamma: float | None = No
     ``base_options`` sets its own, and used to prune during the γ selection.
     γ = 0 (or target 0) returns the base plan without measuring. Extras: ``absorption_r``, ``absorption_u``,
     ``absorption_delta``, ``base_per_block``, ``tilt_correlation`` (corr of Δ with S_base − S),
-    ``gamma_nll`` (held-out NLL per γ when selected) and the base's extras prefixed ``base.``."""
+    ``gamma_nll`` (held-out NLL per γ when selected) and the base's extras prefixed ``base.``.
+    Options: ``base`` the allocation to correct; ``gamma`` γ, the correction strength (None: chosen
+    on held-out NLL); ``eta`` noise scale of the probe; ``draws`` noise draws per block; ``clip`` c,
+    the bound of u = clip(log r); ``seed`` of the noise draws; ``reduction`` how ratios are averaged
+    over tokens; ``depth`` where the absorption is read, after the last block or averaged over
+    depth; ``final_norm`` read after the model's final norm; ``skip_first`` leave out position 0;
+    ``center`` subtract the mean of u or not; ``probe_samples`` calibration windows the probe uses
+    (0 = all); ``probe_seqlen`` tokens per probe window (0 = all); ``perturbation`` what is injected
+    into each block, pruning or noise; ``prune_metric`` the solver of the pruning perturbation;
+    ``heldout_samples`` held-out windows of the γ selection; ``heldout_seqlen`` tokens per
+    held-out window (0 = the calibration length); ``heldout`` another dataset, Calibration or
+    token tensor for the γ selection; ``base_options`` options passed to the base allocation;
+    ``score`` the solver's metric, passed to a base that ranks by it."""
     base_options = dict(base_options or {})
     if score is not None:  # the solver's metric reaches a base that declared it wants it
         base_options = with_solver_metric(base, base_options, score)

@@ -33,6 +33,7 @@ from prunekit.allocation.registry import register
 from prunekit.allocation.svnup.game import _resolve_heldout, layer_game
 from prunekit.allocation.svnup.shapley import EXACT_MAX_PLAYERS, estimate
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import Metric
 
 
 def map_to_sparsity(phi, target: float, sizes=None, mapping: str = "linear", lam: float = 0.08,
@@ -80,7 +81,7 @@ def _check_svnup(options: dict, target: float | None, num_blocks: int | None) ->
                   "heldout_seqlen": (2, None)})
 def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carlo", "exact"] = "sliding_window",
           window: int = 5, lam: float = 0.08, mapping: Literal["linear", "rank", "softmax"] = "linear",
-          base_metric: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
+          base_metric: Metric = "wanda",
           game: Literal["dense_coalition", "pruned_coalition"] = "dense_coalition",
           heldout_samples: int = 2, n_permutations: int = 100, seed: int = 0, temperature: float = 1.0,
           disjoint: bool = False, background: Literal["absent", "present", "both"] = "both",
@@ -99,7 +100,18 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     Progress: one bar per phase with its total known up front (pruned blocks, then the block
     forwards the coalitions will run), so tqdm's ETA holds.
     ``heldout``: dataset name for the held-out value set (default: the calibration dataset), or a
-    Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
+    Calibration / token tensor.
+    Options: ``estimator`` how the Shapley values are estimated (exact within each window of blocks,
+    Monte-Carlo permutations, or every coalition for at most 16 blocks); ``window`` blocks per
+    sliding window; ``lam`` λ, half-width of the sparsity range around the target (linear, rank);
+    ``mapping`` from Shapley values to sparsity; ``base_metric`` the solver that prunes a block in
+    the game; ``game`` whether a coalition is the set of dense blocks or of pruned ones;
+    ``heldout_samples`` held-out windows the game's loss is measured on; ``n_permutations``
+    Monte-Carlo permutations; ``seed`` of the permutations; ``temperature`` of the softmax mapping;
+    ``disjoint`` windows that partition the blocks instead of sliding by one; ``background`` the
+    blocks outside a window: pruned (absent), dense (present) or the mean of both; ``heldout_seqlen``
+    tokens per held-out window (default: the calibration length); ``heldout`` the held-out dataset
+    (default: the calibration dataset), or a Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
     option that affects them."""
     target = float(target)
     ids, hkey = _resolve_heldout(stats, heldout, heldout_samples, heldout_seqlen)

@@ -11,10 +11,10 @@ from prunekit.core.engine import BlockInputs, capture, head_nll, run_block, sequ
 from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import METRICS
 from prunekit.solvers.masks import magnitude_mask, wanda_mask
 from prunekit.solvers.sparsegpt import sparsegpt
 
-BASE_METRICS = ("wanda", "magnitude", "sparsegpt")
 GAMES = ("dense_coalition", "pruned_coalition")
 class LayerGame:
     """Players = decoder blocks of ``model``; ``game(mask)`` is the value of coalition ``mask``.
@@ -37,8 +37,8 @@ class LayerGame:
                  base_metric: str = "wanda", game: str = "dense_coalition", batch_size: int = 8,
                  state_cache_mb: float = 512.0, blocksize: int = 128, percdamp: float = 0.01,
                  store: str = "auto", progress: bool = True):
-        if base_metric not in BASE_METRICS:
-            raise PrunekitError(f"unknown base metric '{base_metric}'; choose from {', '.join(BASE_METRICS)}")
+        if base_metric not in METRICS:
+            raise PrunekitError(f"unknown base metric '{base_metric}'; choose from {', '.join(METRICS)}")
         if game not in GAMES:
             raise PrunekitError(f"unknown game '{game}'; choose from {', '.join(GAMES)}")
         if not (0.0 < float(target) < 1.0):
