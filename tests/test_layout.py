@@ -10,7 +10,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "prunekit"
 
 # Stage order: a module may import its own stage or a lower one, never a higher one.
-STAGES = ["errors", "utils", "core", "solvers", "scoring", "allocation", "evaluation", "experiments",
+STAGES = ["errors", "utils", "portable", "core", "solvers", "scoring", "allocation", "evaluation", "experiments",
           "reporting", "cli"]
 TOP = {"experiments", "reporting", "cli"}
 

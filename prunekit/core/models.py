@@ -19,6 +19,7 @@ from torch import nn
 
 from prunekit.core import cache
 from prunekit.errors import PrunekitError
+from prunekit.portable import make_portable
 from prunekit.utils import publish_modes
 
 
@@ -241,6 +242,7 @@ def _save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: d
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        make_portable(tmp)  # readable by transformers 4.x too (prunekit/portable.py)
         publish_modes(tmp)  # mkdtemp/safetensors give 0700/0600
         if meta is not None:
             cache.seal_dir(tmp, meta)
@@ -503,6 +505,7 @@ def _save_offloaded(model, tok, target: Path, dtype: str | None = None, meta: di
         finally:
             model.config.use_cache = use_cache
         tok.save_pretrained(tmp)
+        make_portable(tmp)  # readable by transformers 4.x too (prunekit/portable.py)
         if meta is not None:
             (tmp / "prunekit.json").write_text(json.dumps(meta))
         for name, text in (extra_files or {}).items():
