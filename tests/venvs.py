@@ -28,10 +28,11 @@ def pip(python: Path, *args: str, timeout: int = 900) -> None:
         raise RuntimeError(f"pip install {' '.join(args)} failed:\n{r.stderr[-3000:]}")
 
 
-def cached_venv(name: str, steps: list[list[str]]) -> Path:
+def cached_venv(name: str, steps: list[list[str]], key_extra: str = "") -> Path:
     """The python of a venv where each of ``steps`` (pip install argument lists, after torch) ran
-    in order; built on first use."""
-    key = hashlib.sha256(json.dumps([sys.version_info[:2], TORCH, steps]).encode()).hexdigest()[:12]
+    in order; built on first use. ``key_extra``: further text the venv depends on (a constraints
+    file's content)."""
+    key = hashlib.sha256(json.dumps([sys.version_info[:2], TORCH, steps, key_extra]).encode()).hexdigest()[:12]
     root = cache_root() / f"{name}-{key}"
     py = root / "bin" / "python"
     if (root / ".complete").exists():
@@ -47,4 +48,20 @@ def cached_venv(name: str, steps: list[list[str]]) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         raise
     (root / ".complete").touch()  # only a finished build is reused
+    return py
+
+
+def overlay_venv(base_python: Path, target: Path) -> Path:
+    """A fresh venv at ``target`` that also sees ``base_python``'s packages (a ``.pth`` line), the
+    way Colab's kernel sees its preinstalled dist-packages: pip installs into the overlay and never
+    touches the base, so the cached base stays pristine. ~5 s."""
+    site = subprocess.run([str(base_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    venv.EnvBuilder(with_pip=True).create(target)
+    py = target / "bin" / "python"
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    (Path(own) / "_preinstalled.pth").write_text(site + "\n")
+    # ensurepip's old setuptools would shadow the base's (as if Colab shipped a stale one)
+    subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], capture_output=True, check=True)
     return py

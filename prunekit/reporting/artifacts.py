@@ -75,8 +75,10 @@ def model_card(rec: dict) -> str:
         lines += ["", "## Reproduce", "", "```bash", shlex.join(prov["argv"]), "```"]
     g = prov.get("git")
     lines += ["", "## Provenance", "",
-              f"- created {prov.get('created')}, prunekit commit "
-              f"{(g['commit'][:12] + (' (dirty)' if g['dirty'] else '')) if g else 'n/a'}",
+              f"- created {prov.get('created')}, prunekit "
+              + (f"commit {g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}" if g else
+                 f"{(prov.get('code') or {}).get('version')} (no git tree; code sha256 "
+                 f"{(prov.get('code') or {}).get('digest')})"),
               f"- device {prov.get('device')}, dtype {prov.get('dtype')}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items()),
               "- the full run record is `prunekit_record.json` in this directory", ""]

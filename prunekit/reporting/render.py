@@ -24,7 +24,26 @@ from pathlib import Path
 
 from prunekit.utils import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (notebooks/, reports/)
+ROOT = Path(__file__).resolve().parents[2]  # a checkout (notebooks/, reports/), or site-packages
+CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "notebooks").is_dir()
+SHARE = Path("share") / "prunekit" / "notebooks"  # where an install puts the notebooks (pyproject data-files)
+
+
+def default_notebooks() -> Path:
+    """The checkout's ``notebooks/``; in an installed copy the packaged ones (``<prefix>/share/prunekit/
+    notebooks``, the venv's or the user's)."""
+    if CHECKOUT:
+        return ROOT / "notebooks"
+    import site
+    for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
+        if (Path(prefix) / SHARE).is_dir():
+            return Path(prefix) / SHARE
+    return Path(sys.prefix) / SHARE
+
+
+def default_out() -> Path:
+    """``reports/`` of the checkout, or of the current directory in an installed copy."""
+    return ROOT / "reports" if CHECKOUT else Path.cwd() / "reports"
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -115,8 +134,9 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
     # progress bars (prunekit's and the libraries') stay silent in a non-interactive run
     env = {"PRUNEKIT_REPORT_DIR": str(stage), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", PARAMETERS_ENV: json.dumps(params, sort_keys=True),
-           # the kernel imports the prunekit that renders (this checkout), not another install
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+           }
+    if CHECKOUT:  # the kernel imports the prunekit that renders (this checkout), not another install
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.perf_counter()
@@ -266,8 +286,9 @@ def parse_params(items: list[str], nbs: list[Path]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
-    ap.add_argument("--notebooks", default=str(ROOT / "notebooks"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap.add_argument("--notebooks", default=None,
+                    help="folder of NN_*.ipynb notebooks (default: the checkout's notebooks/ or the installed ones)")
+    ap.add_argument("--out", default=None, help="output folder (default: the checkout's reports/ or ./reports)")
     ap.add_argument("--only", default="", help="comma-separated notebook name prefixes, e.g. 00,10")
     ap.add_argument("--model", default=None,
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
@@ -279,6 +300,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ray-address", default=None, help="render on an existing Ray cluster (shared disk)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     a = ap.parse_args(argv)
+    a.notebooks = a.notebooks or str(default_notebooks())
+    a.out = a.out or str(default_out())
     if not Path(a.notebooks).is_dir():
         print(f"prunekit.reporting: error: --notebooks {a.notebooks} is not a directory", file=sys.stderr)
         return 2
