@@ -121,3 +121,17 @@ def test_param_flag_parses_yaml_and_rejects_names_the_notebook_lacks(capsys):
         assert main(["--only", "50", "-p", bad, "--out", "/nonexistent/never"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_make_lab_saves_results_under_the_ignored_top_level_reports():
+    """`make lab` runs the notebooks in notebooks/ but their results go to <repo>/reports/, which git
+    ignores (read from make's dry run and `git check-ignore`, not from the Makefile text)."""
+    import subprocess
+    root = NOTEBOOKS[0].parents[1]
+    venv = root / ".no-such-venv"
+    dry = subprocess.run(["make", "-n", "-C", str(root), "lab", f"VENV={venv}", "-o", f"{venv}/.prunekit-installed"],
+                         capture_output=True, text=True, check=True).stdout
+    lab = next(ln for ln in dry.splitlines() if "jupyter lab" in ln)
+    assert f"PRUNEKIT_REPORT_DIR={root / 'reports'} " in lab and lab.startswith("cd notebooks")
+    probe = "reports/00_quickstart.json"
+    assert subprocess.run(["git", "-C", str(root), "check-ignore", "-q", probe]).returncode == 0
