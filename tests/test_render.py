@@ -58,6 +58,20 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     jsonschema.validate(doc, RESULTS_SCHEMA)  # one schema for every notebook
     assert doc["provenance"]["models"], "no model in the provenance"
     assert (tmp_path / f"{nb.stem}.ipynb").exists(), "executed notebook not kept beside the HTML"
+    executed = json.loads((tmp_path / f"{nb.stem}.ipynb").read_text())
+    assert executed["metadata"]["papermill"]["input_path"] == nb.name
+    assert str(tmp_path) not in json.dumps(executed["metadata"]) and "prunekit-" + nb.stem not in json.dumps(executed)
+    page = (tmp_path / f"{nb.stem}.html").read_text()
+    if nb.stem in ("10_baselines", "50_comparison"):  # a perplexity-vs-sparsity figure per model
+        cell = next(c for c in executed["cells"] if "comparison_lines(" in "".join(c["source"]))
+        n_models = len(doc["data"].get("models") or [1])
+        assert sum("image/png" in o.get("data", {}) for o in cell["outputs"]) >= n_models
+    if nb.stem == "50_comparison":  # every claim in full, and no table of NaN
+        from prunekit.experiments.comparison import CLAIMS
+        import html as _html
+        text = _html.unescape(page)
+        assert all(c.text in text for c in CLAIMS), [c.text for c in CLAIMS if c.text not in text]
+        assert ">NaN<" not in page and "None</td>" not in page
 
 
 def test_report_html_drops_progress_bars_keeps_warnings():

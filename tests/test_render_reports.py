@@ -100,3 +100,13 @@ def test_rendered_baselines_report_is_clean_and_says_where_it_came_from(tmp_path
     assert any(c.get("outputs") for c in executed["cells"])
     index = write_index(tmp_path, [r]).read_text()
     assert "tiny-llama" in index and 'href="10_baselines.ipynb"' in index and 'href="10_baselines.html"' in index
+    # the index says when and from which code, and one sentence per notebook
+    assert prov["created"][:16].replace("T", " ") in index
+    assert (prov["git"]["commit"][:12] if prov["git"] else prov["code"]["digest"][:12]) in index
+    first = doc["data"]["summary"][0]
+    row = next(tr for tr in index.split("<tr>") if "10_baselines.html" in tr)
+    summary_cell = row.rsplit("<td>", 1)[1]
+    assert summary_cell.startswith(first) and summary_cell.count(";") == first.count(";")
+    meta = executed["metadata"]["papermill"]
+    assert meta["input_path"] == "10_baselines.ipynb" and meta["output_path"] == "10_baselines.ipynb"
+    assert "prunekit-10_baselines-" not in json.dumps(executed)
