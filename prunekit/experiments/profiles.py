@@ -45,6 +45,26 @@ def as_list(value, name: str = "value") -> list:
     return out
 
 
+# Notebook 20's workload. quick: the LPS at one high sparsity for the two cheap metrics (SparseGPT
+# solves every block twice per sparsity) and 4 random allocations against uniform — enough to show
+# each finding's direction in a few minutes; cpu / paper: the paper's three metrics and sparsities.
+MRP_FINDINGS = {
+    "quick": dict(metrics=["magnitude", "wanda"], lps_sparsities=[0.8], n_random=4),
+    "cpu": dict(metrics=["magnitude", "wanda", "sparsegpt"], lps_sparsities=[0.5, 0.7, 0.9], n_random=20),
+    "paper": dict(metrics=["magnitude", "wanda", "sparsegpt"], lps_sparsities=[0.5, 0.7, 0.9], n_random=20),
+}
+
+
+# Notebook 21's grid and MRP ablations (quick: one metric and sparsity, two step sizes).
+MRP = {
+    "quick": dict(metrics=["wanda"], sparsities=[0.7], deltas=[0.01, 0.05], refresh_every=[500]),
+    "cpu": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7, 0.8], deltas=[0.005, 0.01, 0.02, 0.05],
+                refresh_every=[100]),
+    "paper": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7, 0.8], deltas=[0.005, 0.01, 0.02, 0.05],
+                  refresh_every=[100]),
+}
+
+
 # Notebook 10's grid. quick keeps one value per axis: the highest sparsity (where methods differ
 # most) and Wanda (SparseGPT costs ~100 s per prune on a CPU).
 BASELINES = {
