@@ -125,7 +125,7 @@ def _clean_papermill_paths(executed: Path, nb: Path) -> None:
     pm["input_path"] = nb.name
     pm["output_path"] = executed.name
     for k in [k for k, v in pm.items() if isinstance(v, str) and str(executed.parent) in v]:
-        pm[k] = v.replace(str(executed.parent) + os.sep, "")
+        pm[k] = pm[k].replace(str(executed.parent) + os.sep, "")
     atomic_write_text(executed, nbformat.writes(book) + "\n")
 
 
