@@ -53,6 +53,16 @@ def test_provenance_block_is_complete():
     import torch
     assert p["versions"]["torch"] == torch.__version__ and p["versions"]["prunekit"] == prunekit.__version__
     assert (p["device"], p["dtype"]) == ("cpu", "float32")
+    # the code digest: every tracked *.py of the package, hashed here independently of the function
+    import hashlib
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "prunekit"],
+                           capture_output=True, text=True).stdout.split()
+    if files:
+        h = hashlib.sha256()
+        for rel in sorted(f for f in files if f.endswith(".py")):
+            r, data = rel.removeprefix("prunekit/").encode(), (ROOT / rel).read_bytes()
+            h.update(len(r).to_bytes(8, "big") + r + len(data).to_bytes(8, "big") + data)
+        assert p["code"] == {"version": prunekit.__version__, "digest": h.hexdigest()}
 
 
 def test_report_filter_drops_ansi_and_widget_residue():
