@@ -41,11 +41,14 @@ demo: setup
 	$(BIN)/prunekit demo
 
 # JupyterLab on notebooks/ with the project kernel (the venv's python3, registered by setup) and the
-# data/cache variables above; `make lab LAB_PORT=8890 LAB_ARGS=--no-browser` for a remote machine
+# data/cache variables above; results the notebooks save go to the top-level reports/ (git-ignored),
+# not into notebooks/. `make lab LAB_PORT=8890 LAB_ARGS=--no-browser` for a remote machine.
+# tests/test_browser.py starts Lab through this target.
+LAB_REPORTS ?= $(abspath reports)
 lab: setup
-	@echo "PRUNEKIT_DATA_DIR=$${PRUNEKIT_DATA_DIR:-<unset: online datasets>} PRUNEKIT_CACHE=$$PRUNEKIT_CACHE"
-	cd notebooks && $(abspath $(BIN))/jupyter lab --port=$(LAB_PORT) --MultiKernelManager.default_kernel_name=python3 \
-	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
+	@echo "PRUNEKIT_DATA_DIR=$${PRUNEKIT_DATA_DIR:-<unset: online datasets>} PRUNEKIT_CACHE=$$PRUNEKIT_CACHE PRUNEKIT_REPORT_DIR=$(LAB_REPORTS)"
+	cd notebooks && PRUNEKIT_REPORT_DIR=$(LAB_REPORTS) $(abspath $(BIN))/jupyter lab --port=$(LAB_PORT) \
+	  --MultiKernelManager.default_kernel_name=python3 $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 # pyflakes + pycodestyle errors over the package, the tests and the benchmarks (pyproject [tool.ruff])
 lint: setup

@@ -149,3 +149,21 @@ def tqdm(*args, **kwargs):
     if env_bars_off():
         kwargs["disable"] = True
     return _tqdm(*args, **kwargs)
+
+
+def source_digest(root: str | Path, suffixes: tuple[str, ...] = (".py",)) -> str:
+    """sha256 (hex) over a source tree: every file under ``root`` ending in ``suffixes`` (outside
+    ``__pycache__``), by path relative to ``root`` (POSIX) and bytes, length-prefixed, in path order.
+    Equal for a checkout and any install of the same code; sees uncommitted edits. The identity of
+    the running code in provenance (``.py``) and in sweep results files (``.py`` + grid ``.yaml``)."""
+    import hashlib
+    root = Path(root)
+    files = sorted((p for p in root.rglob("*") if p.suffix in suffixes and p.is_file()
+                    and "__pycache__" not in p.relative_to(root).parts),
+                   key=lambda p: p.relative_to(root).as_posix())
+    h = hashlib.sha256()
+    for f in files:
+        rel, data = f.relative_to(root).as_posix().encode(), f.read_bytes()
+        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+

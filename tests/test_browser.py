@@ -1,11 +1,13 @@
 """JupyterLab in a real browser: open 00_quickstart, run every cell on ``tiny-llama``, look at it.
 
-A headless JupyterLab server (free port, random token, throw-away config/settings dirs) serves a
-copy of the notebook whose ``model`` parameter is overridden papermill-style (an injected cell after
-the ``parameters`` cell, exactly what ``papermill -p model tiny-llama`` does). Debian's Chromium,
-driven by Playwright's Python API, opens it, clicks Run → Run All Cells, waits for every code cell
-to get its execution count, and checks what a person would see: no error output, a figure (an
-``<img>`` in an output area). The screenshot's path is printed (``pytest -s`` / ``-rP`` shows it;
+JupyterLab is started the way users start it, ``make lab`` (free port, random token, throw-away
+config/settings dirs through LAB_ARGS and the environment; ``-o`` the setup stamp so make never
+reinstalls), serving a copy of the notebook whose ``model`` parameter is overridden papermill-style
+(an injected cell after the ``parameters`` cell, exactly what ``papermill -p model tiny-llama`` does).
+Debian's Chromium, driven by Playwright's Python API, opens it, clicks Run → Run All Cells, waits
+for every code cell to get its execution count, and checks what a person would see: no error
+output, a figure (an ``<img>`` in an output area) and the progress bars as rendered widgets that
+reach 100 % (with the widget extension missing they stay "0%" text). The screenshot's path is printed (``pytest -s`` / ``-rP`` shows it;
 ``PRUNEKIT_SCREENSHOT=path`` copies it there). Skips cleanly when Chromium or Playwright is
 missing; ``.ci/run`` installs Chromium so CI runs it. Playwright never downloads a browser here.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,26 +93,28 @@ def lab_server(tmp_path):
            "JUPYTERLAB_SETTINGS_DIR": str(cfg / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(cfg / "ws"),
            # the kernel inherits these: this checkout's prunekit, results JSON out of reports/
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PRUNEKIT_REPORT_DIR": str(tmp_path / "results"), "PRUNEKIT_THREADS": "1",
+           "PRUNEKIT_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     log_path = tmp_path / "jupyterlab.log"
     log = open(log_path, "w")
+    venv = Path(sys.prefix)  # the venv running the tests (`make test`: .venv); -o: never rebuilt here
+    lab_args = " ".join(["--no-browser", "--ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                         f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
+                         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", "--allow-root", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True", "--LabApp.check_for_updates_class="
-         "jupyterlab.NeverCheckForUpdate"],
-        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        ["make", "-C", str(ROOT), "lab", f"VENV={venv}", "-o", f"{venv}/.prunekit-installed", f"LAB_PORT={port}",
+         f"LAB_REPORTS={tmp_path / 'results'}", f"LAB_ARGS={lab_args}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/api/status?token={token}", proc, log_path)
         yield base, token, root
     finally:
-        proc.terminate()  # jupyter server shuts its kernels down on SIGTERM
+        os.killpg(proc.pid, signal.SIGTERM)  # make, its shell and jupyter (which stops its kernels)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
 
@@ -147,6 +152,11 @@ def test_quickstart_runs_in_jupyterlab(lab_server, tmp_path):
             errors = nb.locator("[data-mime-type='application/vnd.jupyter.error']")
             error_text = "\n".join(errors.all_inner_texts())
             stderr = "\n".join(nb.locator("[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts())
+            # the progress bars are widgets (ipywidgets + the Lab extension) and finished at 100 %
+            bar_widths = page.evaluate(  # ipywidgets' progress bar: div.progress-bar, width = value / max
+                """(sel) => [...document.querySelectorAll(sel)].map(f => parseFloat(f.style.width || '0'))""",
+                ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .progress-bar")
+            widget_text = "\n".join(nb.locator(".jp-OutputArea-output").all_inner_texts())
             figures = nb.locator(".jp-OutputArea-output img")
             n_fig = figures.count()
             if n_fig:
@@ -160,5 +170,7 @@ def test_quickstart_runs_in_jupyterlab(lab_server, tmp_path):
     assert error_text == "", f"error output in the notebook:\n{error_text}"
     assert "Traceback" not in stderr and "TqdmWarning" not in stderr, stderr
     assert n_fig >= 1, "no figure rendered"
+    assert bar_widths and max(bar_widths) == 100.0, (
+        f"no progress widget reached 100 % (widths {bar_widths}); outputs:\n{widget_text[-1500:]}")
     saved = json.loads((tmp_path / "results" / "00_quickstart.json").read_text())
     assert saved["summary"].startswith("dense ppl"), saved  # the last cell ran and saved its results

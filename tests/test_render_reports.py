@@ -53,6 +53,16 @@ def test_provenance_block_is_complete():
     import torch
     assert p["versions"]["torch"] == torch.__version__ and p["versions"]["prunekit"] == prunekit.__version__
     assert (p["device"], p["dtype"]) == ("cpu", "float32")
+    # the code digest: every tracked *.py of the package, hashed here independently of the function
+    import hashlib
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "prunekit"],
+                           capture_output=True, text=True).stdout.split()
+    if files:
+        h = hashlib.sha256()
+        for rel in sorted(f for f in files if f.endswith(".py")):
+            r, data = rel.removeprefix("prunekit/").encode(), (ROOT / rel).read_bytes()
+            h.update(len(r).to_bytes(8, "big") + r + len(data).to_bytes(8, "big") + data)
+        assert p["code"] == {"version": prunekit.__version__, "digest": h.hexdigest()}
 
 
 def test_report_filter_drops_ansi_and_widget_residue():
@@ -100,3 +110,13 @@ def test_rendered_baselines_report_is_clean_and_says_where_it_came_from(tmp_path
     assert any(c.get("outputs") for c in executed["cells"])
     index = write_index(tmp_path, [r]).read_text()
     assert "tiny-llama" in index and 'href="10_baselines.ipynb"' in index and 'href="10_baselines.html"' in index
+    # the index says when and from which code, and one sentence per notebook
+    assert prov["created"][:16].replace("T", " ") in index
+    assert (prov["git"]["commit"][:12] if prov["git"] else prov["code"]["digest"][:12]) in index
+    first = doc["data"]["summary"][0]
+    row = next(tr for tr in index.split("<tr>") if "10_baselines.html" in tr)
+    summary_cell = row.rsplit("<td>", 1)[1]
+    assert summary_cell.startswith(first) and summary_cell.count(";") == first.count(";")
+    meta = executed["metadata"]["papermill"]
+    assert meta["input_path"] == "10_baselines.ipynb" and meta["output_path"] == "10_baselines.ipynb"
+    assert "prunekit-10_baselines-" not in json.dumps(executed)

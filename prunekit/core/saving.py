@@ -16,6 +16,7 @@ import torch
 from prunekit.core import cache
 from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
+from prunekit.portable import make_portable
 from prunekit.utils import publish_modes
 
 
@@ -28,6 +29,7 @@ def save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: di
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        make_portable(tmp)  # readable by transformers 4.x too (prunekit/portable.py)
         publish_modes(tmp)  # mkdtemp/safetensors give 0700/0600
         if meta is not None:
             cache.seal_dir(tmp, meta)
@@ -118,6 +120,7 @@ def _save_offloaded(rt: Runtime, target: Path, dtype: str | None = None, meta: d
         finally:
             model.config.use_cache = use_cache
         tok.save_pretrained(tmp)
+        make_portable(tmp)  # readable by transformers 4.x too (prunekit/portable.py)
         if meta is not None:
             (tmp / "prunekit.json").write_text(json.dumps(meta))
         for name, text in (extra_files or {}).items():

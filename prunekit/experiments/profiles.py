@@ -15,15 +15,63 @@ PROFILES = {
 }
 
 
-def grid(profile_name: str, **axes: list) -> dict:
-    """Sweep axes for a profile. ``quick`` (CI-sized) keeps one value per axis: the last of a
-    numeric axis (the highest sparsity, where methods differ most), the first of any other
-    (list the cheapest metric first: SparseGPT costs ~100 s per prune on a CPU)."""
+def grid(profile_name: str, defaults: dict | None = None, **axes) -> dict:
+    """Sweep axes for a profile. An axis given a value is used exactly as given: a list, one value,
+    or the YAML text of a list (``papermill -p sparsities "[0.5, 0.6]"`` passes the string). An axis
+    left ``None`` takes ``defaults[profile_name][axis]`` (e.g. ``BASELINES``)."""
     profile(profile_name)
-    if profile_name != "quick":
-        return {k: list(v) for k, v in axes.items()}
-    return {k: (list(v)[-1:] if all(isinstance(x, (int, float)) for x in v) else list(v)[:1])
-            for k, v in axes.items()}
+    out = {}
+    for k, v in axes.items():
+        if v is None:
+            if not defaults or k not in defaults.get(profile_name, {}):
+                raise PrunekitError(f"grid axis '{k}' has no value and profile '{profile_name}' no default")
+            v = defaults[profile_name][k]
+        out[k] = as_list(v, k)
+    return out
+
+
+def as_list(value, name: str = "value") -> list:
+    """A parameter as a list: lists and tuples as they are, YAML/JSON text of a list parsed, a
+    scalar wrapped. An empty list is an error (nothing would run)."""
+    if isinstance(value, str):
+        import yaml
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise PrunekitError(f"{name}: not a list: {str(e).splitlines()[0]}") from None
+    out = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not out:
+        raise PrunekitError(f"{name}: empty list")
+    return out
+
+
+# Notebook 20's workload. quick: the LPS at one high sparsity for the two cheap metrics (SparseGPT
+# solves every block twice per sparsity) and 4 random allocations against uniform — enough to show
+# each finding's direction in a few minutes; cpu / paper: the paper's three metrics and sparsities.
+MRP_FINDINGS = {
+    "quick": dict(metrics=["magnitude", "wanda"], lps_sparsities=[0.8], n_random=4),
+    "cpu": dict(metrics=["magnitude", "wanda", "sparsegpt"], lps_sparsities=[0.5, 0.7, 0.9], n_random=20),
+    "paper": dict(metrics=["magnitude", "wanda", "sparsegpt"], lps_sparsities=[0.5, 0.7, 0.9], n_random=20),
+}
+
+
+# Notebook 21's grid and MRP ablations (quick: one metric and sparsity, two step sizes).
+MRP = {
+    "quick": dict(metrics=["wanda"], sparsities=[0.7], deltas=[0.01, 0.05], refresh_every=[500]),
+    "cpu": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7, 0.8], deltas=[0.005, 0.01, 0.02, 0.05],
+                refresh_every=[100]),
+    "paper": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7, 0.8], deltas=[0.005, 0.01, 0.02, 0.05],
+                  refresh_every=[100]),
+}
+
+
+# Notebook 10's grid. quick keeps one value per axis: the highest sparsity (where methods differ
+# most) and Wanda (SparseGPT costs ~100 s per prune on a CPU).
+BASELINES = {
+    "quick": dict(metrics=["wanda"], sparsities=[0.7]),
+    "cpu": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7]),
+    "paper": dict(metrics=["wanda", "sparsegpt"], sparsities=[0.5, 0.6, 0.7]),
+}
 
 
 def profile(name: str) -> dict:

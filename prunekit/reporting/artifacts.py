@@ -6,9 +6,13 @@ JSON saved beside the weights and the recipe all describe the same run.
 from __future__ import annotations
 
 import json
+import shlex
 
 # Hub ids of the aliases' original models (the card's ``base_model``)
 BASE_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+# The base models' licences (the card's ``license``: a pruned model is a derivative of its base).
+# tiny-llama's weights are random; its tokenizer is SmolLM2's (Apache-2.0).
+BASE_LICENSES = {"smollm2-135m": "apache-2.0", "gemma3-270m": "gemma", "tiny-llama": "apache-2.0"}
 RECIPE_MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
 
 
@@ -28,6 +32,8 @@ def model_card(rec: dict) -> str:
              f"tags: [prunekit, pruned, sparse, {rec['metric']}, {rec['allocation']}]"]
     if hub:
         front.append(f"base_model: {hub}")
+    lic = BASE_LICENSES.get(base)
+    front.append(f"license: {lic or 'other'}")
     front.append("---")
     nm = f", N:M {rec['nm']}" if rec.get("nm") else ""
     opts = json.dumps(rec.get("allocation_options") or {}, sort_keys=True, default=str)
@@ -37,6 +43,8 @@ def model_card(rec: dict) -> str:
         "weights, so the model loads with stock `transformers` (`AutoModelForCausalLM.from_pretrained(dir)`).", "",
         "## What was done", "",
         f"- **Base model**: `{base}`" + (f" — {origin}" if origin else "") + (f" (hub: `{hub}`)" if hub else ""),
+        f"- **Licence**: {lic} (the base model's)" if lic else
+        "- **Licence**: the base model's (not known to prunekit: check it before you share this model)",
         f"- **Pruning metric (solver)**: {rec['metric']}{nm}",
         f"- **Allocation**: {rec['allocation']} with options `{opts}`",
         f"- **Target sparsity**: {rec['target_sparsity']:.4f}; realised global sparsity of the decoder-block "
@@ -63,11 +71,14 @@ def model_card(rec: dict) -> str:
         lines += ["", "## Zero-shot accuracy (lm-eval)", "", "| task | acc |", "|---|---:|"]
         lines += [f"| {t} | {r['acc']:.4f} |" for t, r in zs.items() if isinstance(r, dict) and "acc" in r]
     if prov.get("argv"):
-        lines += ["", "## Reproduce", "", "```bash", " ".join(prov["argv"]), "```"]
+        # shell-quoted: pasted into a shell, the command gets back exactly this argv (`--eval ''`, spaces)
+        lines += ["", "## Reproduce", "", "```bash", shlex.join(prov["argv"]), "```"]
     g = prov.get("git")
     lines += ["", "## Provenance", "",
-              f"- created {prov.get('created')}, prunekit commit "
-              f"{(g['commit'][:12] + (' (dirty)' if g['dirty'] else '')) if g else 'n/a'}",
+              f"- created {prov.get('created')}, prunekit "
+              + (f"commit {g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}" if g else
+                 f"{(prov.get('code') or {}).get('version')} (no git tree; code sha256 "
+                 f"{(prov.get('code') or {}).get('digest')})"),
               f"- device {prov.get('device')}, dtype {prov.get('dtype')}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items()),
               "- the full run record is `prunekit_record.json` in this directory", ""]

@@ -300,12 +300,12 @@ def comparison_lines(summary, value: str = "ppl_wikitext2_mean", title: str | No
     import matplotlib.pyplot as plt
     metrics = list(dict.fromkeys(summary.metric))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
-    std = value.replace("_mean", "_std")
+    std = value[: -len("_mean")] + "_std" if value.endswith("_mean") else None  # error bars for means only
     for ax, m in zip(axes[0], metrics):
         sub = summary[summary.metric == m]
         for a, g in sub.groupby("allocation"):
             g = g.sort_values("sparsity")
-            ax.errorbar(g.sparsity, g[value], yerr=g[std] if std in g else None, marker="o", ms=4,
+            ax.errorbar(g.sparsity, g[value], yerr=g[std] if std in g.columns else None, marker="o", ms=4,
                         capsize=3, label=a)
         ax.set_yscale("log")
         ax.set_xlabel("sparsity")

@@ -2,12 +2,14 @@
 
 ``provenance()`` is used by every report page (rendered from the results JSON it sits beside), every
 notebook results JSON (``results.save_results``) and every CLI record (``--out``): date, git commit
-and dirty flag, prunekit and key package versions, the models loaded in this process (id, origin,
+and dirty flag (a checkout) and always the package version with a digest of its code (so an installed
+copy without a git tree is traced to its code too), key package versions, the models loaded in this process (id, origin,
 weights fingerprint, device, dtype), profile, and the command line or notebook parameters.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import importlib.metadata as md
 import json
@@ -17,11 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prunekit.utils import source_digest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("prunekit", "torch", "transformers", "accelerate", "datasets", "lm_eval", "numpy", "safetensors",
             "gguf")
 PARAMETERS_ENV = "PRUNEKIT_NOTEBOOK_PARAMETERS"  # set by the report renderer for the kernel
-REQUIRED = ("created", "git", "versions", "models", "device", "dtype", "profile", "argv", "parameters")
+REQUIRED = ("created", "git", "code", "versions", "models", "device", "dtype", "profile", "argv", "parameters")
 
 
 def git_state(root: Path = ROOT) -> dict | None:
@@ -36,6 +40,19 @@ def git_state(root: Path = ROOT) -> dict | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": dirty}
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest(package_dir: Path = ROOT / "prunekit") -> str:
+    """sha256 over the package's Python sources (``utils.source_digest``): equal for a checkout and
+    any install of the same code."""
+    return source_digest(package_dir)
+
+
+def code_state() -> dict:
+    """{"version", "digest"} of the prunekit that runs (see ``code_digest``)."""
+    import prunekit
+    return {"version": prunekit.__version__, "digest": code_digest(Path(prunekit.__file__).resolve().parent)}
 
 
 def package_versions() -> dict[str, str]:
@@ -88,6 +105,7 @@ def provenance(models=None, profile: str | None = None, parameters: dict | None 
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
+        "code": code_state(),
         "versions": package_versions(),
         "models": models,
         "device": one("device"),
@@ -104,10 +122,12 @@ def to_html(prov: dict) -> str:
     """A compact table for the top of a report page."""
     g = prov.get("git")
     git = "not a git checkout" if not g else f"{g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}"
+    c = prov.get("code") or {}
     models = "; ".join(f"{m['id']} — {m.get('origin', '')} (weights {m.get('fingerprint', '?')}, "
                        f"{m.get('device')}, {m.get('dtype')})" for m in prov.get("models") or []) or "none loaded"
     vers = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items())
-    rows = [("created", prov.get("created")), ("git commit", git), ("models", models),
+    rows = [("created", prov.get("created")), ("git commit", git),
+            ("code", f"prunekit {c.get('version')}, sha256 {str(c.get('digest'))[:12]}" if c else "n/a"), ("models", models),
             ("device / dtype", f"{prov.get('device')} / {prov.get('dtype')}" + (f" ({prov['gpu']})" if prov.get("gpu") else "")),
             ("profile", prov.get("profile")), ("versions", vers)]
     if prov.get("parameters"):

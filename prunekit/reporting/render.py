@@ -24,7 +24,26 @@ from pathlib import Path
 
 from prunekit.utils import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (notebooks/, reports/)
+ROOT = Path(__file__).resolve().parents[2]  # a checkout (notebooks/, reports/), or site-packages
+CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "notebooks").is_dir()
+SHARE = Path("share") / "prunekit" / "notebooks"  # where an install puts the notebooks (pyproject data-files)
+
+
+def default_notebooks() -> Path:
+    """The checkout's ``notebooks/``; in an installed copy the packaged ones (``<prefix>/share/prunekit/
+    notebooks``, the venv's or the user's)."""
+    if CHECKOUT:
+        return ROOT / "notebooks"
+    import site
+    for prefix in (sys.prefix, site.getuserbase(), sys.base_prefix):
+        if (Path(prefix) / SHARE).is_dir():
+            return Path(prefix) / SHARE
+    return Path(sys.prefix) / SHARE
+
+
+def default_out() -> Path:
+    """``reports/`` of the checkout, or of the current directory in an installed copy."""
+    return ROOT / "reports" if CHECKOUT else Path.cwd() / "reports"
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -94,6 +113,22 @@ def _to_html(nb_path: Path, title: str, prov: dict | None = None) -> str:
     return body
 
 
+def _clean_papermill_paths(executed: Path, nb: Path) -> None:
+    """papermill records where it read and wrote the notebook: the staging directory, deleted after
+    the run. Keep names that mean something beside the report: the notebook's file name (input) and
+    the executed copy's (output); no ``cwd``-style absolute paths."""
+    import nbformat
+    book = nbformat.read(executed, as_version=4)
+    pm = book.metadata.get("papermill")
+    if not pm:
+        return
+    pm["input_path"] = nb.name
+    pm["output_path"] = executed.name
+    for k in [k for k, v in pm.items() if isinstance(v, str) and str(executed.parent) in v]:
+        pm[k] = pm[k].replace(str(executed.parent) + os.sep, "")
+    atomic_write_text(executed, nbformat.writes(book) + "\n")
+
+
 def _copy(src: Path, dst: Path) -> None:
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.copyfile(src, tmp)
@@ -115,8 +150,9 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
     # progress bars (prunekit's and the libraries') stay silent in a non-interactive run
     env = {"PRUNEKIT_REPORT_DIR": str(stage), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", PARAMETERS_ENV: json.dumps(params, sort_keys=True),
-           # the kernel imports the prunekit that renders (this checkout), not another install
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+           }
+    if CHECKOUT:  # the kernel imports the prunekit that renders (this checkout), not another install
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env_before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.perf_counter()
@@ -134,6 +170,8 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
             else:
                 os.environ[k] = v
     secs = time.perf_counter() - t0
+    if executed.exists():
+        _clean_papermill_paths(executed, nb)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = _title(nb)
     res = _results(stage / f"{name}.json")
@@ -159,16 +197,34 @@ def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, ex
 
 
 def _summary(results: Path) -> str:
-    try:
-        obj = json.loads(results.read_text())
-    except Exception:
+    """One sentence for the index: the results' ``headline`` if the notebook wrote one, else its
+    first summary item (verdicts are "; "-joined) with the count of the others."""
+    obj = _results(results)
+    data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+    if data.get("headline"):
+        return _sentence(str(data["headline"]))
+    items = data.get("summary") if isinstance(data.get("summary"), list) else None
+    if items is None:
+        text = str(obj.get("summary") or "")
+        items = [t for t in text.split("; ") if t.strip()]
+    if not items:
         return ""
-    if isinstance(obj, dict):
-        for k in ("summary", "verdict", "verdicts"):
-            if k in obj:
-                v = obj[k]
-                return "; ".join(map(str, v)) if isinstance(v, list) else str(v)
-    return ""
+    more = len(items) - 1
+    return _sentence(str(items[0])) + (f" ({more} more finding{'s' * (more > 1)} in the report.)" if more else "")
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text + ("" if text.endswith((".", "!", "?", ")")) else ".")
+
+
+def _stamp(out_dir: Path, name: str) -> tuple[str, str]:
+    """(date, code) of a report from the provenance in its results JSON."""
+    prov = _results(out_dir / f"{name}.json").get("provenance") or {}
+    g, c = prov.get("git") or {}, prov.get("code") or {}
+    code = (g.get("commit", "")[:12] + (" (dirty)" if g.get("dirty") else "")) if g else (
+        f"prunekit {c.get('version')} {str(c.get('digest', ''))[:12]}" if c else "")
+    return str(prov.get("created") or "")[:16].replace("T", " "), code
 
 
 def write_index(out_dir: Path, runs: list[dict]) -> Path:
@@ -190,13 +246,20 @@ def write_index(out_dir: Path, runs: list[dict]) -> Path:
         link = f'<a href="{name}.html">{title}</a>' if (out_dir / f"{name}.html").exists() else title
         status = "ok" if ok else (f'<a href="{name}.failed.html">FAILED</a> (<a href="{name}.failed.ipynb">notebook</a>): '
                                   f'{html.escape(r["error"] or "")}')
+        date, code = _stamp(out_dir, name)
         rows.append(f"<tr><td>{link}</td><td>{' · '.join(files)}</td><td>{status}</td><td>{r['profile']}</td>"
-                    f"<td>{html.escape(str(r.get('model') or ''))}</td>"
+                    f"<td>{html.escape(str(r.get('model') or ''))}</td><td>{html.escape(date)} UTC</td>"
+                    f"<td><code>{html.escape(code)}</code></td>"
                     f"<td>{r['seconds']:.0f} s</td><td>{html.escape(r.get('summary') or '')}</td></tr>")
+    stamps = [_stamp(out_dir, n) for n in state]
+    codes = sorted({c for _, c in stamps if c})
+    head = (f"<p>Rendered {html.escape(max((d for d, _ in stamps if d), default='?'))} UTC (latest) from "
+            + (", ".join(f"<code>{html.escape(c)}</code>" for c in codes) or "unknown code") + ".</p>")
     page = ("<!doctype html><meta charset='utf-8'><title>prunekit reports</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}</style>"
-            "<h1>prunekit reports</h1><table><tr><th>notebook</th><th>files</th><th>status</th><th>profile</th><th>model</th><th>time</th>"
-            "<th>summary</th></tr>" + "".join(rows) + "</table>")
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd;"
+            "text-align:left;vertical-align:top}td:last-child{max-width:40em}</style>"
+            "<h1>prunekit reports</h1>" + head + "<table><tr><th>notebook</th><th>files</th><th>status</th><th>profile</th>"
+            "<th>model</th><th>date</th><th>code</th><th>time</th><th>summary</th></tr>" + "".join(rows) + "</table>")
     atomic_write_text(state_file, json.dumps(list(state.values()), indent=1))
     return atomic_write_text(out_dir / "index.html", page)
 
@@ -266,8 +329,9 @@ def parse_params(items: list[str], nbs: list[Path]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
-    ap.add_argument("--notebooks", default=str(ROOT / "notebooks"))
-    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap.add_argument("--notebooks", default=None,
+                    help="folder of NN_*.ipynb notebooks (default: the checkout's notebooks/ or the installed ones)")
+    ap.add_argument("--out", default=None, help="output folder (default: the checkout's reports/ or ./reports)")
     ap.add_argument("--only", default="", help="comma-separated notebook name prefixes, e.g. 00,10")
     ap.add_argument("--model", default=None,
                     help="override every notebook's `model` parameter (e.g. tiny-llama for a smoke run)")
@@ -279,6 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ray-address", default=None, help="render on an existing Ray cluster (shared disk)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     a = ap.parse_args(argv)
+    a.notebooks = a.notebooks or str(default_notebooks())
+    a.out = a.out or str(default_out())
     if not Path(a.notebooks).is_dir():
         print(f"prunekit.reporting: error: --notebooks {a.notebooks} is not a directory", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ RESULTS_SCHEMA = {
                 "created": {"type": "string", "format": "date-time"},
                 "git": {"type": ["object", "null"], "required": ["commit", "dirty"],
                         "properties": {"commit": {"type": "string"}, "dirty": {"type": "boolean"}}},
+                "code": {"type": "object", "required": ["version", "digest"],
+                         "properties": {"version": {"type": "string"}, "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
                 "versions": {"type": "object", "required": ["prunekit", "torch", "python"],
                              "additionalProperties": {"type": "string"}},
                 "models": {"type": "array", "items": {

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from prunekit import utils
 from prunekit.errors import PrunekitError
 from prunekit.experiments.cells import row
 
@@ -26,14 +27,10 @@ _CODE_VERSION = None
 
 
 def source_digest(root: Path) -> str:
-    """sha256 (16 hex digits) of the package's code — every ``*.py`` and grid ``*.yaml`` under ``root``,
-    by relative path and content. Unlike the git commit it sees uncommitted edits, and a commit that
-    touches only docs, tests or notebooks leaves it (and so a filled results file) valid."""
-    h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
-    for p in files:
-        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    """16 hex digits of ``utils.source_digest`` over every ``*.py`` and grid ``*.yaml`` under ``root``:
+    unlike the git commit it sees uncommitted edits, and a commit that touches only docs, tests or
+    notebooks leaves it (and so a filled results file) valid."""
+    return utils.source_digest(root, (".py", ".yaml"))[:16]
 
 
 def code_version() -> dict:
@@ -41,7 +38,6 @@ def code_version() -> dict:
     prunekit package (a re-run after a code change recomputes)."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
-        from prunekit import utils
         v = utils.versions()
         v = {k: v[k] for k in ("prunekit", "torch", "transformers") if k in v}
         v["source"] = source_digest(Path(__file__).resolve().parents[2])
