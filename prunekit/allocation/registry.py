@@ -140,9 +140,11 @@ class MethodSpec:
             raise PrunekitError(f"{self.name} has no option {', '.join(map(repr, unknown))}; "
                                 f"options: {', '.join(self.options) or 'none'}")
         out = {k: self.options[k].check(self.name, v, num_blocks) for k, v in options.items()}
-        if self.wraps and self.wraps in out and (out[self.wraps] not in _REGISTRY or out[self.wraps] == self.name):
-            raise PrunekitError(f"{self.name} option '{self.wraps}': '{out[self.wraps]}' is not an allocation it can "
-                                f"wrap; choose from {', '.join(sorted(set(_REGISTRY) - {self.name}))}")
+        if self.wraps and self.wraps in out and out[self.wraps] not in _REGISTRY:
+            raise PrunekitError(f"{self.name} option '{self.wraps}': unknown allocation '{out[self.wraps]}'; "
+                                f"choose from {', '.join(sorted(_REGISTRY))}")
+        if self.wraps and out.get(self.wraps) == self.name:
+            raise PrunekitError(f"{self.name} option '{self.wraps}': {self.name} cannot wrap itself")
         if self.check is not None:
             self.check({**{k: o.default for k, o in self.options.items()}, **out}, target, num_blocks)
         return out
