@@ -142,10 +142,10 @@ def validate(args, table: dict | None = None) -> dict:
             allocation = "absorption"
         info = peek_model(args.model)
         nb = info.num_blocks
-        options = spec(allocation).check_options(options, nb)  # the method's declared contract
+        options = spec(allocation).check_options(options, nb, args.sparsity)  # the method's declared contract
         if allocation == "absorption":
             base = options.get("base", spec("absorption").options["base"].default)
-            options["base_options"] = spec(base).check_options(options.get("base_options") or {}, nb)
+            options["base_options"] = spec(base).check_options(options.get("base_options") or {}, nb, args.sparsity)
         if nm is not None and info.widths and any(w % nm[1] for w in info.widths):
             raise PrunekitError(f"--nm {args.nm}: M={nm[1]} does not divide the layer widths {info.widths} "
                                 f"of model '{args.model}'")
