@@ -32,6 +32,49 @@ def _check_environment() -> None:
         raise PrunekitError(f"PRUNEKIT_CACHE={c} is not a writable directory ({probe} is in the way)")
 
 
+RECIPE_HEAD = b"# llm-compressor recipe written by prunekit"
+
+
+def _is_record(data: bytes) -> bool:
+    import json
+    try:
+        rec = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and "model" in rec and ("versions" in rec or "provenance" in rec)
+
+
+def _check_own(path: str, flag: str, ours) -> None:
+    """An existing output file is replaced only when it is empty or provably prunekit's own (a
+    record / recipe of an earlier run); a file of the user's is refused, untouched."""
+    from prunekit.utils import read_regular
+    if not os.path.isfile(path):
+        return
+    try:
+        data = read_regular(path, 256 << 20, f"{flag} ")
+    except (OSError, PrunekitError):
+        raise PrunekitError(f"{flag} {path} exists and cannot be read; refusing to replace it") from None
+    if data.strip() and not ours(data):
+        raise PrunekitError(f"{flag} {path} exists and was not written by prunekit; choose another name "
+                            "or remove it")
+
+
+def _check_collisions(args) -> None:
+    """Two outputs of one run never name the same path, nor a file inside the saved model."""
+    outs = {flag: os.path.abspath(v) for flag, v in (("--out", args.out), ("--export-recipe", args.export_recipe),
+                                                      ("--save-model", args.save_model)) if v}
+    items = list(outs.items())
+    for i, (fa, a) in enumerate(items):
+        for fb, b in items[i + 1:]:
+            if a == b:
+                raise PrunekitError(f"{fa} and {fb} name the same path")
+    if args.save_model:
+        root = outs["--save-model"] + os.sep
+        for flag, v in outs.items():
+            if flag != "--save-model" and v.startswith(root):
+                raise PrunekitError(f"{flag} {v} lies inside --save-model {args.save_model}; write it elsewhere")
+
+
 def validate(args, table: dict | None = None) -> dict:
     """Every check that can fail, before the model loads. Returns the prepared run settings:
     ``evals``, ``zero_shot``, ``allocation`` and its checked ``options``, ``model_info``."""
@@ -65,6 +108,7 @@ def validate(args, table: dict | None = None) -> dict:
             raise PrunekitError(f"{flag} needs a path, got an empty string")
     if args.out:
         check_writable(args.out, "--out")
+        _check_own(args.out, "--out", _is_record)
     from prunekit.evaluation.zeroshot import resolve_batch_size
     resolve_batch_size(args.zero_shot_batch_size, "cpu")
     if args.cmd == "prune":
@@ -92,10 +136,10 @@ def validate(args, table: dict | None = None) -> dict:
                 raise PrunekitError(f"--export-recipe needs --metric {' or '.join(RECIPE_MODIFIERS)} "
                                     f"(llm-compressor has no per-layer {args.metric} modifier)")
             check_writable(args.export_recipe, "--export-recipe")
+            _check_own(args.export_recipe, "--export-recipe", lambda b: b.startswith(RECIPE_HEAD))
         if args.save_model:
             check_writable(args.save_model, "--save-model", directory=True)
-            if args.out and os.path.abspath(args.out) == os.path.abspath(args.save_model):
-                raise PrunekitError("--out and --save-model name the same path")
+        _check_collisions(args)
         opts_by_method = collect_options(args, args.allocation, table or {})
         options = dict(opts_by_method.get(args.allocation, {}))
         allocation = args.allocation

@@ -208,13 +208,20 @@ def _arrays_sha(arrays: dict[str, np.ndarray]) -> str:
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], identity: dict) -> None:
-    """npz with a ``manifest`` entry (identity + content hash), written via a staging name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """npz with a ``manifest`` entry (identity + content hash), written via a staging name; a
+    failed write is a warning (the caller keeps its arrays)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
+        return
     man = json.dumps({"identity": identity, "sha256": _arrays_sha(arrays)}, sort_keys=True)
     tmp = path.with_name(f".{path.name}{staging_tag()}.npz")
     try:
         np.savez(tmp, manifest=np.array(man), **arrays)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, file-size limit: the run goes on with the arrays in memory
+        warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
     finally:
         tmp.unlink(missing_ok=True)
 

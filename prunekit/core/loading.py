@@ -160,11 +160,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     if work is not None and mode != "disk":
         shutil.rmtree(work, ignore_errors=True)
     layout(model)  # fail early on an unsupported architecture
+    check_finite(model, name_or_path)
     if mode == "cpu":
         off = _keep_blocks_on_cpu(model, dev)
     model.eval()
     model.config.use_cache = False
     return Runtime(model, tok, name=name_or_path, offloader=off, origin=origin(name_or_path))
+
+
+@torch.no_grad()
+def check_finite(model: nn.Module, name: str) -> None:
+    """Refuse NaN or infinite weights (a corrupt checkpoint would otherwise prune and report
+    nonsense with exit 0): one sum per loaded tensor, ``isfinite`` of it (weights left on
+    disk by ``--offload disk`` are not read here)."""
+    for n, t in model.named_parameters():
+        if t.device.type == "meta" or not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+            continue  # a sum is finite only when every element is (one reduction, no mask tensor)
+        if not bool(torch.isfinite(t).all()):
+            raise PrunekitError(f"model '{name}': weight {n} holds NaN or infinite values; the checkpoint is corrupt")
 
 
 def peek_model(name: str) -> preflight.ModelInfo:
