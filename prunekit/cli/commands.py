@@ -169,6 +169,8 @@ def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL
     import shlex
 
     from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, data_dir, has_local_data, write_task_configs
+    if write is not None and not write.strip():
+        raise PrunekitError("--write needs a directory, got an empty string")
     wanted = [t for t in tasks.split(",") if t] or [t for t in STOCK_TASKS if has_local_data(t)]
     for t in wanted:
         if t not in OFFLINE_TASKS:
@@ -180,8 +182,6 @@ def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL
         return {"tasks": {t: OFFLINE_TASKS[t].name for t in STOCK_TASKS}}
     if not wanted:
         raise PrunekitError("no task has its files under PRUNEKIT_DATA_DIR; point it at a copy of shared/data")
-    if not write.strip():
-        raise PrunekitError("--write needs a directory, got an empty string")
     if any(c in model for c in ",=\n\r") or not model.strip():
         raise PrunekitError(f"--model {model!r}: a model directory for lm-eval's --model_args cannot contain "
                             "',', '=' or a newline")

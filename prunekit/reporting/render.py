@@ -313,8 +313,16 @@ def check_out(out: Path, nbs: list[Path]) -> None:
                              "refusing to replace it")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like the prunekit CLI."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message.splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
+    ap = _Parser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
     ap.add_argument("--notebooks", default=str(ROOT / "notebooks"))
     ap.add_argument("--out", default=str(ROOT / "reports"))

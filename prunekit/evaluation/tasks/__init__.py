@@ -164,7 +164,7 @@ def _check_dest(dest: Path, names: list[str]) -> None:
     import stat
     try:
         st = os.lstat(dest)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         st = None
     if st is None:
         parent = dest.parent if str(dest.parent) else Path(".")

@@ -68,7 +68,10 @@ def _list(where, v, kind, check=None, allow_empty=False):
         if not isinstance(x, kind) or isinstance(x, bool):
             _fail(where, f"expected {kind.__name__} values, got {x!r}")
         if check:
-            check(x)
+            try:
+                check(x)
+            except PrunekitError as e:
+                _fail(where, str(e))
         out.append(x)
     if len(set(map(repr, out))) != len(out):
         _fail(where, f"duplicate values in {out}")
@@ -189,8 +192,13 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
             w = f"{where}: groups[{i}]"
             if sorted(g) != ["allocations", "metric", "sparsity"]:
                 _fail(w, f"keys are sparsity, metric, allocations; got {', '.join(map(str, g))}")
-            check_sparsity_value(float(g["sparsity"]))
-            _one_of(METRICS)(g["metric"])
+            try:
+                if not isinstance(g["sparsity"], (int, float)) or isinstance(g["sparsity"], bool):
+                    raise PrunekitError(f"sparsity must be a number, got {g['sparsity']!r}")
+                check_sparsity_value(float(g["sparsity"]))
+                _one_of(METRICS)(g["metric"])
+            except PrunekitError as e:
+                _fail(w, str(e))
             labs = _list(f"{w}: allocations", g["allocations"], str)
             missing = [x for x in labs if x not in variants]
             if missing:
