@@ -168,7 +168,7 @@ def validate(args, table: dict | None = None) -> dict:
         seqlens = {"--eval-seqlen": args.eval_seqlen}
     prep["model_info"] = info
     if args.cmd == "prune":
-        from prunekit.core.data import check_windows
+        from prunekit.core.loading import check_windows
         check_windows(args.calib_dataset, args.calib_samples, args.calib_seqlen, info)
     if info.max_positions:
         for flag, n in seqlens.items():

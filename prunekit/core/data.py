@@ -334,21 +334,3 @@ def check_text(name: str, split: str, seqlen: int | None = None, flag: str = "",
                 raise PrunekitError(f"{samples_flag} {samples}: dataset '{name}' ({split}) holds at most {most} "
                                     f"distinct windows of {seqlen} tokens; use at most {most} samples or a "
                                     "shorter seqlen")
-
-
-def check_windows(dataset: str, samples: int, seqlen: int, info, flag: str = "--calib-samples") -> None:
-    """More calibration samples than the data holds distinct windows would fail after the load:
-    count the windows now with the model's tokenizer when it is on disk (no model is loaded)."""
-    from prunekit.core.preflight import tokenizer_location
-    loc = tokenizer_location(info)
-    if loc is None:
-        return
-    try:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(loc))
-    except Exception:  # noqa: BLE001 - the load itself reports an unusable tokenizer
-        return
-    n = available_windows(dataset, tok, seqlen)
-    if samples > n:
-        raise PrunekitError(f"{flag} {samples}: dataset '{dataset}' holds only {n} distinct windows of {seqlen} "
-                            "tokens; use at most {n} samples or a shorter seqlen".replace("{n}", str(n)))

@@ -267,21 +267,3 @@ def gguf_info(path: Path, name: str) -> ModelInfo:
     widths = tuple(sorted({h[k] for k in (f"{arch}.embedding_length", f"{arch}.feed_forward_length") if k in h}))
     return ModelInfo(name, "gguf", str(path), arch, h.get(f"{arch}.block_count"), h.get(f"{arch}.context_length"),
                      widths)
-
-
-def tokenizer_location(info: ModelInfo) -> Path | None:
-    """A local directory holding the tokenizer ``info``'s model will load with, when one exists
-    without building anything (a model directory; an alias or GGUF already dequantised into the
-    cache); None otherwise."""
-    from prunekit.core.cache import cache_dir
-    dense = cache_dir() / "dense"
-    if info.kind == "dir":
-        cands = [Path(info.location)]
-    elif info.name == "tiny-llama":
-        cands = [dense / "tiny-llama-v1"]
-    elif info.location and str(info.location).endswith(".gguf"):
-        cands = sorted(dense.glob(f"{Path(info.location).stem}-*")) if dense.is_dir() else []
-    else:
-        return None
-    cands = [c for c in cands if (c / "tokenizer.json").is_file() or (c / "tokenizer_config.json").is_file()]
-    return cands[0] if len(cands) == 1 else None

@@ -234,9 +234,9 @@ def check_cells(g: Grid, where: str = "grid") -> None:
     import os
 
     from prunekit.allocation import spec
-    from prunekit.core.data import check_text, check_windows
+    from prunekit.core.data import check_text
     from prunekit.core.devices import check_device
-    from prunekit.core.loading import peek_model
+    from prunekit.core.loading import check_windows, peek_model
     from prunekit.vocabulary import DTYPE_NAMES
     try:
         check_device(g.device)

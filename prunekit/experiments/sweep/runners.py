@@ -103,7 +103,14 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     if address:
         check_address(address)
-        ray.init(address=address, log_to_driver=False)
+        import logging
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the driver's retry chatter
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, TimeoutError, RuntimeError) as e:
+            ray.shutdown()
+            raise PrunekitError(f"--ray-address {address}: cannot connect to a Ray cluster there "
+                                f"({(str(e).strip().splitlines() or [''])[0]})") from None
         return False
     # on a loaded machine the raylet's Python agents can take longer to start than the raylet
     # waits for them by default (it then aborts with "Timed out waiting for file ...port")
