@@ -276,16 +276,18 @@ def check_cells(g: Grid, where: str = "grid") -> None:
                     continue
                 if n > info.max_positions:
                     _fail(w, f"{key} {n} exceeds the model's {info.max_positions} positions")
-        for label, (method, opts) in g.allocations.items():
+        # every allocation at every sparsity it runs at: bounds relative to the blocks and the target
+        for target, label in dict.fromkeys((s, lab) for s, _, labs in g._combos() for lab in labs):
+            method, opts = g.allocations[label]
             sp = spec(method)
             try:
-                sp.check_options(opts, info.num_blocks)
+                sp.check_options(opts, info.num_blocks, target)
                 inner = f"{sp.wraps}_options" if sp.wraps else None
                 if inner and opts.get(inner) is not None:
-                    spec(opts.get(sp.wraps) or sp.options[sp.wraps].default).check_options(opts[inner],
-                                                                                          info.num_blocks)
+                    spec(opts.get(sp.wraps) or sp.options[sp.wraps].default).check_options(
+                        opts[inner], info.num_blocks, target)
             except PrunekitError as err:
-                _fail(f"{w}: allocation '{label}'", str(err))
+                _fail(f"{w}: allocation '{label}' at sparsity {target:g}", str(err))
         try:
             check_windows(c["dataset"], c["samples"], c["seqlen"], info, "calibration.samples")
         except PrunekitError as err:
