@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import needs_data, tiny_model
 from prunekit.errors import PrunekitError
 from prunekit.experiments import regime
 
@@ -115,3 +115,20 @@ def test_mrp_score_table_matches_a_direct_computation():
         d = [get[(s, "mrp[score=wanda]")] - get[(s, "mrp[score=solver]")] for s in range(3)]
         assert tab.loc[m, "wanda_minus_solver"] == pytest.approx(sum(d) / 3)
         assert tab.loc[m, "wanda_better_seeds"] == sum(x < 0 for x in d)
+
+
+@needs_data
+def test_svnup_heldout_draws_share_no_document():
+    from conftest import ByteTokenizer
+    from prunekit.core.data import load_text
+    from prunekit.experiments.svnup_heldout import doc_disjoint_draw
+    tok = ByteTokenizer()
+    used = set(range(0, 900, 2))  # every even document is taken
+    a = doc_disjoint_draw("c4", tok, 3, 512, 1000, used)
+    b = doc_disjoint_draw("c4", tok, 3, 512, 1001, used | {p[0] for p in a.picks})
+    docs_a, docs_b = {p[0] for p in a.picks}, {p[0] for p in b.picks}
+    assert len(docs_a) == len(docs_b) == 3 and not (docs_a & docs_b) and not ((docs_a | docs_b) & used)
+    text = load_text("c4", "calib").docs
+    for cal in (a, b):  # every window is the stated slice of its document (bytes = token ids here)
+        for row, (d, start) in zip(cal.input_ids, cal.picks):
+            assert bytes(row.tolist()) == text[d].encode("utf-8")[start:start + 512]
