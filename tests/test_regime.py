@@ -132,3 +132,31 @@ def test_svnup_heldout_draws_share_no_document():
     for cal in (a, b):  # every window is the stated slice of its document (bytes = token ids here)
         for row, (d, start) in zip(cal.input_ids, cal.picks):
             assert bytes(row.tolist()) == text[d].encode("utf-8")[start:start + 512]
+
+
+def _runs(rng, model, spars, allocs=("uniform", "owl"), seeds=3, windows=4):
+    rows = []
+    for s in spars:
+        for a in allocs:
+            for sd in range(seeds):
+                nll = rng.normal(5 + s + 0.1 * (a == "owl"), 0.05, windows)
+                rows.append({"model": model, "seed": sd, "allocation": a, "metric": "wanda", "sparsity": s,
+                             "nll_wikitext2": nll.tolist(), "ppl_wikitext2": float(np.exp(nll.mean()))})
+    return rows
+
+
+def test_regime_matrix_reads_each_regime_from_its_own_runs():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(_runs(rng, "m", (0.7, 0.62)))
+    mat = regime.regime_matrix(df, {"m": {"wanda": 0.62}}, n_boot=200)
+    row = mat[mat["claim"].str.startswith("OWL + Wanda")].iloc[0]
+    for col, s in (("m @ 70 %", 0.7), ("m @ s*", 0.62)):
+        sel = df[np.isclose(df.sparsity, s)]
+        a = np.stack(sel[sel.allocation == "owl"].sort_values("seed")["nll_wikitext2"].map(np.array))
+        b = np.stack(sel[sel.allocation == "uniform"].sort_values("seed")["nll_wikitext2"].map(np.array))
+        want = 100 * np.mean(np.exp(a.mean(1) - b.mean(1)) - 1)
+        assert row[col].startswith(f"{want:+.1f} %")
+    # claims not at 70 % (Wanda vs magnitude at 50 %) are not moved to s*
+    assert all(c.sparsity == 0.62 for c in regime.claims_at({"wanda": 0.62}) if c.metric == "wanda")
+    assert not [c for c in regime.claims_at({"wanda": 0.62}) if "magnitude" in c.text]

@@ -138,6 +138,49 @@ def find_s_star(session, metric: str, ho, store: dict | None = None, on_point=No
     return res
 
 
+def sstar_values(entries: dict, dtype: str = "default", seed: int = 0) -> dict:
+    """{model: {solver: s*}} from the entries of an s* file (``sstar.json``)."""
+    out: dict = {}
+    for key, e in entries.items():
+        model, metric, sd, dt = key.split("|")
+        if "s_star" in e and dt == dtype and sd == f"seed{seed}":
+            out.setdefault(model, {})[metric] = float(e["s_star"])
+    return out
+
+
+def claims_at(sstar: dict, claims=None) -> list:
+    """The claims made at 70 % moved to the solver's s* (``sstar``: solver -> s*); claims at other
+    sparsities, or whose solver has no s*, are left out. Claim texts are kept, so that the rows of
+    both regimes line up."""
+    from dataclasses import replace
+
+    from prunekit.experiments.comparison import CLAIMS
+    return [replace(c, sparsity=sstar[c.metric]) for c in (CLAIMS if claims is None else claims)
+            if abs(c.sparsity - 0.7) < 1e-9 and c.metric in sstar]
+
+
+def groups_at(groups: list[dict], sstar: dict) -> list[dict]:
+    """Notebook 50's run groups at 70 % repeated at the solver's s* (``sstar``: solver -> s*)."""
+    return [{**g, "sparsity": sstar[g["metric"]]} for g in groups
+            if abs(float(g["sparsity"]) - 0.7) < 1e-9 and g["metric"] in sstar]
+
+
+def regime_matrix(df: pd.DataFrame, sstar: dict, n_boot: int = 4000) -> pd.DataFrame:
+    """The reproduction matrix with a column per model × regime (70 % and s*): one row per 70 %
+    claim, each cell "Δ % [lo, hi] verdict" (``comparison.reproduction_matrix``). ``sstar``:
+    {model: {solver: s*}}."""
+    from prunekit.experiments import comparison
+    parts = []
+    for model in dict.fromkeys(df["model"]):
+        sub = df[df["model"] == model]
+        at70 = [c for c in comparison.CLAIMS if abs(c.sparsity - 0.7) < 1e-9]
+        parts.append(comparison.reproduction_table(sub, at70, n_boot).assign(model=f"{model} @ 70 %"))
+        if model in sstar:
+            parts.append(comparison.reproduction_table(sub, claims_at(sstar[model]), n_boot)
+                         .assign(model=f"{model} @ s*"))
+    return comparison.reproduction_matrix(pd.concat(parts, ignore_index=True))
+
+
 def _session(model, seed, dtype=None, calib_samples=8, calib_seqlen=256):
     from prunekit.experiments.session import Session
     return Session(model, calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed,
