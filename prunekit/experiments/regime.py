@@ -220,7 +220,7 @@ def cmd_sstar(a) -> int:
     return 0
 
 
-MRP_SCORES = ("solver", "wanda")
+MRP_CONFIGS = ("uniform", "mrp[score=solver]", "mrp[score=wanda]")
 
 
 def cmd_mrp_score(a) -> int:
@@ -235,7 +235,9 @@ def cmd_mrp_score(a) -> int:
     for seed in [int(s) for s in a.seeds.split(",")]:
         sess = None
         for s in [float(x) for x in a.sparsities.split(",")]:
-            for config in ("uniform", "mrp[score=solver]", "mrp[score=wanda]"):
+            for config in [c for c in a.configs.split(",") if c]:
+                if config not in MRP_CONFIGS:
+                    raise PrunekitError(f"unknown config '{config}'; choose from {', '.join(MRP_CONFIGS)}")
                 if (a.model, seed, config, round(s, 6)) in done:
                     continue
                 if sess is None:
@@ -280,6 +282,23 @@ def mrp_score_table(rows) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def cmd_claims(a) -> int:
+    """Notebook 50's 70 % runs of ``--metric`` at the model's s* through the grid runner (resumable
+    through ``--out``, the same JSON-lines file notebook 50 reads with ``results=``)."""
+    from prunekit.experiments.comparison import run_grid
+    from prunekit.experiments.profiles import _CPU_GROUPS
+    sstar = sstar_values(_load(Path(a.sstar_file))["entries"])
+    if a.model not in sstar:
+        raise PrunekitError(f"{a.sstar_file} has no s* for {a.model}")
+    keep = [x for x in a.allocations.split(",") if x]
+    groups = [{**g, "allocations": [x for x in g["allocations"] if not keep or x in keep]}
+              for g in groups_at(_CPU_GROUPS, sstar[a.model]) if g["metric"] in a.metrics.split(",")]
+    print(f"{a.model}: {groups}", flush=True)
+    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups)
+    print(df[["allocation", "metric", "sparsity", "seed", "ppl_wikitext2"]].to_string(), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     import argparse
     import os
@@ -307,12 +326,19 @@ def main(argv=None) -> int:
     q.add_argument("--seeds", default="0,1,2")
     q.add_argument("--sparsities", default="0.7")
     q.add_argument("--dtype", default=None)
+    q.add_argument("--configs", default=",".join(MRP_CONFIGS))
     q.add_argument("--heldout-samples", type=int, default=4)
     q.add_argument("--heldout-seqlen", type=int, default=256)
     q.add_argument("--out", required=True)
+    c = sub.add_parser("claims", help="notebook 50's 70 % runs at s* (grid runner)")
+    c.add_argument("--model", default="smollm2-135m")
+    c.add_argument("--sstar-file", default="docs/data/regime/sstar.json")
+    c.add_argument("--metrics", default="wanda,sparsegpt")
+    c.add_argument("--allocations", default="", help="comma-separated labels to keep (default: all)")
+    c.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
-        return cmd_sstar(a) if a.cmd == "sstar" else cmd_mrp_score(a)
+        return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims}[a.cmd](a)
     except PrunekitError as e:
         print(f"regime: error: {e}", file=sys.stderr)
         return 2
