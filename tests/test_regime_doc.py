@@ -66,3 +66,25 @@ def test_regime_section_numbers_come_from_the_study_files(tmp_path):
     assert f"{d:+.3f} (" in text and ("Wanda's score |" if d < 0 else "solver's score |") in text
     sv = next(ln for ln in text.splitlines() if "2 × 2048 tokens" in ln)
     assert sv.strip("|").split("|")[-1].strip() == "0.500" and "| 5 / 6 " in sv
+
+
+def test_claims_tables_pair_each_regime_and_show_the_seed0_profiles():
+    rng = np.random.default_rng(1)
+    runs = []
+    for s in (0.7, 0.66):
+        for a in ("uniform", "owl"):
+            for sd in range(3):
+                nll = rng.normal(5 + s, 0.05, 4)
+                runs.append({"model": "m", "seed": sd, "allocation": a, "metric": "wanda", "sparsity": s,
+                             "ppl_wikitext2": float(np.exp(nll.mean())), "nll_wikitext2": nll.tolist(),
+                             "planned": rng.uniform(0.5, 0.9, 6).round(4).tolist(), "source": "x"})
+    mat, summ, prof = regime_doc.claims_tables({"sstar": {"m": {"wanda": 0.66}}, "runs": runs})
+    assert {"m @ 70 %", "m @ s*"} <= set(mat.columns)
+    owl = [r for r in runs if r["allocation"] == "owl" and r["seed"] == 0]
+    for r in owl:
+        row = prof[(prof["sparsity"] == f"{r['sparsity']:.3f}") & (prof["allocation"] == "owl")].iloc[0]
+        assert row["per block"] == " ".join(f"{x:.2f}" for x in r["planned"])
+    for s in (0.7, 0.66):
+        ppl = [r["ppl_wikitext2"] for r in runs if r["allocation"] == "uniform" and r["sparsity"] == s]
+        cell = summ[(summ["sparsity"] == f"{s:.3f}") & (summ["allocation"] == "uniform")]["wikitext2"].iloc[0]
+        assert cell == f"{np.mean(ppl):.1f} ± {np.std(ppl, ddof=1):.1f}"

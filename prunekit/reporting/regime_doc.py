@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prunekit.errors import PrunekitError
@@ -31,9 +32,68 @@ def collect(folder: Path) -> dict:
             "planned_sparsity": [round(x, 4) for x in r.get("planned_sparsity", [])]} for r in rows]
     if (folder / "svnup_draws.json").is_file():
         data["svnup_draws"] = json.loads((folder / "svnup_draws.json").read_text())["entries"]
+    if (folder / "claims_sstar.jsonl").is_file():
+        data["claims"] = claims_runs(folder / "claims_sstar.jsonl", data.get("sstar", {}))
     if not data:
         raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json")
     return data
+
+
+KEPT_70 = Path(__file__).resolve().parents[2] / "docs/data/issue15/50_comparison-cpu.json"
+_RUN_KEYS = ("model", "seed", "allocation", "metric", "sparsity", "ppl_wikitext2", "nll_wikitext2", "planned",
+             "seconds", "cpu_seconds")
+
+
+def claims_runs(path: Path, sstar_entries: dict, kept_70: Path = KEPT_70) -> dict:
+    """The runs at s* (a sweep results file) beside the 70 % runs of the kept notebook-50 render
+    (same grid, seeds, calibration sets and evaluation windows)."""
+    from prunekit.experiments.regime import sstar_values
+    from prunekit.experiments.sweep import frame, read_results
+    new = frame(read_results(path))
+    new = new[new["status"] == "ok"]
+    runs = [{k: r.get(k) for k in _RUN_KEYS} | {"source": "s* study"} for r in new.to_dict(orient="records")]
+    if Path(kept_70).is_file():
+        old = json.loads(Path(kept_70).read_text())
+        commit = str((old["provenance"].get("git") or {}).get("commit", "?"))[:10]
+        runs += [{k: r.get(k) for k in _RUN_KEYS} | {"source": f"kept 70 % render ({commit})"}
+                 for r in old["data"]["runs"] if abs(float(r["sparsity"]) - 0.7) < 1e-9]
+    for r in runs:
+        r["planned"] = [round(float(x), 4) for x in (r.get("planned") or [])]
+    return {"sstar": sstar_values(sstar_entries), "runs": runs}
+
+
+def claims_tables(claims: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(matrix with a column per model × regime, mean ± std perplexity per group, per-block profiles)."""
+    from prunekit.experiments.comparison import summarise
+    from prunekit.experiments.regime import regime_matrix
+    df = pd.DataFrame(claims["runs"])
+    sstar = claims["sstar"]
+    have = {(m, met) for m, met in zip(df["model"], df["metric"])
+            if m in sstar and met in sstar[m] and ((df["model"] == m) & (df["metric"] == met)
+                                                  & (abs(df["sparsity"] - sstar[m][met]) < 1e-9)).any()}
+    sub = {m: {met: v for met, v in d.items() if (m, met) in have} for m, d in sstar.items()}
+    mat = regime_matrix(df, sub)
+    mat["paper_change_%"] = mat["paper_change_%"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:+.1f} %")
+    at_s = df[[any(abs(s - v) < 1e-9 for v in sub.get(m, {}).values()) or abs(s - 0.7) < 1e-9
+               for m, s in zip(df["model"], df["sparsity"])]]
+    at_s = at_s[[(m, met) in have for m, met in zip(at_s["model"], at_s["metric"])]]
+    summ = summarise(at_s.drop(columns=["nll_wikitext2", "planned", "source"]))
+    summ = pd.DataFrame({"model": summ["model"], "metric": summ["metric"],
+                         "sparsity": summ["sparsity"].map(lambda x: f"{x:.3f}"), "allocation": summ["allocation"],
+                         "wikitext2": [f"{a:.1f} ± {b:.1f}" for a, b in zip(summ["ppl_wikitext2_mean"],
+                                                                           summ["ppl_wikitext2_std"])],
+                         "seeds": summ["seeds"]})
+    prof = []
+    for (m, met, s, a), g in at_s[at_s["seed"] == 0].groupby(["model", "metric", "sparsity", "allocation"]):
+        p = np.asarray(g["planned"].iloc[0], dtype=float)
+        if len(p) and a != "uniform":
+            n = len(p)
+            prof.append({"model": m, "metric": met, "sparsity": f"{s:.3f}", "allocation": a,
+                         "min": f"{p.min():.2f}", "max": f"{p.max():.2f}",
+                         "first third": f"{p[: n // 3].mean():.2f}", "middle third": f"{p[n // 3: 2 * n // 3].mean():.2f}",
+                         "last third": f"{p[2 * n // 3:].mean():.2f}",
+                         "per block": " ".join(f"{x:.2f}" for x in p)})
+    return mat, summ, pd.DataFrame(prof)
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -120,6 +180,15 @@ def regime_section(res: dict) -> str:
         if len(t):
             lines += ["**SV-NUP block values on two held-out draws** (C4 windows, no document shared between the "
                       "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
+    if d.get("claims") and d["claims"]["runs"]:
+        mat, summ, prof = claims_tables(d["claims"])
+        lines += ["**The 70 % claims at s\*** (the notebook-50 cpu grid: C4 8 × 256 calibration, seeds 0, 1, 2, "
+                  "WikiText-2 16 × 1024 test windows, paired 95 % bootstrap over seeds × windows; the 70 % columns "
+                  "read the kept notebook-50 render, the s\* columns runs of this study; a claim not run at s\* "
+                  "reads 'not measured'):", "", _md(mat), "",
+                  "Perplexity of the run groups that have both regimes (mean ± std over seeds):", "", _md(summ), ""]
+        if len(prof):
+            lines += ["Per-block sparsity of the plans (seed 0), 70 % beside s\*:", "", _md(prof), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
