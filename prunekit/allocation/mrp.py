@@ -350,7 +350,7 @@ def refresh_tables(stats, snap, per_block: np.ndarray, metric: str, m: float, th
 
 # ----------------------------------------------------------------------------- the method
 
-@register("mrp", solver_metric="score", reads=("wanda", "hessian"),
+@register("mrp", solver_metric="score", solver_scores={"sparsegpt": "wanda"}, reads=("wanda", "hessian"),
           bounds={"m": (0.0, None), "delta": (0.0, 1.0), "k": (1, None), "s0": (0.0, 1.0), "s_cap": (0.0, 1.0),
                   "refresh": (0, None), "blocksize": (1, None)})
 def mrp(stats, target: float, score: Literal["wanda", "magnitude", "sparsegpt"] = "wanda",
