@@ -136,12 +136,13 @@ def mrp_rows(rows) -> pd.DataFrame:
         return t
     return pd.DataFrame({
         "model": t["model"], "sparsity": t["sparsity"].map(lambda s: f"{s:.3f}"), "seeds": t["seeds"],
-        "uniform": t["uniform"].map(lambda v: f"{v:.3f}"),
+        "uniform": t["uniform"].map(lambda v: "not run" if pd.isna(v) else f"{v:.3f}"),
         "MRP, solver's score": t["solver_score"].map(lambda v: f"{v:.3f}"),
         "MRP, Wanda's score": t["wanda_score"].map(lambda v: f"{v:.3f}"),
         "Wanda − solver (per seed)": [f"{d:+.3f} ({', '.join(f'{x:+.3f}' for x in ps)})"
                                       for d, ps in zip(t["wanda_minus_solver"], t["per_seed"])],
-        "lower NLL": ["Wanda's score" if d < 0 else "solver's score" for d in t["wanda_minus_solver"]]})
+        "lower NLL": ["Wanda's score" if d < 0 else "solver's score" for d in t["wanda_minus_solver"]],
+        "Wanda's score lower on": [f"{w} of {n} seeds" for w, n in zip(t["wanda_better_seeds"], t["seeds"])]})
 
 
 def svnup_rows(entries: dict) -> pd.DataFrame:
