@@ -294,7 +294,8 @@ def cmd_claims(a) -> int:
     groups = [{**g, "allocations": [x for x in g["allocations"] if not keep or x in keep]}
               for g in groups_at(_CPU_GROUPS, sstar[a.model]) if g["metric"] in a.metrics.split(",")]
     print(f"{a.model}: {groups}", flush=True)
-    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups)
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=seeds)
     print(df[["allocation", "metric", "sparsity", "seed", "ppl_wikitext2"]].to_string(), flush=True)
     return 0
 
@@ -335,6 +336,7 @@ def main(argv=None) -> int:
     c.add_argument("--sstar-file", default="docs/data/regime/sstar.json")
     c.add_argument("--metrics", default="wanda,sparsegpt")
     c.add_argument("--allocations", default="", help="comma-separated labels to keep (default: all)")
+    c.add_argument("--seeds", default="", help="comma-separated seeds (default: the grid's 0, 1, 2)")
     c.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
