@@ -40,7 +40,7 @@ class TinySession:
     calib_dataset = "synthetic"
 
     def __init__(self, model, calib):
-        self.model, self.calib = model, calib
+        self.model, self.runtime, self.calib = model, model, calib
         self.dense = copy.deepcopy(model.state_dict())
 
     def run(self, allocation, metric, s, evaluate=False):

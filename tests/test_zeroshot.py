@@ -312,6 +312,6 @@ def test_per_example_accuracies_follow_the_gold_labels(tok):
     model = _forced_llama(tok, [" yes", " True"])
     n = 10
     gold = [json.loads(ln)["label"] == "entailment" for ln in _lines("rte/val.jsonl", n)]
-    r = zero_shot(model, tok, "rte", limit=n, data_dir=DATA, batch_size=4, per_example=True)
+    r = zero_shot(Runtime.of(model, tok), "rte", limit=n, data_dir=DATA, batch_size=4, per_example=True)
     assert r["rte"]["per_example_acc"] == [float(g) for g in gold]
-    assert "per_example_acc" not in zero_shot(model, tok, "rte", limit=2, data_dir=DATA, batch_size=4)["rte"]
+    assert "per_example_acc" not in zero_shot(Runtime.of(model, tok), "rte", limit=2, data_dir=DATA, batch_size=4)["rte"]
