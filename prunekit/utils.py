@@ -14,26 +14,69 @@ import torch
 from prunekit.errors import PrunekitError
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temp file in the same directory + os.replace: readers never see a partial file."""
+def refuse_special(path: Path, what: str = "") -> None:
+    """Refuse a target that is a symlink, directory, device, FIFO or socket (lstat: never followed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PrunekitError(f"cannot write {what}{path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise PrunekitError(f"{what}{path} is not a regular file (symlink, directory, device or pipe); "
+                            "refusing to replace it")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
+    """The one writer of every file prunekit writes: the target is never followed through a
+    symlink, never a device, FIFO or directory; the bytes go to a staging file with an
+    unpredictable name created with O_EXCL (``mkstemp``) in the target's directory, are fsynced,
+    and ``os.replace`` puts them in place, so readers never see a partial file."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise PrunekitError(f"cannot write {path}: directory {parent} does not exist")
+        raise PrunekitError(f"cannot write {what}{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise PrunekitError(f"cannot write {path}: directory {parent} is not writable")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise PrunekitError(f"{path} is not a regular file (symlink, directory, device or pipe); refusing to replace it")
+        raise PrunekitError(f"cannot write {what}{path}: directory {parent} is not writable")
+    refuse_special(path, what)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         publish_modes(tmp)  # mkstemp creates 0600
+        refuse_special(path, what)  # a symlink planted meanwhile is replaced, never followed; refuse anyway
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str, what: str = "") -> Path:
+    """``atomic_write_bytes`` of UTF-8 text."""
+    return atomic_write_bytes(path, text.encode(), what)
+
+
+def read_regular(path: str | Path, limit: int = 64 << 20, what: str = "") -> bytes:
+    """The bytes of a regular file, read without following a final symlink into a FIFO or device
+    (O_NONBLOCK: opening a FIFO never blocks) and only up to ``limit`` bytes; anything else is a
+    one-line error. FileNotFoundError passes through for the caller to word."""
+    path = Path(path)
+    st = os.stat(path)  # a symlink to a regular file is fine for reading
+    if not stat.S_ISREG(st.st_mode):
+        raise PrunekitError(f"{what}{path} is not a regular file (directory, device or pipe)")
+    if st.st_size > limit:
+        raise PrunekitError(f"{what}{path} is {st.st_size} bytes, over the {limit}-byte limit for this file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between stat and open
+            raise PrunekitError(f"{what}{path} is not a regular file (directory, device or pipe)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:

@@ -181,3 +181,13 @@ def test_the_spec_documents_every_option():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     missing = [flag(m, o) for m, sp in registry.specs().items() for o in sp.options if flag(m, o) not in doc]
     assert not missing, f"docs/methods.md does not mention {missing}"
+
+
+def test_mrp_ranks_by_wandas_score_when_sparsegpt_prunes():
+    # chosen on held-out NLL (docs/results.md); other solvers still pass their own score, and an
+    # explicit score wins
+    from prunekit.allocation import with_solver_metric
+    assert with_solver_metric("mrp", {}, "sparsegpt") == {"score": "wanda"}
+    assert with_solver_metric("mrp", {}, "magnitude") == {"score": "magnitude"}
+    assert with_solver_metric("mrp", {"score": "sparsegpt"}, "sparsegpt") == {"score": "sparsegpt"}
+    assert with_solver_metric("owl", {}, "sparsegpt") == {}

@@ -328,3 +328,16 @@ def test_source_digest_follows_code_not_docs(tmp_path):
         assert source_digest(root) == d0
     (root / "sub" / "a.py").write_text("x = 1\n")  # same content under another path is another package
     assert source_digest(root) != d0
+
+
+def test_grid_checks_target_relative_options_per_sparsity(tmp_path, capsys):
+    """MRP's s0 must lie below each sparsity it runs at: refused for the 0.5 cell before any cell runs."""
+    from prunekit.cli import main
+    grid = tmp_path / "g.yaml"
+    grid.write_text("models: [tiny-llama]\nallocations: [{method: mrp, label: m, options: {s0: 0.6}}]\n"
+                    "sparsities: [0.7, 0.5]\ncalibration: {samples: 2, seqlen: 32}\nevaluation: {windows: 1, seqlen: 32}\n")
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", str(grid), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at sparsity 0.5" in err and "'s0' must be <=" in err, err
+    assert not out.exists()

@@ -304,3 +304,14 @@ def test_forced_answer_model(tok, tmp_path):
     r = zero_shot(Runtime.of(model, tok), "rte", limit=n, data_dir=DATA, batch_size=4)
     assert r["rte"]["acc"] == pytest.approx(share)
     assert r["rte"]["acc_norm"] is None and r["rte"]["n"] == n
+
+
+def test_per_example_accuracies_follow_the_gold_labels(tok):
+    # the forced model answers "True" everywhere: document i is correct iff its gold is entailment
+    from prunekit.evaluation.zeroshot import zero_shot
+    model = _forced_llama(tok, [" yes", " True"])
+    n = 10
+    gold = [json.loads(ln)["label"] == "entailment" for ln in _lines("rte/val.jsonl", n)]
+    r = zero_shot(Runtime.of(model, tok), "rte", limit=n, data_dir=DATA, batch_size=4, per_example=True)
+    assert r["rte"]["per_example_acc"] == [float(g) for g in gold]
+    assert "per_example_acc" not in zero_shot(Runtime.of(model, tok), "rte", limit=2, data_dir=DATA, batch_size=4)["rte"]

@@ -351,7 +351,8 @@ def _check_mrp(options: dict, target: float | None, num_blocks: int | None) -> N
         raise PrunekitError(f"mrp option 's_cap' must be >= the target sparsity {target}, got {cap}")
 
 
-@register("mrp", solver_metric="score", reads=("wanda", "hessian"), check=_check_mrp,
+@register("mrp", solver_metric="score", solver_scores={"sparsegpt": "wanda"}, reads=("wanda", "hessian"),
+          check=_check_mrp,
           bounds={"m": (0.0, None, "(]"), "delta": (MIN_DELTA, 1.0), "k": (1, None), "s0": (0.0, 1.0, "[)"),
                   "s_cap": (0.0, 1.0, "[)"), "refresh": (0, None), "blocksize": (1, None)})
 def mrp(stats, target: float, score: Metric = "wanda",

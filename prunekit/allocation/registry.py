@@ -9,6 +9,8 @@ outlier ratios, ESD alphas, the model itself) with on-disk caching. A method reg
 * ``solver_metric``: the name of the option that receives the pruning solver's metric when the
   caller did not set it (MRP ranks by the solver's own score, its principle 2); ``None`` for
   methods that do not depend on the solver.
+* ``solver_scores``: exceptions to that rule, solver -> value passed instead (MRP ranks blocks by
+  Wanda's score when SparseGPT prunes: chosen on held-out NLL, docs/results.md).
 * ``reads``: the statistics the method reads (documentation and cache planning).
 * ``exact``: the raw output also lies within the default bounds [0, 0.99] for every target, so
   ``fit_budget`` is a no-op (uniform). Every method, exact or not, returns a raw output that meets
@@ -130,6 +132,7 @@ class MethodSpec:
     exact: bool = False
     wraps: str | None = None
     check: Callable[[dict, float | None, int | None], None] | None = None
+    solver_scores: tuple[tuple[str, str], ...] = ()  # (solver, value passed instead of the solver's name)
 
     def check_options(self, options: dict, num_blocks: int | None = None, target: float | None = None) -> dict:
         """Validate and convert ``options`` (unknown names, types, choices, bounds — including bounds
@@ -210,7 +213,8 @@ def _options(fn: Method, bounds: dict) -> dict[str, Option]:
 
 
 def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, ...] = (), exact: bool = False,
-             wraps: str | None = None, bounds: dict | None = None, check: Callable | None = None):
+             wraps: str | None = None, bounds: dict | None = None, check: Callable | None = None,
+             solver_scores: dict | None = None):
     """Decorator: ``@register("owl", reads=("wanda",), bounds={"lam": (0, 0.5)})`` makes
     ``allocate("owl", ...)`` and ``--allocation owl`` work; see the module docstring for the fields.
     Bounds are closed; a third item ``"(]"``, ``"[)"`` or ``"()"`` opens an end. An upper bound
@@ -224,7 +228,8 @@ def register(name: str, *, solver_metric: str | None = None, reads: tuple[str, .
             if k is not None and k not in opts:
                 raise PrunekitError(f"register('{name}'): '{k}' is not an option of {fn.__name__}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = MethodSpec(name, fn, summary, opts, solver_metric, tuple(reads), exact, wraps, check)
+        _REGISTRY[name] = MethodSpec(name, fn, summary, opts, solver_metric, tuple(reads), exact, wraps, check,
+                                     tuple(sorted((solver_scores or {}).items())))
         return fn
     return deco
 
@@ -249,10 +254,11 @@ def methods() -> dict[str, str]:
 def with_solver_metric(method: str, options: dict, metric: str) -> dict:
     """``options`` plus the solver's metric under the option the method declared for it (if any,
     and unless the caller set it)."""
-    opt = spec(method).solver_metric
+    sp = spec(method)
+    opt = sp.solver_metric
     if opt is None or opt in options:
         return dict(options)
-    return {**options, opt: metric}
+    return {**options, opt: dict(sp.solver_scores).get(metric, metric)}
 
 
 def allocate(method: str, stats, target: float, s_min: float = 0.0, s_max: float = 0.99,

@@ -35,9 +35,29 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+_FLAGS = ("", "0", "1", "true", "false", "yes", "no", "on", "off")
+
+
+def check_env() -> None:
+    """prunekit's environment variables, validated like flags for every command (``--version``
+    included): one line, exit 2."""
+    th = os.environ.get("PRUNEKIT_THREADS")
+    if th is not None and th.strip() and not (th.strip().isdigit() and int(th) >= 1):
+        raise PrunekitError(f"PRUNEKIT_THREADS={th!r} must be a positive integer")
+    for var in ("PRUNEKIT_PROGRESS", "PRUNEKIT_DEBUG"):
+        v = os.environ.get(var)
+        if v is not None and v.strip().lower() not in _FLAGS:
+            raise PrunekitError(f"{var}={v!r} must be one of 1, 0, true, false, yes, no")
+    for var in ("PRUNEKIT_CACHE", "PRUNEKIT_DATA_DIR"):
+        v = os.environ.get(var)
+        if v is not None and not v.strip():
+            raise PrunekitError(f"{var} is set but empty; unset it or give a directory")
+
+
 def run(argv=None) -> dict:
     from prunekit.cli.parser import build_parser
     argv = sys.argv[1:] if argv is None else list(argv)
+    check_env()
     ap, table = build_parser(method_flags=_command(argv) == "prune")
     args = ap.parse_args(argv)
     args.argv = argv
@@ -72,7 +92,7 @@ def main(argv=None) -> int:
     """Exit codes: 0 done, 2 bad input (one line, nothing written), 1 internal error or a failed
     write after the run (one line; --debug or PRUNEKIT_DEBUG=1 shows the traceback), 130 Ctrl-C."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv or os.environ.get("PRUNEKIT_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv or os.environ.get("PRUNEKIT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
     old_fmt = warnings.formatwarning
     if not debug:
         _one_line_warnings()

@@ -3,31 +3,11 @@ contract), output locations, data files, the environment and the model (from hea
 from __future__ import annotations
 
 import os
-import warnings
 
 from prunekit.cli.parser import collect_options
+from prunekit.core.data import check_text as _check_text
+from prunekit.core.devices import check_device
 from prunekit.errors import PrunekitError
-
-def check_device(device: str | None) -> None:
-    """cpu, cuda, cuda:N (that GPU present), mps (available) or auto; anything else is an error."""
-    import re
-
-    import torch
-    if device in (None, "auto", "cpu"):
-        return
-    m = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if m:
-        if not torch.cuda.is_available():
-            raise PrunekitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise PrunekitError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return
-    if device == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise PrunekitError("--device mps: MPS is not available on this machine")
-        return
-    raise PrunekitError(f"unknown --device '{device}'; use cpu, cuda, cuda:N, mps or auto")
-
 
 def _datasets(text: str, flag: str) -> list[str]:
     from prunekit.core.data import DATASETS
@@ -36,24 +16,6 @@ def _datasets(text: str, flag: str) -> list[str]:
         if d not in DATASETS:
             raise PrunekitError(f"unknown {flag} dataset '{d}'; choose from {', '.join(DATASETS)}")
     return list(dict.fromkeys(names))
-
-
-def _check_text(name: str, split: str, seqlen: int | None = None, flag: str = "") -> None:
-    """The data file exists, is UTF-8 text and is not empty (read now, not after pruning), and is
-    long enough for one window of ``seqlen`` tokens (a byte-level BPE or SentencePiece token spans
-    at least one UTF-8 byte, so a text of fewer bytes can never fill the window — no tokenizer needed)."""
-    from prunekit.core.data import load_text
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = load_text(name, split)
-    if not (t.text or "").strip() and not any((d or "").strip() for d in (t.docs or [])):
-        raise PrunekitError(f"dataset '{name}' ({split}) from {t.origin} holds no text")
-    if seqlen is not None:
-        longest = (len(t.text.encode()) if t.text is not None else max(len(d.encode()) for d in t.docs))
-        if longest + 2 <= seqlen:  # +2: BOS/EOS the tokenizer may add
-            what = "text" if t.text is not None else "longest document"
-            raise PrunekitError(f"{flag} {seqlen}: the {what} of dataset '{name}' ({split}) has only {longest} "
-                                f"bytes, fewer than {seqlen} tokens")
 
 
 def _check_environment() -> None:
@@ -68,6 +30,49 @@ def _check_environment() -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise PrunekitError(f"PRUNEKIT_CACHE={c} is not a writable directory ({probe} is in the way)")
+
+
+RECIPE_HEAD = b"# llm-compressor recipe written by prunekit"
+
+
+def _is_record(data: bytes) -> bool:
+    import json
+    try:
+        rec = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and "model" in rec and ("versions" in rec or "provenance" in rec)
+
+
+def _check_own(path: str, flag: str, ours) -> None:
+    """An existing output file is replaced only when it is empty or provably prunekit's own (a
+    record / recipe of an earlier run); a file of the user's is refused, untouched."""
+    from prunekit.utils import read_regular
+    if not os.path.isfile(path):
+        return
+    try:
+        data = read_regular(path, 256 << 20, f"{flag} ")
+    except (OSError, PrunekitError):
+        raise PrunekitError(f"{flag} {path} exists and cannot be read; refusing to replace it") from None
+    if data.strip() and not ours(data):
+        raise PrunekitError(f"{flag} {path} exists and was not written by prunekit; choose another name "
+                            "or remove it")
+
+
+def _check_collisions(args) -> None:
+    """Two outputs of one run never name the same path, nor a file inside the saved model."""
+    outs = {flag: os.path.abspath(v) for flag, v in (("--out", args.out), ("--export-recipe", args.export_recipe),
+                                                      ("--save-model", args.save_model)) if v}
+    items = list(outs.items())
+    for i, (fa, a) in enumerate(items):
+        for fb, b in items[i + 1:]:
+            if a == b:
+                raise PrunekitError(f"{fa} and {fb} name the same path")
+    if args.save_model:
+        root = outs["--save-model"] + os.sep
+        for flag, v in outs.items():
+            if flag != "--save-model" and v.startswith(root):
+                raise PrunekitError(f"{flag} {v} lies inside --save-model {args.save_model}; write it elsewhere")
 
 
 def validate(args, table: dict | None = None) -> dict:
@@ -103,6 +108,7 @@ def validate(args, table: dict | None = None) -> dict:
             raise PrunekitError(f"{flag} needs a path, got an empty string")
     if args.out:
         check_writable(args.out, "--out")
+        _check_own(args.out, "--out", _is_record)
     from prunekit.evaluation.zeroshot import resolve_batch_size
     resolve_batch_size(args.zero_shot_batch_size, "cpu")
     if args.cmd == "prune":
@@ -130,10 +136,10 @@ def validate(args, table: dict | None = None) -> dict:
                 raise PrunekitError(f"--export-recipe needs --metric {' or '.join(RECIPE_MODIFIERS)} "
                                     f"(llm-compressor has no per-layer {args.metric} modifier)")
             check_writable(args.export_recipe, "--export-recipe")
+            _check_own(args.export_recipe, "--export-recipe", lambda b: b.startswith(RECIPE_HEAD))
         if args.save_model:
             check_writable(args.save_model, "--save-model", directory=True)
-            if args.out and os.path.abspath(args.out) == os.path.abspath(args.save_model):
-                raise PrunekitError("--out and --save-model name the same path")
+        _check_collisions(args)
         opts_by_method = collect_options(args, args.allocation, table or {})
         options = dict(opts_by_method.get(args.allocation, {}))
         allocation = args.allocation
@@ -156,11 +162,14 @@ def validate(args, table: dict | None = None) -> dict:
             _check_text(held, "calib")
         prep.update(allocation=allocation, options=options)
         seqlens = {"--calib-seqlen": args.calib_seqlen, "--eval-seqlen": args.eval_seqlen}
-        _check_text(args.calib_dataset, "calib", args.calib_seqlen + 1, "--calib-seqlen")
+        _check_text(args.calib_dataset, "calib", args.calib_seqlen + 1, "--calib-seqlen", samples=args.calib_samples)
     else:
         info = peek_model(args.model)
         seqlens = {"--eval-seqlen": args.eval_seqlen}
     prep["model_info"] = info
+    if args.cmd == "prune":
+        from prunekit.core.loading import check_windows
+        check_windows(args.calib_dataset, args.calib_samples, args.calib_seqlen, info)
     if info.max_positions:
         for flag, n in seqlens.items():
             if flag == "--eval-seqlen" and not prep["evals"]:

@@ -169,6 +169,8 @@ def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL
     import shlex
 
     from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, data_dir, has_local_data, write_task_configs
+    if write is not None and not write.strip():
+        raise PrunekitError("--write needs a directory, got an empty string")
     wanted = [t for t in tasks.split(",") if t] or [t for t in STOCK_TASKS if has_local_data(t)]
     for t in wanted:
         if t not in OFFLINE_TASKS:
@@ -180,6 +182,9 @@ def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL
         return {"tasks": {t: OFFLINE_TASKS[t].name for t in STOCK_TASKS}}
     if not wanted:
         raise PrunekitError("no task has its files under PRUNEKIT_DATA_DIR; point it at a copy of shared/data")
+    if any(c in model for c in ",=\n\r") or not model.strip():
+        raise PrunekitError(f"--model {model!r}: a model directory for lm-eval's --model_args cannot contain "
+                            "',', '=' or a newline")
     from pathlib import Path
     names = write_task_configs(Path(write), wanted)
     cmd = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
@@ -209,11 +214,18 @@ def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "au
 
 def sweep(args) -> dict:
     from prunekit.experiments.sweep import load_grid, run_grid
-    grid = load_grid(args.grid)  # validated before anything loads
+    from prunekit.experiments.sweep.runners import check_address
     if args.retries < 0 or args.task_cpus < 1 or (args.num_cpus is not None and args.num_cpus < 1):
         raise PrunekitError("--retries must be >= 0, --task-cpus and --num-cpus >= 1")
-    df = run_grid(grid, args.out, ray=args.ray, address=args.ray_address, num_cpus=args.num_cpus,
-                  task_cpus=args.task_cpus, retries=args.retries, progress=not args.quiet)
+    if not args.out.strip():
+        raise PrunekitError("--out needs a path, got an empty string")
+    grid = load_grid(args.grid)  # validated before anything loads
+    if args.ray_address:
+        check_address(args.ray_address)
+    progress = progress_wanted(args.quiet)
+    with (contextlib.nullcontext() if progress else bars_off()):
+        df = run_grid(grid, args.out, ray=args.ray, address=args.ray_address, num_cpus=args.num_cpus,
+                      task_cpus=args.task_cpus, retries=args.retries, progress=progress)
     a = df.attrs
     print(f"{len(df)} cells: {a['ran']} run now, {a['skipped']} already in {args.out}, "
           f"{len(a['failed'])} failed; {a['model_loads']} model loads")

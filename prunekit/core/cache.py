@@ -70,15 +70,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_staging(folder: Path, prefix: str = ".") -> list[Path]:
+STAGING_MARKER = ".prunekit-staging"  # inside every staging directory written next to a user's target
+
+
+def make_staging_dir(parent: Path, name: str) -> Path:
+    """A staging directory ``.<name>.tmp-<pid>-XXXX`` in ``parent`` holding ``STAGING_MARKER``, so a
+    later clean-up can tell it from a user's folder that only looks alike."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{staging_tag()}"))
+    (d / STAGING_MARKER).write_text(str(os.getpid()))
+    return d
+
+
+def clean_staging(folder: Path, prefix: str = ".", marked: bool = False) -> list[Path]:
     """Remove staging files/directories in ``folder`` (names starting with ``prefix``) whose writer
-    is gone; returns what was removed."""
+    is gone; returns what was removed. ``marked`` (a user's folder, e.g. the parent of
+    ``--save-model``): only directories holding ``STAGING_MARKER``, never a file or a symlink."""
     removed = []
     if not folder.is_dir():
         return removed
     now = time.time()
     for p in folder.iterdir():
         if not p.name.startswith(prefix) or ".tmp-" not in p.name:
+            continue
+        if marked and (p.is_symlink() or not p.is_dir() or not (p / STAGING_MARKER).is_file()):
             continue
         m = _STAGING.search(p.name)
         if m is None:  # staging of an older prunekit (no PID in the name): stale after a day
@@ -193,13 +208,20 @@ def _arrays_sha(arrays: dict[str, np.ndarray]) -> str:
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], identity: dict) -> None:
-    """npz with a ``manifest`` entry (identity + content hash), written via a staging name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """npz with a ``manifest`` entry (identity + content hash), written via a staging name; a
+    failed write is a warning (the caller keeps its arrays)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
+        return
     man = json.dumps({"identity": identity, "sha256": _arrays_sha(arrays)}, sort_keys=True)
     tmp = path.with_name(f".{path.name}{staging_tag()}.npz")
     try:
         np.savez(tmp, manifest=np.array(man), **arrays)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, file-size limit: the run goes on with the arrays in memory
+        warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
     finally:
         tmp.unlink(missing_ok=True)
 

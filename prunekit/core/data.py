@@ -269,6 +269,19 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
     return Calibration(x, name, seed, src.sha256, picks)
 
 
+def available_windows(name: str, tokenizer, seqlen: int) -> int:
+    """How many distinct calibration windows of ``seqlen`` tokens dataset ``name`` holds for
+    ``tokenizer`` (the sampler's count; token arrays come from the cache the sampler fills)."""
+    src = load_text(name, "calib")
+    tfp = tokenizer_fingerprint(tokenizer)
+    if src.docs is not None:
+        docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tfp}",
+                              lambda: [_encode(tokenizer, t) for t in src.docs], _identity(src, tfp, "docs"))
+        return sum(len(d) - seqlen for d in docs if len(d) > seqlen)
+    ids, _ = token_stream(name, "calib", tokenizer)
+    return max(0, ids.shape[1] - seqlen) if ids.shape[1] > seqlen + 1 else 0
+
+
 def _check_enough(name: str, windows: int, nsamples: int, seqlen: int, taken: set) -> None:
     """The sampler draws distinct windows by rejection: fewer than ``nsamples`` left would never end."""
     free = windows - len(taken)
@@ -294,3 +307,30 @@ def eval_tokens(name: str, tokenizer, seqlen: int) -> tuple[torch.Tensor, Text]:
     if name == "c4":
         ids = ids[:, : C4_EVAL_WINDOWS * seqlen]
     return ids, src
+
+
+def check_text(name: str, split: str, seqlen: int | None = None, flag: str = "", samples: int | None = None,
+               samples_flag: str = "--calib-samples") -> None:
+    """The data file exists, is UTF-8 text and is not empty (read now, not after pruning), and is
+    long enough for one window of ``seqlen`` tokens (a byte-level BPE or SentencePiece token spans
+    at least one UTF-8 byte, so a text of fewer bytes can never fill the window — no tokenizer needed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = load_text(name, split)
+    if not (t.text or "").strip() and not any((d or "").strip() for d in (t.docs or [])):
+        raise PrunekitError(f"dataset '{name}' ({split}) from {t.origin} holds no text")
+    if seqlen is not None:
+        longest = (len(t.text.encode()) if t.text is not None else max(len(d.encode()) for d in t.docs))
+        if longest + 2 <= seqlen:  # +2: BOS/EOS the tokenizer may add
+            what = "text" if t.text is not None else "longest document"
+            raise PrunekitError(f"{flag} {seqlen}: the {what} of dataset '{name}' ({split}) has only {longest} "
+                                f"bytes, fewer than {seqlen} tokens")
+        if samples is not None:
+            # distinct windows of seqlen tokens: a text of b bytes has at most b + 2 tokens, so at
+            # most b + 2 - seqlen + 1 window starts (per document for a document dataset)
+            lens = [len(t.text.encode())] if t.text is not None else [len(d.encode()) for d in t.docs]
+            most = sum(max(0, n + 3 - seqlen) for n in lens)
+            if samples > most:
+                raise PrunekitError(f"{samples_flag} {samples}: dataset '{name}' ({split}) holds at most {most} "
+                                    f"distinct windows of {seqlen} tokens; use at most {most} samples or a "
+                                    "shorter seqlen")

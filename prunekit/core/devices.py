@@ -60,3 +60,22 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
 def dtype_name(dtype: torch.dtype) -> str:
     """'bf16', 'fp16', 'fp32' (what the JSON record states as the compute dtype)."""
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
+def check_device(device: str | None) -> None:
+    """cpu, cuda, cuda:N (that GPU present), mps (available) or auto; anything else is an error."""
+    import re
+    if device in (None, "auto", "cpu"):
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m:
+        if not torch.cuda.is_available():
+            raise PrunekitError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise PrunekitError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return
+    if device == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PrunekitError("--device mps: MPS is not available on this machine")
+        return
+    raise PrunekitError(f"unknown --device '{device}'; use cpu, cuda, cuda:N, mps or auto")

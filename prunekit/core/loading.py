@@ -160,11 +160,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
     if work is not None and mode != "disk":
         shutil.rmtree(work, ignore_errors=True)
     layout(model)  # fail early on an unsupported architecture
+    check_finite(model, name_or_path)
     if mode == "cpu":
         off = _keep_blocks_on_cpu(model, dev)
     model.eval()
     model.config.use_cache = False
     return Runtime(model, tok, name=name_or_path, offloader=off, origin=origin(name_or_path))
+
+
+@torch.no_grad()
+def check_finite(model: nn.Module, name: str) -> None:
+    """Refuse NaN or infinite weights (a corrupt checkpoint would otherwise prune and report
+    nonsense with exit 0): one sum per loaded tensor, ``isfinite`` of it (weights left on
+    disk by ``--offload disk`` are not read here)."""
+    for n, t in model.named_parameters():
+        if t.device.type == "meta" or not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+            continue  # a sum is finite only when every element is (one reduction, no mask tensor)
+        if not bool(torch.isfinite(t).all()):
+            raise PrunekitError(f"model '{name}': weight {n} holds NaN or infinite values; the checkpoint is corrupt")
 
 
 def peek_model(name: str) -> preflight.ModelInfo:
@@ -213,3 +226,46 @@ def _hub_config(name: str) -> dict:
                             f"({type(e).__name__}); check the id and the network, or give a local directory") from None
     finally:
         lg.setLevel(level)
+
+
+def tokenizer_source(info: preflight.ModelInfo) -> tuple[Path, str | None] | None:
+    """(directory, GGUF file name or None) of the tokenizer ``info``'s model loads with, read
+    without loading or building the model: a model directory; an alias or GGUF already dequantised
+    into the cache, else the GGUF itself (tokenizer only). None for hub ids and unknown cases."""
+    dense = cache.cache_dir() / "dense"
+
+    def has_tok(d: Path) -> bool:
+        return (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
+    if info.kind == "dir":
+        return (Path(info.location), None) if has_tok(Path(info.location)) else None
+    gguf = None
+    if info.name == "tiny-llama":  # SmolLM2's tokenizer
+        if has_tok(dense / "tiny-llama-v1"):
+            return dense / "tiny-llama-v1", None
+        gguf = aliases._smollm2_gguf()
+    elif info.location and str(info.location).endswith(".gguf"):
+        gguf = Path(info.location)
+    if gguf is None:
+        return None
+    built = [c for c in sorted(dense.glob(f"{gguf.stem}-*")) if has_tok(c)] if dense.is_dir() else []
+    return (built[0], None) if len(built) == 1 else (gguf.parent, gguf.name)
+
+
+def check_windows(dataset: str, samples: int, seqlen: int, info: preflight.ModelInfo,
+                  flag: str = "--calib-samples") -> None:
+    """More calibration samples than the data holds distinct windows would fail after the load:
+    count the windows now with the model's tokenizer (no model is loaded)."""
+    from prunekit.core.data import available_windows
+    src = tokenizer_source(info)
+    if src is None:
+        return
+    try:
+        from transformers import AutoTokenizer
+        tok = (AutoTokenizer.from_pretrained(str(src[0])) if src[1] is None else
+               AutoTokenizer.from_pretrained(str(src[0]), gguf_file=src[1]))
+    except Exception:  # noqa: BLE001 - the load itself reports an unusable tokenizer
+        return
+    n = available_windows(dataset, tok, seqlen)
+    if samples > n:
+        raise PrunekitError(f"{flag} {samples}: dataset '{dataset}' holds only {n} distinct windows of {seqlen} "
+                            f"tokens; use at most {n} samples or a shorter seqlen")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -236,14 +237,43 @@ class Offloader:
 
 # ----------------------------------------------------------------------------- set-up
 
+OWNER_FILE = ".prunekit-offload"  # in every work directory: the PID of the run that owns it
+_WORK_DIR = re.compile(r"run-(\d+)-[0-9a-f]{6}-")
+
+
+def clean_work_dirs(root: Path) -> list[Path]:
+    """Remove the offload work directories under ``root`` whose run is gone (killed): only a real
+    directory named ``run-<pid>-...`` holding an owner file with that same PID, the PID no longer
+    alive. Anything else under ``root`` is left alone."""
+    from prunekit.core.cache import _alive
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        m = _WORK_DIR.match(d.name)
+        if m is None or d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            owner = (d / OWNER_FILE).read_text().strip() if (d / OWNER_FILE).is_file() else None
+        except OSError:
+            continue
+        if owner != m.group(1) or _alive(int(owner)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 def make_work_dir(root: Path) -> Path:
-    """A private, writable offload directory under ``root``; one-line error when not writable."""
+    """A private, writable offload directory under ``root`` (marked with this run's PID; the work
+    directories of dead runs are removed first); one-line error when not writable."""
     try:
         root.mkdir(parents=True, exist_ok=True)
+        clean_work_dirs(root)
         d = Path(tempfile.mkdtemp(dir=root, prefix=f"run-{os.getpid()}-{uuid.uuid4().hex[:6]}-"))
-        probe = d / ".probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        (d / OWNER_FILE).write_text(str(os.getpid()))
         return d
     except OSError as e:
         raise PrunekitError(f"--offload disk needs a writable cache directory; {root} is not writable "

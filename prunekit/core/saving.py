@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,8 +23,8 @@ def save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: di
     """Write model + tokenizer (+ prunekit.json, + ``extra_files`` {name: text}) to a staging
     directory, then rename into place: a crash never leaves a half-written model directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    cache.clean_staging(target.parent, f".{target.name}.tmp-")  # left by a killed earlier save
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{cache.staging_tag()}"))
+    cache.clean_staging(target.parent, f".{target.name}.tmp-", marked=True)  # left by a killed earlier save
+    tmp = cache.make_staging_dir(target.parent, target.name)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -35,15 +34,25 @@ def save_dir(model, tok, target: Path, meta: dict | None = None, extra_files: di
             cache.seal_dir(tmp, meta)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if target.exists() and not any(target.iterdir()):
-            target.rmdir()
-        if not target.exists():
-            os.replace(tmp, target)
+        _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename the finished staging directory onto ``target`` (absent, or an empty real directory;
+    never through a symlink), its staging marker removed first."""
+    (tmp / cache.STAGING_MARKER).unlink(missing_ok=True)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise PrunekitError(f"--save-model target {target} is not a directory; refusing to replace it")
+    if target.exists():
+        if any(target.iterdir()):
+            raise PrunekitError(f"--save-model target {target} exists and is not empty; choose a new directory")
+        target.rmdir()
+    os.replace(tmp, target)
 
 
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,7 +98,8 @@ def _save_offloaded(rt: Runtime, target: Path, dtype: str | None = None, meta: d
     from safetensors.torch import save_file
     model, tok = rt.model, rt.tokenizer
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    cache.clean_staging(target.parent, f".{target.name}.tmp-", marked=True)
+    tmp = cache.make_staging_dir(target.parent, target.name)
     prefix, lay = rt.prefix, rt.layout
     weight_map = {}
 
@@ -126,9 +136,7 @@ def _save_offloaded(rt: Runtime, target: Path, dtype: str | None = None, meta: d
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         publish_modes(tmp)
-        if target.exists() and not any(target.iterdir()):
-            target.rmdir()
-        os.replace(tmp, target)
+        _publish(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

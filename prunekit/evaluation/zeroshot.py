@@ -83,7 +83,7 @@ def resolve_batch_size(batch_size: int | str, device) -> int | str:
 
 def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str = 1,
               num_fewshot: int = 0, seed: int = 0, bootstrap_iters: int = 1000,
-              data_dir: Path | str | None = None, max_length: int | None = None) -> dict:
+              data_dir: Path | str | None = None, max_length: int | None = None, per_example: bool = False) -> dict:
     """Stock lm-eval ``HFLM`` + ``simple_evaluate`` on the runtime's model (in memory, with its tokenizer).
 
     Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "source"}, ...,
@@ -93,6 +93,8 @@ def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str
     numpy, torch and the few-shot sampler. ``bootstrap_iters`` only affects stderrs lm-eval
     bootstraps (lambada perplexity; acc stderrs are analytic); lm-eval's default is 100000.
     ``data_dir`` overrides $PRUNEKIT_DATA_DIR; ``max_length`` overrides the model's context length.
+    ``per_example``: also return each task's per-document 0/1 ``acc`` in document order
+    (``per_example_acc``; no document text), for paired bootstraps over examples.
     """
     names = resolve_tasks(tasks, data_dir)
     if rt is None or getattr(rt, "tokenizer", None) is None:
@@ -137,7 +139,7 @@ def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         res = simple_evaluate(
             model=lm, tasks=task_objs, task_manager=tm, num_fewshot=int(num_fewshot), limit=limit,
-            bootstrap_iters=bootstrap_iters, log_samples=False, random_seed=seed,
+            bootstrap_iters=bootstrap_iters, log_samples=bool(per_example), random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     finally:
         model.train(was_training)  # HFLM switches the model to eval mode
@@ -154,6 +156,9 @@ def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str
                 row[m] = _num(r.get(f"{m},none"))
                 row[f"{m}_stderr"] = _num(r.get(f"{m}_stderr,none"))
         row["n"] = int(res["n-samples"][n]["effective"])
+        if per_example:
+            logged = sorted(res["samples"][n], key=lambda e: e["doc_id"])
+            row["per_example_acc"] = [float(e["acc"]) for e in logged]
         row["source"] = f"offline:{root / OFFLINE_TASKS[t].files[0]}" if names[t] else f"hub:{t}"
         out[t] = row
     accs = [out[t]["acc"] for t in lm_names if out[t]["acc"] is not None]

@@ -419,3 +419,36 @@ def mrp_ablation(table, param, value="ppl", title=None):
     ax.set_title(title or f"MRP ablation: {param}")
     fig.tight_layout()
     return fig
+
+
+def degradation_curves(entries: dict, paper_ratio: dict, caption: str | None = None, title=None):
+    """Held-out perplexity ratio (pruned ÷ dense) against sparsity, one panel per solver, one line
+    per model (and dtype), with s* marked and the papers' LLaMA-7B point at 70 % (``paper_ratio``:
+    solver -> ratio). ``entries``: the ``entries`` of an s* file (``experiments.regime``)."""
+    import matplotlib.pyplot as plt
+    solvers = sorted({e["settings"]["metric"] for e in entries.values() if "s_star" in e})
+    fig, axes = plt.subplots(1, max(1, len(solvers)), figsize=(5 * max(1, len(solvers)), 3.6), squeeze=False)
+    for ax, solver in zip(axes[0], solvers):
+        for e in entries.values():
+            st = e.get("settings", {})
+            if "s_star" not in e or st.get("metric") != solver:
+                continue
+            pts = sorted((p["sparsity"], p["ratio"]) for p in e["curve"])
+            label = f"{st['model']} ({st['dtype'].replace('torch.', '')}), s* = {e['s_star']:.3f}"
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
+            ax.axvline(e["s_star"], color=line.get_color(), linestyle=":", linewidth=1)
+        if solver in paper_ratio:
+            ax.plot([0.7], [paper_ratio[solver]], marker="*", markersize=12, color="black", linestyle="none",
+                    label=f"LLaMA-7B at 70 % (paper), {paper_ratio[solver]:.1f}×")
+            ax.axhline(paper_ratio[solver], color="grey", linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("perplexity ÷ dense (held-out C4)")
+        ax.set_title(f"uniform {solver}")
+        ax.legend(fontsize=7)
+    if caption:
+        fig.text(0.99, 0.01, caption, ha="right", va="bottom", fontsize=7, color="grey")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

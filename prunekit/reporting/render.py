@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunekit.utils import atomic_write_text
+from prunekit.utils import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # a checkout (notebooks/, reports/), or site-packages
 CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "notebooks").is_dir()
@@ -130,10 +130,7 @@ def _clean_papermill_paths(executed: Path, nb: Path) -> None:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dst)
+    atomic_write_bytes(dst, src.read_bytes())  # O_EXCL staging name, never through a symlink
 
 
 def render(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, extra: dict | None = None) -> dict:
@@ -318,16 +315,77 @@ def parse_params(items: list[str], nbs: list[Path]) -> dict:
         except yaml.YAMLError as e:
             raise ValueError(f"--param {name}: not a YAML value: {str(e).splitlines()[0]}") from None
     for nb in nbs if out else []:
-        known = set(pm.inspect_notebook(str(nb)))
-        bad = sorted(set(out) - known)
+        params = pm.inspect_notebook(str(nb))
+        bad = sorted(set(out) - set(params))
         if bad:
             raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, bad))}; "
-                             f"its parameters: {', '.join(sorted(known))}")
+                             f"its parameters: {', '.join(sorted(params))}")
+        for name, value in out.items():
+            _check_type(nb, name, value, params[name].get("default"))
     return out
 
 
+def _check_type(nb: Path, name: str, value, default: str | None) -> None:
+    """A value of the kind the notebook's default has (a number for a number, a list for a list,
+    true/false for a flag), checked before the notebook runs; a null default takes anything."""
+    import ast
+    try:
+        d = ast.literal_eval(default) if default else None
+    except (ValueError, SyntaxError):
+        return
+    if d is None or value is None:
+        return
+    if isinstance(d, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(d, (int, float)):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        if ok and isinstance(d, int) and not isinstance(value, int):
+            ok, kind = False, "an integer"
+    elif isinstance(d, (list, tuple)):
+        ok, kind = isinstance(value, list), "a list such as [0, 1]"
+    elif isinstance(d, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"--param {name}={value!r}: {nb.name} expects {kind} (its default is {default})")
+
+
+def check_out(out: Path, nbs: list[Path]) -> None:
+    """``--out`` is a directory (or can be made one) and no report file in it is a symlink, a
+    directory, a FIFO or a device: checked before any notebook runs."""
+    import stat
+    probe = out
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if os.path.islink(probe) and probe != out or not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not writable")
+    if probe != out:
+        return
+    names = ["index.html", "index.json"] + [f"{nb.stem}{suf}" for nb in nbs for suf in
+                                            (".html", ".ipynb", ".json", ".failed.html", ".failed.ipynb")]
+    for n in names:
+        try:
+            mode = os.lstat(out / n).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"--out: {out / n} is not a regular file (symlink, directory, device or pipe); "
+                             "refusing to replace it")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like the prunekit CLI."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message.splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunekit.reporting")
+    ap = _Parser(prog="python -m prunekit.reporting")
     ap.add_argument("--profile", default="quick", choices=["quick", "cpu", "paper"])
     ap.add_argument("--notebooks", default=None,
                     help="folder of NN_*.ipynb notebooks (default: the checkout's notebooks/ or the installed ones)")
@@ -357,6 +415,11 @@ def main(argv=None) -> int:
         return 2
     try:
         extra = parse_params(a.param, nbs)
+    except ValueError as e:
+        print(f"prunekit.reporting: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_out(Path(a.out), nbs)
     except ValueError as e:
         print(f"prunekit.reporting: error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@
 A section lives between ``<!-- BEGIN <name> -->`` and ``<!-- END <name> -->`` markers in the document
 and is replaced whole (atomically), so every number in it comes from one render, printed beside the
 settings and the provenance (commit, date) it was measured with. Hand-written text stays outside
-the markers. Only notebook 50 (the reproduction table) has a generator so far.
+the markers. Generators: notebook 50 (the reproduction table) and ``regime`` (s*, MRP's score, SV-NUP's
+held-out draws; ``prunekit.reporting.regime_doc``).
 """
 from __future__ import annotations
 
@@ -86,7 +87,12 @@ def comparison_section(res: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-GENERATORS = {"50_comparison": comparison_section}
+def _regime_section(res: dict) -> str:
+    from prunekit.reporting.regime_doc import regime_section
+    return regime_section(res)
+
+
+GENERATORS = {"50_comparison": comparison_section, "regime": _regime_section}
 
 
 def update(doc: Path, results: Path) -> Path:

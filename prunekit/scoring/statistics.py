@@ -78,8 +78,13 @@ class StatsCache:
         p = self.path(key)
         tmp = p.with_name(f".{p.name}{cache.staging_tag()}")
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
-        os.replace(tmp, p)
+        try:
+            save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
+            os.replace(tmp, p)
+        except Exception as e:  # noqa: BLE001 - disk full, file-size limit: the run goes on uncached
+            tmp.unlink(missing_ok=True)
+            cache.warn(f"cannot write cache entry {p} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                       "going on without caching it")
 
 
 class Statistics:

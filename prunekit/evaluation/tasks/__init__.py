@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prunekit.core.data import data_dir
 from prunekit.errors import PrunekitError
+from prunekit.utils import atomic_write_text
 
 PREFIX = "prunekit_"
 
@@ -133,8 +134,7 @@ def write_task_configs(dest: Path | str, tasks=None, root: Path | str | None = N
     if root is None:
         raise PrunekitError("no data directory: set PRUNEKIT_DATA_DIR to a copy of shared/data")
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    out = {}
+    texts = {}
     for stock in (STOCK_TASKS if tasks is None else tasks):
         if stock not in OFFLINE_TASKS:
             raise PrunekitError(f"unknown task '{stock}'; choose from {', '.join(STOCK_TASKS)}")
@@ -142,7 +142,56 @@ def write_task_configs(dest: Path | str, tasks=None, root: Path | str | None = N
         if missing:
             raise PrunekitError(f"task '{stock}' needs {', '.join(str(root / f) for f in missing)}; "
                                 f"point PRUNEKIT_DATA_DIR at a copy of shared/data")
+        texts[stock] = render_config(stock, root)
+    _check_dest(dest, [OFFLINE_TASKS[t].name for t in texts])  # every check before the first write
+    dest.mkdir(exist_ok=True)
+    out = {}
+    for stock, text in texts.items():
         t = OFFLINE_TASKS[stock]
-        (dest / f"{t.name}.yaml").write_text(render_config(stock, root))
+        atomic_write_text(dest / f"{t.name}.yaml", text, "task file ")
         out[stock] = t.name
     return out
+
+
+_HEADER = "# Rendered by prunekit.evaluation.tasks.write_task_configs"
+
+
+def _check_dest(dest: Path, names: list[str]) -> None:
+    """``dest`` is a directory (or a new one in an existing directory), never a symlink; each task
+    file in it is absent or a regular file prunekit rendered (its first line says so): a symlink,
+    FIFO, directory or a file of the user's is refused, with nothing written."""
+    import os
+    import stat
+    try:
+        st = os.lstat(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is None:
+        parent = dest.parent if str(dest.parent) else Path(".")
+        if not parent.is_dir():
+            raise PrunekitError(f"--write {dest}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PrunekitError(f"--write {dest}: directory {parent} is not writable")
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise PrunekitError(f"--write {dest} is a symlink; give the real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PrunekitError(f"--write {dest} exists and is not a directory")
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise PrunekitError(f"--write {dest}: directory is not writable")
+    for name in names:
+        f = dest / f"{name}.yaml"
+        try:
+            fst = os.lstat(f)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(fst.st_mode):
+            raise PrunekitError(f"--write: {f} exists and is not a regular file (symlink, directory, device or "
+                                "pipe); refusing to replace it")
+        try:
+            with open(f, "rb") as fh:
+                first = fh.read(len(_HEADER))
+        except OSError as e:
+            raise PrunekitError(f"--write: cannot read {f}: {e.strerror}") from None
+        if first != _HEADER.encode():
+            raise PrunekitError(f"--write: {f} exists and was not written by prunekit; refusing to replace it")

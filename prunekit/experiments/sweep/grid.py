@@ -68,7 +68,10 @@ def _list(where, v, kind, check=None, allow_empty=False):
         if not isinstance(x, kind) or isinstance(x, bool):
             _fail(where, f"expected {kind.__name__} values, got {x!r}")
         if check:
-            check(x)
+            try:
+                check(x)
+            except PrunekitError as e:
+                _fail(where, str(e))
         out.append(x)
     if len(set(map(repr, out))) != len(out):
         _fail(where, f"duplicate values in {out}")
@@ -189,8 +192,13 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
             w = f"{where}: groups[{i}]"
             if sorted(g) != ["allocations", "metric", "sparsity"]:
                 _fail(w, f"keys are sparsity, metric, allocations; got {', '.join(map(str, g))}")
-            check_sparsity_value(float(g["sparsity"]))
-            _one_of(METRICS)(g["metric"])
+            try:
+                if not isinstance(g["sparsity"], (int, float)) or isinstance(g["sparsity"], bool):
+                    raise PrunekitError(f"sparsity must be a number, got {g['sparsity']!r}")
+                check_sparsity_value(float(g["sparsity"]))
+                _one_of(METRICS)(g["metric"])
+            except PrunekitError as e:
+                _fail(w, str(e))
             labs = _list(f"{w}: allocations", g["allocations"], str)
             missing = [x for x in labs if x not in variants]
             if missing:
@@ -216,6 +224,74 @@ def parse_grid(obj: dict, where: str = "grid") -> Grid:
             _fail(f"{where}: {k}", f"expected a string, got {obj[k]!r}")
     return Grid(models, variants, metrics, sparsities, seeds, calib, evaluation, zs,
                 obj.get("device"), obj.get("dtype"), obj.get("name") or "grid", groups)
+
+
+def check_cells(g: Grid, where: str = "grid") -> None:
+    """What the CLI checks before a run, for every cell of the grid before the first one runs: the
+    device and dtype, every model (from headers), the sequence lengths against each model's
+    positions, block-relative option bounds, zero-shot tasks and their files, the data texts and
+    the calibration windows. One PrunekitError line naming the grid key."""
+    import os
+
+    from prunekit.allocation import spec
+    from prunekit.core.data import check_text
+    from prunekit.core.devices import check_device
+    from prunekit.core.loading import check_windows, peek_model
+    from prunekit.vocabulary import DTYPE_NAMES
+    try:
+        check_device(g.device)
+    except PrunekitError as e:
+        _fail(f"{where}: device", str(e).replace("--device ", ""))
+    if g.dtype is not None and g.dtype not in DTYPE_NAMES:
+        _fail(f"{where}: dtype", f"unknown '{g.dtype}'; choose from {', '.join(DTYPE_NAMES)}")
+    tasks = list(g.zero_shot["tasks"])
+    if tasks:
+        from prunekit.evaluation.tasks import OFFLINE_TASKS, STOCK_TASKS, data_dir, has_local_data
+        bad = [t for t in tasks if t not in OFFLINE_TASKS]
+        if bad:
+            _fail(f"{where}: zero_shot.tasks", f"unknown zero-shot task {', '.join(map(repr, bad))}; "
+                                               f"choose from {', '.join(STOCK_TASKS)}")
+        offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        for t in tasks:
+            if offline and not has_local_data(t):
+                _fail(f"{where}: zero_shot.tasks", f"zero-shot task '{t}': its files are not under "
+                                                   f"PRUNEKIT_DATA_DIR={data_dir()} and the hub is offline")
+    c, e = g.calibration, g.evaluation
+    try:
+        check_text(c["dataset"], "calib", c["seqlen"] + 1, "calibration.seqlen", samples=c["samples"],
+                   samples_flag="calibration.samples")
+        for d in e["datasets"]:
+            check_text(d, "test", e["seqlen"], "evaluation.seqlen")
+    except PrunekitError as err:
+        _fail(where, str(err))
+    for m in g.models:
+        w = f"{where}: models: '{m}'"
+        try:
+            info = peek_model(m)
+        except PrunekitError as err:
+            _fail(w, str(err))
+        if info.max_positions:
+            for key, n in (("calibration.seqlen", c["seqlen"]), ("evaluation.seqlen", e["seqlen"])):
+                if key.startswith("evaluation") and not e["datasets"]:
+                    continue
+                if n > info.max_positions:
+                    _fail(w, f"{key} {n} exceeds the model's {info.max_positions} positions")
+        # every allocation at every sparsity it runs at: bounds relative to the blocks and the target
+        for target, label in dict.fromkeys((s, lab) for s, _, labs in g._combos() for lab in labs):
+            method, opts = g.allocations[label]
+            sp = spec(method)
+            try:
+                sp.check_options(opts, info.num_blocks, target)
+                inner = f"{sp.wraps}_options" if sp.wraps else None
+                if inner and opts.get(inner) is not None:
+                    spec(opts.get(sp.wraps) or sp.options[sp.wraps].default).check_options(
+                        opts[inner], info.num_blocks, target)
+            except PrunekitError as err:
+                _fail(f"{w}: allocation '{label}' at sparsity {target:g}", str(err))
+        try:
+            check_windows(c["dataset"], c["samples"], c["seqlen"], info, "calibration.samples")
+        except PrunekitError as err:
+            _fail(w, str(err))
 
 
 def _grid_path(path_or_name) -> Path:

@@ -2,15 +2,18 @@
 ``Session.reseed``) or as Ray tasks (one per (model, seed) group), resuming from the results file."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
 from prunekit.experiments.cells import iter_session
-from prunekit.experiments.sweep.grid import load_grid
-from prunekit.experiments.sweep.store import append_record, cell_key, code_version, frame, read_results
+from prunekit.experiments.sweep.grid import check_cells, load_grid
+from prunekit.experiments.sweep.store import (ResultsLock, append_record, cell_key, code_version, frame,
+                                              read_results, repair_tail)
 
 def _run_kw(settings: dict) -> dict:
     zs = settings["zero_shot"]
@@ -71,6 +74,24 @@ def _ray_group(items, threads: int | None = None):
     yield from run_cells(items, progress=False)
 
 
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """A ``host:port`` Ray address must accept a TCP connection within ``timeout`` seconds
+    (``ray.init`` would retry for minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PrunekitError(f"--ray-address {address!r}: expected HOST:PORT, auto or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise PrunekitError(f"--ray-address {address}: no Ray head answers there within {timeout:g} s "
+                            f"({e.strerror or type(e).__name__})") from None
+
+
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to Ray (``address``) or start a local instance; True when this call started it.
     A local instance forwards the driver's PRUNEKIT_* / HF_* settings and prunekit's source path."""
@@ -81,7 +102,15 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        check_address(address)
+        import logging
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the driver's retry chatter
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, TimeoutError, RuntimeError) as e:
+            ray.shutdown()
+            raise PrunekitError(f"--ray-address {address}: cannot connect to a Ray cluster there "
+                                f"({(str(e).strip().splitlines() or [''])[0]})") from None
         return False
     # on a loaded machine the raylet's Python agents can take longer to start than the raylet
     # waits for them by default (it then aborts with "Timed out waiting for file ...port")
@@ -145,7 +174,17 @@ def run_grid(grid, out=None, *, ray: bool = False, address: str | None = None, n
         raise PrunekitError(f"retries must be >= 0, got {retries}")
     if out is not None:
         from prunekit.utils import check_writable
-        check_writable(out)
+        check_writable(out, "results file")
+        read_results(out)  # read-only: refuse a file that is not ours before anything touches it
+    check_cells(g)  # the grid's models, devices, sequence lengths and data, before the first cell
+    lock = ResultsLock(out) if out is not None else contextlib.nullcontext()
+    with lock:
+        if out is not None:
+            repair_tail(out)
+        return _run_locked(g, out, ray, address, num_cpus, task_cpus, retries, progress, tqdm)
+
+
+def _run_locked(g, out, ray, address, num_cpus, task_cpus, retries, progress, tqdm):
     cv = code_version()
     cells = [(cell_key(st), st) for st in g.cells()]
     keys = {k for k, _ in cells}

@@ -45,28 +45,114 @@ def code_version() -> dict:
     return dict(_CODE_VERSION)
 
 
-def read_results(path) -> list[dict]:
-    """Records of a JSON-lines results file. A torn last line (a driver killed mid-write) is
-    dropped from the file, so the next append starts on a clean line."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    data = p.read_bytes()
+RECORD_HEAD = b'{"cell": "'  # every line append_record writes starts so (run_grid puts "cell" first)
+RESULTS_LIMIT = 4 << 30
+
+
+def _is_record(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("cell"), str) and isinstance(obj.get("settings"), dict)
+
+
+def _parse(p: Path) -> tuple[list[dict], bytes, int]:
+    """Read-only: (records of the whole lines, the bytes after the last newline, their offset).
+    Refuses (one line, file untouched) anything that is not a prunekit results file."""
+    from prunekit.utils import read_regular
+    try:
+        data = read_regular(p, RESULTS_LIMIT, "results file ")
+    except FileNotFoundError:
+        return [], b"", 0
     good = data.rfind(b"\n") + 1
-    if good < len(data):  # torn tail: keep only whole lines
-        with open(p, "r+b") as f:
-            f.truncate(good)
-            f.flush()
-            os.fsync(f.fileno())
     out = []
     for i, line in enumerate(data[:good].splitlines()):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
-            raise PrunekitError(f"{p}: line {i + 1} is not JSON; not a prunekit results file") from None
-    return out
+            rec = None
+        if not _is_record(rec):
+            raise PrunekitError(f"{p}: line {i + 1} is not a prunekit result record; not a prunekit results "
+                                "file (left untouched; choose another --out)")
+        out.append(rec)
+    return out, data[good:], good
+
+
+def read_results(path) -> list[dict]:
+    """Records of a JSON-lines results file, read-only. A torn last line (a driver killed
+    mid-write) is ignored; a complete last record that only lost its newline is kept."""
+    p = Path(path)
+    recs, tail, _ = _parse(p)
+    if tail.strip():
+        rec = _tail_record(p, recs, tail)
+        if rec is not None:
+            recs.append(rec)
+    return recs
+
+
+def _tail_record(p: Path, recs: list, tail: bytes):
+    """The record in the bytes after the last newline, None when they are a torn prunekit record;
+    anything else is refused (it is not provably ours)."""
+    try:
+        rec = json.loads(tail)
+    except ValueError:
+        rec = None
+    if _is_record(rec):
+        return rec
+    if tail.startswith(RECORD_HEAD) or (not recs and RECORD_HEAD.startswith(tail)):
+        return None  # a torn prunekit record
+    raise PrunekitError(f"{p}: its last line is not a prunekit result record; not a prunekit results file "
+                        "(left untouched; choose another --out)")
+
+
+def repair_tail(path) -> None:
+    """Before appending (under the lock): a complete record that lost its newline gets it back; a
+    torn prunekit record is cut off. Nothing else is ever removed (``_parse`` refuses it first)."""
+    p = Path(path)
+    recs, tail, good = _parse(p)
+    if not tail:
+        return
+    rec = _tail_record(p, recs, tail) if tail.strip() else None
+    fd = os.open(p, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        if rec is not None or not tail.strip():
+            os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, b"\n")
+        else:
+            os.ftruncate(fd, good)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ResultsLock:
+    """An exclusive, non-blocking ``flock`` on the results file for the length of a sweep: a second
+    sweep on the same file refuses with one line instead of computing every cell twice."""
+
+    def __init__(self, path):
+        self.path, self.fd = Path(path), None
+
+    def __enter__(self):
+        import fcntl
+        from prunekit.utils import refuse_special
+        refuse_special(self.path, "results file ")
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                              0o644)
+        except OSError as e:
+            raise PrunekitError(f"cannot open results file {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise PrunekitError(f"another sweep is writing {self.path}; wait for it to finish or give another "
+                                "--out") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _strict(o):
@@ -86,9 +172,12 @@ def _strict(o):
 
 
 def append_record(path, rec: dict) -> None:
-    """One whole line per record with a single write, then flush + fsync: a kill loses no finished cell."""
+    """One whole line per record with a single write, then flush + fsync: a kill loses no finished cell.
+    The line starts with ``"cell"`` (``RECORD_HEAD``): a torn tail is then provably a prunekit record."""
+    if "cell" in rec:
+        rec = {"cell": rec["cell"], **rec}
     line = (json.dumps(_strict(rec), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
         n = os.write(fd, line)
         while n < len(line):  # os.write may be partial on some filesystems

@@ -1,0 +1,214 @@
+"""The papers'-regime section of docs/results.md, generated from the kept results JSON.
+
+    python -m prunekit.reporting.regime_doc docs/data/regime            # collect -> regime.json
+    python -m prunekit.reporting.results_doc docs/data/regime/regime.json   # regenerate the section
+
+``collect`` merges what the regime studies wrote (``sstar.json``: s* with its curve per model ×
+solver × dtype; ``mrp_score.jsonl``: MRP's score on held-out NLL per seed; ``svnup_draws.json``:
+SV-NUP block values on disjoint held-out draws) into one results document (name ``regime``);
+``regime_section`` renders it. Every number in the section is read from that file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prunekit.errors import PrunekitError
+from prunekit.utils import atomic_write_json
+
+
+def collect(folder: Path) -> dict:
+    folder = Path(folder)
+    data: dict = {}
+    if (folder / "sstar.json").is_file():
+        data["sstar"] = json.loads((folder / "sstar.json").read_text())["entries"]
+    if (folder / "mrp_score.jsonl").is_file():
+        rows = [json.loads(x) for x in (folder / "mrp_score.jsonl").read_text().splitlines() if x.strip()]
+        data["mrp_score"] = [{k: v for k, v in r.items() if k != "planned_sparsity"} | {
+            "planned_sparsity": [round(x, 4) for x in r.get("planned_sparsity", [])]} for r in rows]
+    if (folder / "svnup_draws.json").is_file():
+        data["svnup_draws"] = json.loads((folder / "svnup_draws.json").read_text())["entries"]
+    if (folder / "claims_sstar.jsonl").is_file():
+        data["claims"] = claims_runs(folder / "claims_sstar.jsonl", data.get("sstar", {}))
+    if not data:
+        raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json")
+    return data
+
+
+KEPT_70 = Path(__file__).resolve().parents[2] / "docs/data/issue15/50_comparison-cpu.json"
+_RUN_KEYS = ("model", "seed", "allocation", "metric", "sparsity", "ppl_wikitext2", "nll_wikitext2", "planned",
+             "seconds", "cpu_seconds")
+
+
+def claims_runs(path: Path, sstar_entries: dict, kept_70: Path = KEPT_70) -> dict:
+    """The runs at s* (a sweep results file) beside the 70 % runs of the kept notebook-50 render
+    (same grid, seeds, calibration sets and evaluation windows)."""
+    from prunekit.experiments.regime import sstar_values
+    from prunekit.experiments.sweep import frame, read_results
+    new = frame(read_results(path))
+    new = new[new["status"] == "ok"]
+    runs = [{k: r.get(k) for k in _RUN_KEYS} | {"source": "s* study"} for r in new.to_dict(orient="records")]
+    if Path(kept_70).is_file():
+        old = json.loads(Path(kept_70).read_text())
+        commit = str((old["provenance"].get("git") or {}).get("commit", "?"))[:10]
+        runs += [{k: r.get(k) for k in _RUN_KEYS} | {"source": f"kept 70 % render ({commit})"}
+                 for r in old["data"]["runs"] if abs(float(r["sparsity"]) - 0.7) < 1e-9]
+    for r in runs:
+        r["planned"] = [round(float(x), 4) for x in (r.get("planned") or [])]
+    return {"sstar": sstar_values(sstar_entries), "runs": runs}
+
+
+def claims_tables(claims: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(matrix with a column per model × regime, mean ± std perplexity per group, per-block profiles)."""
+    from prunekit.experiments.comparison import summarise
+    from prunekit.experiments.regime import regime_matrix
+    df = pd.DataFrame(claims["runs"])
+    sstar = claims["sstar"]
+    have = {(m, met) for m, met in zip(df["model"], df["metric"])
+            if m in sstar and met in sstar[m] and ((df["model"] == m) & (df["metric"] == met)
+                                                  & (abs(df["sparsity"] - sstar[m][met]) < 1e-9)).any()}
+    sub = {m: {met: v for met, v in d.items() if (m, met) in have} for m, d in sstar.items()}
+    mat = regime_matrix(df, sub)
+    mat["paper_change_%"] = mat["paper_change_%"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:+.1f} %")
+    at_s = df[[any(abs(s - v) < 1e-9 for v in sub.get(m, {}).values()) or abs(s - 0.7) < 1e-9
+               for m, s in zip(df["model"], df["sparsity"])]]
+    at_s = at_s[[(m, met) in have for m, met in zip(at_s["model"], at_s["metric"])]]
+    summ = summarise(at_s.drop(columns=["nll_wikitext2", "planned", "source"]))
+    summ = pd.DataFrame({"model": summ["model"], "metric": summ["metric"],
+                         "sparsity": summ["sparsity"].map(lambda x: f"{x:.3f}"), "allocation": summ["allocation"],
+                         "wikitext2": [f"{a:.1f} ± {b:.1f}" for a, b in zip(summ["ppl_wikitext2_mean"],
+                                                                           summ["ppl_wikitext2_std"])],
+                         "seeds": summ["seeds"]})
+    prof = []
+    for (m, met, s, a), g in at_s[at_s["seed"] == 0].groupby(["model", "metric", "sparsity", "allocation"]):
+        p = np.asarray(g["planned"].iloc[0], dtype=float)
+        if len(p) and a != "uniform":
+            n = len(p)
+            prof.append({"model": m, "metric": met, "sparsity": f"{s:.3f}", "allocation": a,
+                         "min": f"{p.min():.2f}", "max": f"{p.max():.2f}",
+                         "first third": f"{p[: n // 3].mean():.2f}", "middle third": f"{p[n // 3: 2 * n // 3].mean():.2f}",
+                         "last third": f"{p[2 * n // 3:].mean():.2f}",
+                         "per block": " ".join(f"{x:.2f}" for x in p)})
+    return mat, summ, pd.DataFrame(prof)
+
+
+def _md(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def sstar_rows(entries: dict) -> pd.DataFrame:
+    rows = []
+    for key, e in entries.items():
+        if "s_star" not in e:
+            continue
+        at70 = next((p["ratio"] for p in e["curve"] if abs(p["sparsity"] - 0.7) < 1e-9), None)
+        st = e["settings"]
+        rows.append({"model": st["model"], "solver": st["metric"], "dtype": st["dtype"].replace("torch.", ""),
+                     "paper ratio at 70 %": f"{e['target']:.2f}",
+                     "s*": f"{e['s_star']:.3f}", "bracket": f"[{e['lo']:.2f}, {e['hi']:.2f}]",
+                     "ratio at 70 % (held-out C4)": "—" if at70 is None else f"{at70:.2f}",
+                     "prunes": len(e["curve"]), "seconds": f"{sum(p['seconds'] for p in e['curve']):.0f}"})
+    return pd.DataFrame(rows)
+
+
+def curve_table(entries: dict) -> pd.DataFrame:
+    """One row per sparsity, one column per (model, solver, dtype): held-out ratio."""
+    cols = {}
+    for e in entries.values():
+        if "s_star" not in e:
+            continue
+        st = e["settings"]
+        name = f"{st['model']} {st['metric']} {st['dtype'].replace('torch.', '')}"
+        cols[name] = {round(p["sparsity"], 4): p["ratio"] for p in e["curve"]}
+    df = pd.DataFrame(cols).sort_index()
+    df = df.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    return df.rename_axis("sparsity").reset_index()
+
+
+def mrp_rows(rows) -> pd.DataFrame:
+    from prunekit.experiments.regime import mrp_score_table
+    t = mrp_score_table(rows)
+    if not len(t):
+        return t
+    return pd.DataFrame({
+        "model": t["model"], "sparsity": t["sparsity"].map(lambda s: f"{s:.3f}"), "seeds": t["seeds"],
+        "uniform": t["uniform"].map(lambda v: "not run" if pd.isna(v) else f"{v:.3f}"),
+        "MRP, solver's score": t["solver_score"].map(lambda v: f"{v:.3f}"),
+        "MRP, Wanda's score": t["wanda_score"].map(lambda v: f"{v:.3f}"),
+        "Wanda − solver (per seed)": [f"{d:+.3f} ({', '.join(f'{x:+.3f}' for x in ps)})"
+                                      for d, ps in zip(t["wanda_minus_solver"], t["per_seed"])],
+        "lower NLL": ["Wanda's score" if d < 0 else "solver's score" for d in t["wanda_minus_solver"]],
+        "Wanda's score lower on": [f"{w} of {n} seeds" for w, n in zip(t["wanda_better_seeds"], t["seeds"])]})
+
+
+def svnup_rows(entries: dict) -> pd.DataFrame:
+    rows = []
+    for key, e in entries.items():
+        if len(e.get("draws", [])) < 2 or "spearman" not in e:
+            continue
+        model, s, size, est = key.split("|")
+        rows.append({"model": model, "sparsity": s[1:], "held-out per draw": size.replace("x", " × ") + " tokens",
+                     "estimator": e["settings"]["estimator"], "evaluations per draw": e["draws"][0]["evaluations"],
+                     "seconds per draw": " / ".join(f"{d['seconds']:.0f}" for d in e["draws"]),
+                     "Spearman draw 0 vs 1": f"{e['spearman'][0][1]:.3f}"})
+    return pd.DataFrame(rows)
+
+
+def regime_section(res: dict) -> str:
+    d, prov = res["data"], res["provenance"]
+    git = prov.get("git") or {}
+    lines = [f"Collected {prov['created'][:16].replace('T', ' ')} UTC from commit "
+             f"`{str(git.get('commit', '?'))[:10]}`{' (dirty tree)' if git.get('dirty') else ''}; "
+             f"torch {prov['versions'].get('torch')}; 2-core CPU, one thread per job.", ""]
+    if d.get("sstar"):
+        lines += ["**Degradation-matched sparsity s\\*** (uniform solver; ratio = exp(held-out NLL − dense held-out "
+                  "NLL) on 16 × 256 C4 tokens from the calibration pool, disjoint from the 8 × 256 pruning samples, "
+                  "calibration seed 0; lattice bisection with step 0.01, s\\* the midpoint of the final bracket):", "",
+                  _md(sstar_rows(d["sstar"])), "", "Every measured point of the curves (held-out ratio):", "",
+                  _md(curve_table(d["sstar"])), ""]
+    if d.get("mrp_score"):
+        t = mrp_rows(d["mrp_score"])
+        if len(t):
+            lines += ["**MRP's score with SparseGPT, on held-out calibration NLL** (C4 4 × 256 held-out tokens "
+                      "drawn with seed + 1, disjoint from the 8 × 256 pruning samples; mean over seeds, lower is "
+                      "better):", "", _md(t), ""]
+    if d.get("svnup_draws"):
+        t = svnup_rows(d["svnup_draws"])
+        if len(t):
+            lines += ["**SV-NUP block values on two held-out draws** (C4 windows, no document shared between the "
+                      "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
+    if d.get("claims") and d["claims"]["runs"]:
+        mat, summ, prof = claims_tables(d["claims"])
+        lines += ["**The 70 % claims at s\*** (the notebook-50 cpu grid: C4 8 × 256 calibration, seeds 0, 1, 2, "
+                  "WikiText-2 16 × 1024 test windows, paired 95 % bootstrap over seeds × windows; the 70 % columns "
+                  "read the kept notebook-50 render, the s\* columns runs of this study; a claim not run at s\* "
+                  "reads 'not measured'):", "", _md(mat), "",
+                  "Perplexity of the run groups that have both regimes (mean ± std over seeds):", "", _md(summ), ""]
+        if len(prof):
+            lines += ["Per-block sparsity of the plans (seed 0), 70 % beside s\*:", "", _md(prof), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from prunekit.reporting.results import results_document
+    ap = argparse.ArgumentParser(prog="python -m prunekit.reporting.regime_doc")
+    ap.add_argument("folder", help="folder with sstar.json / mrp_score.jsonl / svnup_draws.json")
+    ap.add_argument("--out", default=None, help="default: <folder>/regime.json")
+    a = ap.parse_args(argv)
+    try:
+        doc = results_document("regime", collect(Path(a.folder)), profile="cpu", summary="")
+    except PrunekitError as e:
+        print(f"regime_doc: error: {e}", file=sys.stderr)
+        return 2
+    print(atomic_write_json(Path(a.out or Path(a.folder) / "regime.json"), doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

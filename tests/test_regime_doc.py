@@ -1,0 +1,90 @@
+"""docs/results.md sections against the kept results JSON they are generated from, and the regime
+section's numbers against the raw study files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunekit.reporting import regime_doc
+from prunekit.reporting.results import results_document
+from prunekit.reporting.results_doc import GENERATORS
+
+ROOT = Path(__file__).resolve().parents[1]
+KEPT = {"50_comparison": ROOT / "docs/data/issue15/50_comparison-cpu.json",
+        "regime": ROOT / "docs/data/regime/regime.json"}
+
+
+def _section(name: str) -> str:
+    text = (ROOT / "docs/results.md").read_text()
+    begin, end = f"<!-- BEGIN {name} -->\n", f"<!-- END {name} -->"
+    assert text.count(begin) == 1 and text.count(end) == 1
+    return text.split(begin)[1].split(end)[0]
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_docs_sections_are_the_generated_text_of_the_kept_json(name):
+    if not KEPT[name].is_file():
+        pytest.skip(f"{KEPT[name]} not kept")
+    res = json.loads(KEPT[name].read_text())
+    assert res["name"] == name
+    assert _section(name) == GENERATORS[name](res)
+
+
+def _study(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    curve = [{"sparsity": s, "ratio": float(np.exp(9 * (s - 0.4))), "nll": 1.0, "seconds": 2.0}
+             for s in (0.5, 0.6, 0.7, 0.75, 0.65, 0.63, 0.64)]
+    entry = {"settings": {"model": "m", "metric": "wanda", "dtype": "torch.bfloat16"}, "s_star": 0.635,
+             "lo": 0.63, "hi": 0.64, "target": 15.1, "curve": sorted(curve, key=lambda p: p["sparsity"])}
+    (tmp_path / "sstar.json").write_text(json.dumps({"entries": {"m|wanda|seed0|default": entry}}))
+    rows = [{"model": "m", "seed": s, "metric": "sparsegpt", "sparsity": 0.7, "config": c,
+             "heldout_nll": float(rng.normal(6, 1)), "planned_sparsity": [0.7] * 3}
+            for s in range(3) for c in ("uniform", "mrp[score=solver]", "mrp[score=wanda]")]
+    (tmp_path / "mrp_score.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    v0, v1 = rng.normal(size=10).tolist(), rng.normal(size=10).tolist()
+    draws = {"m|s0.7|2x2048|w3,absent": {"draws": [{"values": v0, "evaluations": 40, "seconds": 5.0},
+                                                   {"values": v1, "evaluations": 40, "seconds": 6.0}],
+                                         "settings": {"estimator": "sliding_window w=3 background=absent"},
+                                         "spearman": [[1.0, 0.5], [0.5, 1.0]]}}
+    (tmp_path / "svnup_draws.json").write_text(json.dumps({"entries": draws}))
+    return tmp_path
+
+
+def test_regime_section_numbers_come_from_the_study_files(tmp_path):
+    res = results_document("regime", regime_doc.collect(_study(tmp_path)), profile="cpu", summary="")
+    text = GENERATORS["regime"](res)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| m ") and "wanda" in ln and "bfloat16" in ln)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    ratio70 = float(np.exp(9 * 0.3))
+    assert cells[4:7] == ["0.635", "[0.63, 0.64]", f"{ratio70:.2f}"]
+    rows = [json.loads(x) for x in (tmp_path / "mrp_score.jsonl").read_text().splitlines()]
+    nll = {(r["seed"], r["config"]): r["heldout_nll"] for r in rows}
+    d = np.mean([nll[(s, "mrp[score=wanda]")] - nll[(s, "mrp[score=solver]")] for s in range(3)])
+    assert f"{d:+.3f} (" in text and ("Wanda's score |" if d < 0 else "solver's score |") in text
+    sv = next(ln for ln in text.splitlines() if "2 × 2048 tokens" in ln)
+    assert sv.strip("|").split("|")[-1].strip() == "0.500" and "| 5 / 6 " in sv
+
+
+def test_claims_tables_pair_each_regime_and_show_the_seed0_profiles():
+    rng = np.random.default_rng(1)
+    runs = []
+    for s in (0.7, 0.66):
+        for a in ("uniform", "owl"):
+            for sd in range(3):
+                nll = rng.normal(5 + s, 0.05, 4)
+                runs.append({"model": "m", "seed": sd, "allocation": a, "metric": "wanda", "sparsity": s,
+                             "ppl_wikitext2": float(np.exp(nll.mean())), "nll_wikitext2": nll.tolist(),
+                             "planned": rng.uniform(0.5, 0.9, 6).round(4).tolist(), "source": "x"})
+    mat, summ, prof = regime_doc.claims_tables({"sstar": {"m": {"wanda": 0.66}}, "runs": runs})
+    assert {"m @ 70 %", "m @ s*"} <= set(mat.columns)
+    owl = [r for r in runs if r["allocation"] == "owl" and r["seed"] == 0]
+    for r in owl:
+        row = prof[(prof["sparsity"] == f"{r['sparsity']:.3f}") & (prof["allocation"] == "owl")].iloc[0]
+        assert row["per block"] == " ".join(f"{x:.2f}" for x in r["planned"])
+    for s in (0.7, 0.66):
+        ppl = [r["ppl_wikitext2"] for r in runs if r["allocation"] == "uniform" and r["sparsity"] == s]
+        cell = summ[(summ["sparsity"] == f"{s:.3f}") & (summ["allocation"] == "uniform")]["wikitext2"].iloc[0]
+        assert cell == f"{np.mean(ppl):.1f} ± {np.std(ppl, ddof=1):.1f}"
