@@ -14,7 +14,7 @@ import torch
 from prunekit.errors import PrunekitError
 
 
-def _refuse_special(path: Path, what: str = "") -> None:
+def refuse_special(path: Path, what: str = "") -> None:
     """Refuse a target that is a symlink, directory, device, FIFO or socket (lstat: never followed)."""
     try:
         mode = os.lstat(path).st_mode
@@ -38,7 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
         raise PrunekitError(f"cannot write {what}{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise PrunekitError(f"cannot write {what}{path}: directory {parent} is not writable")
-    _refuse_special(path, what)
+    refuse_special(path, what)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,7 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
             f.flush()
             os.fsync(f.fileno())
         publish_modes(tmp)  # mkstemp creates 0600
-        _refuse_special(path, what)  # a symlink planted meanwhile is replaced, never followed; refuse anyway
+        refuse_special(path, what)  # a symlink planted meanwhile is replaced, never followed; refuse anyway
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):

@@ -137,8 +137,8 @@ class ResultsLock:
 
     def __enter__(self):
         import fcntl
-        from prunekit.utils import _refuse_special
-        _refuse_special(self.path, "results file ")
+        from prunekit.utils import refuse_special
+        refuse_special(self.path, "results file ")
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
                               0o644)
