@@ -98,7 +98,7 @@ def test_import_direction_test_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 # test files that test no single module (tests/test_<name>.py)
-CROSS_CUTTING = {"integration", "layout", "browser", "combinations", "docs", "reliability_inputs", "reliability_writers"}
+CROSS_CUTTING = {"integration", "layout", "browser", "combinations", "docs"}
 
 
 def test_each_test_file_mirrors_a_module():
