@@ -13,7 +13,7 @@ from prunekit.reporting.results import results_document
 from prunekit.reporting.results_doc import GENERATORS
 
 ROOT = Path(__file__).resolve().parents[1]
-KEPT = {"50_comparison": ROOT / "docs/data/issue15/50_comparison-cpu.json",
+KEPT = {"50_comparison": ROOT / "docs/data/comparison/50_comparison-cpu.json",
         "regime": ROOT / "docs/data/regime/regime.json"}
 
 

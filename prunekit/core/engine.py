@@ -181,7 +181,7 @@ class Hessian(Stat):
     Linears fed the very same tensor (q/k/v; gate/up) share one accumulator: the Hessians of a
     block are ``link``-ed, and the first linear to see an input tensor owns its sum; any other
     linear that is then handed that same tensor object becomes an alias of the owner (one d×d
-    matrix and one XᵀX per input instead of one per linear; issue 12 §4). ``root`` is the owner."""
+    matrix and one XᵀX per input instead of one per linear). ``root`` is the owner."""
     def __init__(self, linear):
         super().__init__(linear)
         self._sum: torch.Tensor | None = None  # allocated on the first input it owns

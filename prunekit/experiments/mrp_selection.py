@@ -1,5 +1,5 @@
 """Choosing MRP's defaults by evidence: every reading × M on held-out calibration NLL, never on the
-test set (issue 15; docs/methods.md §1).
+test set (docs/methods.md §1).
 
 Held-out set: windows of the calibration dataset drawn with seed + 1 and disjoint from the pruning
 samples (``svnup.game.heldout_data``). The selection criterion is the mean next-token NLL of the

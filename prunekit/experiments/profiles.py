@@ -82,7 +82,7 @@ def profile(name: str) -> dict:
 
 # ---------------------------------------------------------------- per-notebook workloads
 
-# Workloads of the comparison notebook (issue 15). Every claim is a paired comparison with a
+# Workloads of the comparison notebook. Every claim is a paired comparison with a
 # bootstrap interval over seeds × evaluation windows, so the cpu profile buys statistical power:
 # ≥ 16 × 1024 WikiText-2 tokens per perplexity (per-window NLLs recorded) and 3 seeds, on both model
 # families. The full grid (8 allocations × 2 solvers × 3 sparsities × 3 seeds ≈ 144 runs) does not fit
@@ -125,7 +125,7 @@ COMPARISON = {
 }
 
 
-# Choosing MRP's defaults (notebook 21, issue 15): held-out calibration NLL, never the test set.
+# Choosing MRP's defaults (notebook 21): held-out calibration NLL, never the test set.
 MRP_SELECTION = {
     "quick": dict(models=["smollm2-135m"], sparsities=[0.7], ms=[5.0], readings=["current", "frozen"],
                   calib_samples=4, calib_seqlen=128, heldout_samples=2, heldout_seqlen=128),

@@ -39,7 +39,7 @@ def collect(folder: Path) -> dict:
     return data
 
 
-KEPT_70 = Path(__file__).resolve().parents[2] / "docs/data/issue15/50_comparison-cpu.json"
+KEPT_70 = Path(__file__).resolve().parents[2] / "docs/data/comparison/50_comparison-cpu.json"
 _RUN_KEYS = ("model", "seed", "allocation", "metric", "sparsity", "ppl_wikitext2", "nll_wikitext2", "planned",
              "seconds", "cpu_seconds")
 
