@@ -74,9 +74,13 @@ def claims_tables(claims: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     sub = {m: {met: v for met, v in d.items() if (m, met) in have} for m, d in sstar.items()}
     mat = regime_matrix(df, sub)
     mat["paper_change_%"] = mat["paper_change_%"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:+.1f} %")
+    mat = mat.rename(columns={"paper_change_%": "paper Δ"})
     at_s = df[[any(abs(s - v) < 1e-9 for v in sub.get(m, {}).values()) or abs(s - 0.7) < 1e-9
                for m, s in zip(df["model"], df["sparsity"])]]
     at_s = at_s[[(m, met) in have for m, met in zip(at_s["model"], at_s["metric"])]]
+    both = {(m, met, a) for m, met, a, s in zip(at_s["model"], at_s["metric"], at_s["allocation"], at_s["sparsity"])
+            if abs(s - 0.7) > 1e-9}  # groups run at s*: shown beside their 70 % runs
+    at_s = at_s[[k in both for k in zip(at_s["model"], at_s["metric"], at_s["allocation"])]]
     summ = summarise(at_s.drop(columns=["nll_wikitext2", "planned", "source"]))
     summ = pd.DataFrame({"model": summ["model"], "metric": summ["metric"],
                          "sparsity": summ["sparsity"].map(lambda x: f"{x:.3f}"), "allocation": summ["allocation"],
