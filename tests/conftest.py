@@ -101,3 +101,30 @@ def hf_byte_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def block_weights(model) -> dict:
+    """(block, linear) -> a copy of the weight, every block onloaded (a Runtime or an in-memory model)."""
+    from prunekit.core.runtime import Runtime
+    rt = Runtime.of(model)
+    out = {}
+    for i in range(rt.num_blocks):
+        with rt.onload(i):
+            for n, m in rt.layout.linears(i).items():
+                out[(i, n)] = m.weight.detach().clone()
+    return out
+
+
+def saved_tiny_llama(path, **config):
+    """A random LLaMA (seed 0) with the byte-level tokenizer, saved by prunekit as a HF directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prunekit.core.runtime import Runtime
+    from prunekit.core.saving import save_model
+    tok = hf_byte_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), **config)
+    save_model(Runtime.of(LlamaForCausalLM(cfg).eval(), tok), path)
+    return str(path)
+

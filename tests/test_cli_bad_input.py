@@ -271,18 +271,19 @@ def _fifo(ws):
     return ws / "pipe"
 
 
-def _run_case(capsys, ws: Path, argv: list[str]):
+def _run_case(capsys, ws: Path, argv: list[str], fn=main):
+    """Run ``fn(argv)``: exit 2, one line, no traceback, nothing under ``ws`` written, changed or removed."""
     capsys.readouterr()
     before = _snapshot(ws)
     try:
-        code = main(argv)
+        code = fn(argv)
     except ModelLoaded:
         pytest.fail(f"bad input reached the model loader: {argv}")
     err = capsys.readouterr().err.strip()
     assert code == 2, (code, err)
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in err
-    assert _snapshot(ws) == before, "a file was written"
+    assert _snapshot(ws) == before, "a file was written, changed or removed"
     return err
 
 

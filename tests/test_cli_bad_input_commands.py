@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from test_cli_bad_input import EVAL, PRUNE, ModelLoaded, _snapshot, model_dir, tripwire  # noqa: F401
+from test_cli_bad_input import EVAL, PRUNE, ModelLoaded, _model_copy, _run_case, _snapshot, model_dir, tripwire  # noqa: F401
 
 from prunekit.cli import main
 
@@ -19,18 +18,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def _run(capsys, ws: Path, fn, argv):
-    capsys.readouterr()
-    before = _snapshot(ws)
-    try:
-        code = fn(argv)
-    except ModelLoaded:
-        pytest.fail(f"bad input reached the model loader: {argv}")
-    err = capsys.readouterr().err.strip()
-    assert code == 2, (code, err)
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert _snapshot(ws) == before, "a file was written, changed or removed"
-    return err
+    return _run_case(capsys, ws, argv, fn)
 
 
 def _write(p: Path, data: bytes | str) -> Path:
@@ -57,13 +45,6 @@ def _fifo(p: Path) -> Path:
 def _symlink(p: Path) -> Path:
     os.symlink(_write(p.parent / "precious.txt", "keep me"), p)
     return p
-
-
-def _model_edit(md: Path, ws: Path, edit) -> str:
-    d = ws / "m"
-    shutil.copytree(md, d)
-    edit(d)
-    return str(d)
 
 
 def _cfg(**kv):
@@ -114,9 +95,9 @@ SWEEP = [
      "bad magic"),
     ("model-gguf-truncated", lambda ws, md: ({"models": [_truncated_gguf(ws)]}, [], None), "truncated"),
     ("model-dir-no-config", lambda ws, md: ({"models": [str((ws / "e").mkdir() or ws / "e")]}, [], None), "config.json"),
-    ("model-blocks-mismatch", lambda ws, md: ({"models": [_model_edit(md, ws, _cfg(num_hidden_layers=6))]}, [], None),
+    ("model-blocks-mismatch", lambda ws, md: ({"models": [_model_copy(md, ws, _cfg(num_hidden_layers=6))]}, [], None),
      "declares 6"),
-    ("model-config-fifo", lambda ws, md: ({"models": [_model_edit(md, ws, _fifo_file("config.json"))]}, [], None),
+    ("model-config-fifo", lambda ws, md: ({"models": [_model_copy(md, ws, _fifo_file("config.json"))]}, [], None),
      "not a regular file"),
     ("device-banana", {"device": "banana"}, "banana"),
     ("device-cuda", {"device": "cuda"}, "CUDA"),
@@ -342,17 +323,17 @@ def test_environment_every_command(cmd, var, value, capsys, tmp_path, model_dir,
 # ----------------------------------------------------------------------------- preflight and outputs (prune)
 
 PREFLIGHT = [
-    ("blocks-more-than-weights", lambda ws, md: {"model": _model_edit(md, ws, _cfg(num_hidden_layers=6))},
+    ("blocks-more-than-weights", lambda ws, md: {"model": _model_copy(md, ws, _cfg(num_hidden_layers=6))},
      "declares 6 decoder blocks but the weights hold 4"),
-    ("blocks-fewer-than-weights", lambda ws, md: {"model": _model_edit(md, ws, _cfg(num_hidden_layers=2))},
+    ("blocks-fewer-than-weights", lambda ws, md: {"model": _model_copy(md, ws, _cfg(num_hidden_layers=2))},
      "declares 2"),
-    ("blocks-zero", lambda ws, md: {"model": _model_edit(md, ws, _cfg(num_hidden_layers=0))}, "num_hidden_layers"),
-    ("blocks-text", lambda ws, md: {"model": _model_edit(md, ws, _cfg(num_hidden_layers="4"))}, "num_hidden_layers"),
-    ("config-fifo", lambda ws, md: {"model": _model_edit(md, ws, _fifo_file("config.json"))}, "not a regular file"),
-    ("weights-fifo", lambda ws, md: {"model": _model_edit(md, ws, _fifo_file("model.safetensors"))},
+    ("blocks-zero", lambda ws, md: {"model": _model_copy(md, ws, _cfg(num_hidden_layers=0))}, "num_hidden_layers"),
+    ("blocks-text", lambda ws, md: {"model": _model_copy(md, ws, _cfg(num_hidden_layers="4"))}, "num_hidden_layers"),
+    ("config-fifo", lambda ws, md: {"model": _model_copy(md, ws, _fifo_file("config.json"))}, "not a regular file"),
+    ("weights-fifo", lambda ws, md: {"model": _model_copy(md, ws, _fifo_file("model.safetensors"))},
      "not a regular file"),
-    ("config-dir", lambda ws, md: {"model": _model_edit(md, ws, _dir_file("config.json"))}, "config.json"),
-    ("weights-dir", lambda ws, md: {"model": _model_edit(md, ws, _dir_file("model.safetensors"))},
+    ("config-dir", lambda ws, md: {"model": _model_copy(md, ws, _dir_file("config.json"))}, "config.json"),
+    ("weights-dir", lambda ws, md: {"model": _model_copy(md, ws, _dir_file("model.safetensors"))},
      "not a regular file"),
     ("gguf-truncated", lambda ws, md: {"model": _truncated_gguf(ws)}, "truncated"),
     ("calib-windows", lambda ws, md: {"argv": ["--calib-dataset", "ptb", "--calib-samples", "1000000",

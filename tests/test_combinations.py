@@ -29,7 +29,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, tiny_calib, tiny_model
+from conftest import FAMILIES, block_weights, tiny_calib, tiny_model
 
 from prunekit.allocation import allocate, specs, with_solver_metric
 from prunekit.core.runtime import Runtime
@@ -123,14 +123,7 @@ def cheap_options(method: str, held: torch.Tensor) -> dict:
             "absorption": {"heldout": held, "probe_samples": 2}}.get(method, {})
 
 
-def block_weights(rt) -> dict:
-    """(block, linear) -> a copy of the weight (blocks onloaded)."""
-    lay, out = rt.layout, {}
-    for i in range(lay.num_blocks):
-        with rt.onload(i):
-            for n, m in lay.linears(i).items():
-                out[(i, n)] = m.weight.detach().clone()
-    return out
+
 
 
 def run_path(method: str, solver: str, kind: str, dtype: str, mode: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_calib, tiny_model
+from conftest import block_weights, tiny_calib, tiny_model
 
 from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
@@ -26,14 +26,7 @@ KINDS = ("llama", "qwen2", "gemma3", "opt")
 SETUPS = [("cpu", "cpu", 2), ("disk", "cpu", 2), ("disk", "device", 1), ("none", "cpu", 3)]
 
 
-def weights(model) -> dict:
-    rt = Runtime.of(model)
-    lay, out = rt.layout, {}
-    for i in range(lay.num_blocks):
-        with rt.onload(i):
-            for n, m in lay.linears(i).items():
-                out[(i, n)] = m.weight.detach().clone()
-    return out
+weights = block_weights
 
 
 def state(model) -> dict:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import hf_byte_tokenizer
+from conftest import saved_tiny_llama
 
 from prunekit.errors import PrunekitError
-from prunekit.core.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_data = pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")
@@ -28,17 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny-llama-sized random LLaMA saved as a HF directory, loadable by name in any process."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prunekit.core.saving import save_model
-    tok = hf_byte_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama-dir"
-    save_model(Runtime.of(LlamaForCausalLM(cfg).eval(), tok), out)
-    return str(out)
+    return saved_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama-dir", hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=512)
 
 
 def grid(model_dir, **over):

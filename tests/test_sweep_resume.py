@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import hf_byte_tokenizer
+from conftest import saved_tiny_llama
 
-from prunekit.core.runtime import Runtime
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not os.environ.get("PRUNEKIT_DATA_DIR"), reason="PRUNEKIT_DATA_DIR not set")]
@@ -22,17 +21,9 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prunekit.core.saving import save_model
-    tok = hf_byte_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=128)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama-dir"
-    save_model(Runtime.of(LlamaForCausalLM(cfg).eval(), tok), out)
-    return str(out)
+    return saved_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama-dir", hidden_size=32,
+                            intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                            max_position_embeddings=128)
 
 
 def tiny_grid(model_dir):
