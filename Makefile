@@ -54,8 +54,10 @@ lab: setup
 lint: setup
 	$(BIN)/ruff check prunekit tests benchmarks
 
+# two workers (this machine has 2 cores; most tests run one torch thread); a test file stays on one
+# worker, so its module fixtures (tiny models, cached venvs) are built once
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
