@@ -48,6 +48,9 @@ def test_prune_equals_the_cli_record(tiny_dir, tmp_path):
     assert isinstance(rt, Runtime)
     mine = json.loads(json.dumps(_comparable(rec), default=str))
     assert mine == _comparable(cli)
+    # the record's provenance names the dense model it pruned (the fingerprint taken before pruning)
+    assert cli["provenance"]["models"] == [cli["model_provenance"]]
+    assert cli["model_provenance"]["fingerprint"] == prunekit.load_model(str(tiny_dir), "cpu").fingerprint()
     assert rec["global_sparsity"] == pytest.approx(0.6, abs=0.01)
 
 

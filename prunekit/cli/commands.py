@@ -139,8 +139,10 @@ def execute(args, prep: dict, progress: bool) -> dict:
                             **{k: v for k, v in t.items() if k in ("eval", "zero_shot")}}
     rec["timings_s"]["total"] = time.perf_counter() - t0
     from prunekit.reporting.provenance import provenance
-    rt = rt if args.cmd == "eval" else sess.runtime
-    rec["provenance"] = provenance([rt], argv=["prunekit", *(sys.argv[1:] if args.argv is None else args.argv)])
+    if args.cmd == "prune":  # the dense model's fingerprint, taken by the session's Statistics
+        rt = sess.runtime
+    argv = ["prunekit", *(sys.argv[1:] if args.argv is None else args.argv)]
+    rec["provenance"] = provenance([rt if args.cmd == "eval" else sess], argv=argv)
     if args.cmd == "prune" and args.export_recipe:
         from prunekit.reporting.artifacts import block_names, recipe_yaml
         utils.atomic_write_text(args.export_recipe, recipe_yaml(rec, block_names(rt.model)))

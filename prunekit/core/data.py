@@ -230,17 +230,14 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
     ``exclude`` rejects windows already used by another Calibration (held-out sets)."""
     if nsamples < 1 or seqlen < 2:
         raise PrunekitError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples}, {seqlen}")
-    src = load_text(name, "calib")
+    src, docs, ids = _calib_tokens(name, tokenizer)
     rng = random.Random(seed)
     taken = set(exclude.picks) if exclude is not None else set()
     picks, rows = [], []
-    if src.docs is not None:
-        tfp = tokenizer_fingerprint(tokenizer)
-        docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tfp}",
-                              lambda: [_encode(tokenizer, t) for t in src.docs], _identity(src, tfp, "docs"))
+    if docs is not None:
         if not any(len(d) > seqlen for d in docs):
             raise PrunekitError(f"no {name} document is longer than seqlen={seqlen} tokens; lower --calib-seqlen")
-        _check_enough(name, sum(len(d) - seqlen for d in docs if len(d) > seqlen), nsamples, seqlen, taken)
+        _check_enough(name, _window_count(docs, ids, seqlen), nsamples, seqlen, taken)
         while len(rows) < nsamples:
             while True:
                 i = rng.randint(0, len(docs) - 1)
@@ -253,11 +250,9 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
             picks.append((i, start))
             rows.append(docs[i][start:start + seqlen])
     else:
-        ids, _ = token_stream(name, "calib", tokenizer)
-        ids = ids[0].numpy()
         if len(ids) <= seqlen + 1:
             raise PrunekitError(f"{name} has only {len(ids)} tokens; lower --calib-seqlen")
-        _check_enough(name, len(ids) - seqlen, nsamples, seqlen, taken)
+        _check_enough(name, _window_count(docs, ids, seqlen), nsamples, seqlen, taken)
         while len(rows) < nsamples:
             start = rng.randint(0, len(ids) - seqlen - 1)
             if (-1, start) in taken:
@@ -272,14 +267,29 @@ def calibration_data(name: str, tokenizer, nsamples: int = 128, seqlen: int = 20
 def available_windows(name: str, tokenizer, seqlen: int) -> int:
     """How many distinct calibration windows of ``seqlen`` tokens dataset ``name`` holds for
     ``tokenizer`` (the sampler's count; token arrays come from the cache the sampler fills)."""
+    _, docs, ids = _calib_tokens(name, tokenizer)
+    return _window_count(docs, ids, seqlen)
+
+
+def _calib_tokens(name: str, tokenizer):
+    """(source text, token array per document or None, the token stream or None) of a calibration
+    dataset: documents (C4) or one stream (WikiText-2, PTB), tokenised once into the cache."""
     src = load_text(name, "calib")
-    tfp = tokenizer_fingerprint(tokenizer)
     if src.docs is not None:
+        tfp = tokenizer_fingerprint(tokenizer)
         docs = _cached_tokens(f"{name}-calibdocs-{src.sha256[:16]}-{tfp}",
                               lambda: [_encode(tokenizer, t) for t in src.docs], _identity(src, tfp, "docs"))
-        return sum(len(d) - seqlen for d in docs if len(d) > seqlen)
+        return src, docs, None
     ids, _ = token_stream(name, "calib", tokenizer)
-    return max(0, ids.shape[1] - seqlen) if ids.shape[1] > seqlen + 1 else 0
+    return src, None, ids[0].numpy()
+
+
+def _window_count(docs, ids, seqlen: int) -> int:
+    """Distinct windows the sampler can draw: a start in [0, len − seqlen) of every long enough document
+    (or of the stream)."""
+    if docs is not None:
+        return sum(len(d) - seqlen for d in docs if len(d) > seqlen)
+    return len(ids) - seqlen if len(ids) > seqlen + 1 else 0
 
 
 def _check_enough(name: str, windows: int, nsamples: int, seqlen: int, taken: set) -> None:

@@ -302,12 +302,8 @@ def cmd_claims(a) -> int:
 
 def main(argv=None) -> int:
     import argparse
-    import os
     import sys
 
-    import torch
-    if os.environ.get("PRUNEKIT_THREADS"):
-        torch.set_num_threads(int(os.environ["PRUNEKIT_THREADS"]))
     ap = argparse.ArgumentParser(prog="python -m prunekit.experiments.regime")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("sstar", help="degradation-matched sparsity per solver")

@@ -57,10 +57,7 @@ def draw_values(session, ids, target: float, window: int = 5, background: str = 
 
 def main(argv=None) -> int:
     import argparse
-    import os
     import sys
-    if os.environ.get("PRUNEKIT_THREADS"):
-        torch.set_num_threads(int(os.environ["PRUNEKIT_THREADS"]))
     ap = argparse.ArgumentParser(prog="python -m prunekit.experiments.svnup_heldout")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sparsity", type=float, default=0.7)
