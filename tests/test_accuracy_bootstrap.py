@@ -59,3 +59,92 @@ def test_examples_needed_and_bad_input():
         accuracy_bootstrap(np.zeros((2, 5)), np.zeros((2, 4)), ["t"] * 5)
     with pytest.raises(PrunekitError):
         examples_needed(0.0, 3)
+
+
+# ---------------------------------------------------------------- the accuracy column from run records
+
+TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+
+def _records(rng, labels, seeds, sizes, model="m", sp=0.66, p=0.5):
+    recs = []
+    for lab in labels:
+        for s in seeds:
+            tasks = {t: {"per_example_acc": (rng.random(n) < p).astype(float).tolist()} for t, n in zip(TASKS, sizes)}
+            for v in tasks.values():
+                v["acc"] = float(np.mean(v["per_example_acc"]))
+            recs.append({"key": f"{model}|{lab}|{s}", "model": model, "label": lab, "sparsity": sp, "seed": s,
+                         "limit": max(sizes), "tasks": tasks, "mean_acc": float(np.mean([v["acc"] for v in tasks.values()])),
+                         "zero_shot_cpu_s": 1.0})
+    return recs
+
+
+def test_accuracy_table_point_estimates_match_a_loop_over_the_records():
+    from prunekit.experiments.accuracy import ACCURACY_CLAIMS, accuracy_table
+    rng = np.random.default_rng(3)
+    labels = ["mrp", "owl", "alphapruning", "absorption(owl)", "absorption(alphapruning)"]
+    recs = _records(rng, labels, [0, 1, 2], [40, 20, 50, 30, 25, 15, 35])
+    recs = [r for r in recs if not (r["label"] == "alphapruning" and r["seed"] == 2)]  # a missing run
+    rows = {r["a"]: r for r in accuracy_table(recs, n_boot=300)}
+    assert set(rows) == {a for _, a, _, _ in ACCURACY_CLAIMS}
+    get = {(r["label"], r["seed"]): r for r in recs}
+    for _, a, bs, _ in ACCURACY_CLAIMS:
+        seeds = [s for s in (0, 1, 2) if all((x, s) in get for x in (a, *bs))]
+        want = np.mean([get[a, s]["mean_acc"] - max(get[b, s]["mean_acc"] for b in bs) for s in seeds])
+        assert rows[a]["seeds"] == len(seeds)
+        assert rows[a]["mean"] == pytest.approx(100 * want)
+        assert rows[a]["examples"] == 215
+        assert rows[a]["lo"] <= rows[a]["mean"] <= rows[a]["hi"]
+        v = rows[a]["verdict"]
+        assert v == ("reproduced" if rows[a]["lo"] > 0 else "contradicted" if rows[a]["hi"] < 0 else "inconclusive")
+
+
+def test_kept_bit_strings_read_back_as_the_same_correctness():
+    from prunekit.experiments.accuracy import _bits, as_bits
+    x = np.random.default_rng(4).integers(0, 2, 97).astype(float)
+    assert np.array_equal(_bits(as_bits(x.tolist())), x)
+    with pytest.raises(PrunekitError):
+        as_bits([0.0, 0.5])
+
+
+def test_regime_doc_accuracy_section_reads_the_accuracy_files(tmp_path):
+    import json
+
+    from prunekit.experiments.accuracy import accuracy_table
+    from prunekit.reporting import regime_doc
+    from prunekit.reporting.results import results_document
+    from prunekit.reporting.results_doc import GENERATORS
+    rng = np.random.default_rng(5)
+    recs = _records(rng, ["mrp", "owl", "alphapruning"], [0, 1], [12] * 7)
+    (tmp_path / "accuracy_a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    (tmp_path / "accuracy_b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs[3:]))
+    res = results_document("regime", regime_doc.collect(tmp_path), profile="cpu", summary="")
+    text = GENERATORS["regime"](res)
+    row = accuracy_table(recs)[0]
+    assert f"{row['mean']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]" in text
+    (tmp_path / "accuracy_c.jsonl").write_text(json.dumps(recs[0]) + "\n")
+    with pytest.raises(PrunekitError, match="also in another"):
+        regime_doc.collect(tmp_path)
+
+
+def test_run_accuracy_resumes_and_prunes_each_configuration_once(tmp_path, monkeypatch):
+    import importlib
+
+    from prunekit.experiments import accuracy
+    perplexity = importlib.import_module("prunekit.evaluation.perplexity")
+    calls = []
+
+    def fake_zero_shot(rt, tasks, limit=None, batch_size=1, per_example=False):
+        calls.append(float(sum(p.detach().abs().sum() for p in rt.model.parameters())))
+        return {**{t: {"acc": 0.5, "n": 2, "per_example_acc": [1.0, 0.0]} for t in tasks}, "mean_acc": 0.5}
+
+    monkeypatch.setattr(perplexity, "zero_shot", fake_zero_shot)
+    out = tmp_path / "acc.jsonl"
+    kw = dict(seeds=[0, 1], limit=2, configs=["owl", "mrp"], calib_samples=2, calib_seqlen=32, log=lambda m: None)
+    recs = accuracy.run_accuracy("tiny-llama", 0.6, out, **kw)
+    assert len(recs) == 5 and len(calls) == 5  # 2 seeds x 2 configurations + dense
+    dense = calls[-1]
+    assert all(c < dense for c in calls[:-1])  # pruned runs see pruned weights, the dense run dense ones
+    again = accuracy.run_accuracy("tiny-llama", 0.6, out, **kw)
+    assert len(again) == 5 and len(calls) == 5
+    assert len(out.read_text().splitlines()) == 5

@@ -300,6 +300,20 @@ def cmd_claims(a) -> int:
     return 0
 
 
+def cmd_accuracy(a) -> int:
+    """The accuracy column's runs (``accuracy.run_accuracy``) at the solver's s* of the model."""
+    from prunekit.experiments import accuracy
+    sstar = sstar_values(_load(Path(a.sstar_file))["entries"])
+    if a.metric not in sstar.get(a.model, {}):
+        raise PrunekitError(f"{a.sstar_file} has no s* for {a.model} / {a.metric}")
+    if a.limit < 1:
+        raise PrunekitError(f"--limit {a.limit} must be >= 1")
+    configs = [x for x in a.configs.split(",") if x] or list(accuracy.CONFIGS)
+    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, [int(x) for x in a.seeds.split(",")],
+                          a.limit, a.metric, configs, log=lambda m: print(m, flush=True))
+    return 0
+
+
 def main(argv=None) -> int:
     import argparse
     import sys
@@ -334,9 +348,18 @@ def main(argv=None) -> int:
     c.add_argument("--allocations", default="", help="comma-separated labels to keep (default: all)")
     c.add_argument("--seeds", default="", help="comma-separated seeds (default: the grid's 0, 1, 2)")
     c.add_argument("--out", required=True)
+    z = sub.add_parser("accuracy", help="zero-shot accuracy of the accuracy claims' runs at s*")
+    z.add_argument("--model", default="smollm2-135m")
+    z.add_argument("--sstar-file", default="docs/data/regime/sstar.json")
+    z.add_argument("--metric", default="wanda")
+    z.add_argument("--seeds", default="0,1,2")
+    z.add_argument("--limit", type=int, default=300, help="first N documents of every task")
+    z.add_argument("--configs", default="", help="comma-separated labels (default: all five)")
+    z.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
-        return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims}[a.cmd](a)
+        return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims,
+                "accuracy": cmd_accuracy}[a.cmd](a)
     except PrunekitError as e:
         print(f"regime: error: {e}", file=sys.stderr)
         return 2

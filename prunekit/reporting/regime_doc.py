@@ -34,9 +34,52 @@ def collect(folder: Path) -> dict:
         data["svnup_draws"] = json.loads((folder / "svnup_draws.json").read_text())["entries"]
     if (folder / "claims_sstar.jsonl").is_file():
         data["claims"] = claims_runs(folder / "claims_sstar.jsonl", data.get("sstar", {}))
+    acc = sorted(folder.glob("accuracy*.jsonl"))
+    if acc:
+        data["accuracy"] = accuracy_runs(acc)
     if not data:
-        raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json")
+        raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json, accuracy*.jsonl")
     return data
+
+
+def accuracy_runs(paths) -> list[dict]:
+    """The zero-shot runs of the accuracy column (``experiments.accuracy.run_accuracy`` files), with
+    the per-document correctness kept as 0/1 strings; a run key present twice is an error."""
+    from prunekit.experiments.accuracy import as_bits, read_runs
+    out, seen = [], set()
+    for p in paths:
+        for r in read_runs(p):
+            if r["key"] in seen:
+                raise PrunekitError(f"{p}: run {r['key']} is also in another accuracy file")
+            seen.add(r["key"])
+            tasks = {t: {**v, "per_example_acc": as_bits(v["per_example_acc"])} for t, v in r["tasks"].items()}
+            out.append({**r, "tasks": tasks,
+                        "planned_sparsity": [round(x, 4) for x in r.get("planned_sparsity") or []]})
+    return out
+
+
+def accuracy_tables(runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the accuracy column: one row per model × accuracy claim; mean accuracy per task and
+    configuration, points, mean over seeds)."""
+    from prunekit.experiments.accuracy import accuracy_table
+    claims = pd.DataFrame([{
+        "model": r["model"], "sparsity (s*)": f"{r['sparsity']:.3f}", "claim": r["claim"], "paper": r["paper"],
+        "A (points)": f"{r['acc_a']:.2f}", "B (points)": " / ".join(f"{b} {v:.2f}" for b, v in r["acc_b"].items()),
+        "Δ points [95 %]": f"{r['mean']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", "verdict": r["verdict"],
+        "seeds": r["seeds"], "documents per seed": r["examples"]} for r in accuracy_table(runs)])
+    per = {}
+    for r in runs:
+        key = (r["model"], "dense" if r["sparsity"] is None else f"{r['sparsity']:.3f}", r["label"])
+        per.setdefault(key, []).append(r)
+    rows = []
+    for (m, sp, lab), rs in per.items():
+        row = {"model": m, "sparsity": sp, "configuration": lab, "seeds": len(rs)}
+        for t in rs[0]["tasks"]:
+            row[t] = f"{100 * np.mean([x['tasks'][t]['acc'] for x in rs]):.1f}"
+        row["mean"] = f"{100 * np.mean([x['mean_acc'] for x in rs]):.2f}"
+        row["zero-shot CPU s per run"] = f"{np.mean([x['zero_shot_cpu_s'] for x in rs]):.0f}"
+        rows.append(row)
+    return claims, pd.DataFrame(rows)
 
 
 KEPT_70 = Path(__file__).resolve().parents[2] / "docs/data/comparison/50_comparison-cpu.json"
@@ -192,6 +235,14 @@ def regime_section(res: dict) -> str:
         if len(t):
             lines += ["**SV-NUP block values on two held-out draws** (C4 windows, no document shared between the "
                       "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
+    if d.get("accuracy"):
+        claims, per = accuracy_tables(d["accuracy"])
+        n = sorted({r["limit"] for r in d["accuracy"]})
+        lines += [f"**The accuracy column** (Wanda at the model's s\*, C4 8 × 256 calibration per seed; the first "
+                  f"{', '.join(map(str, n))} documents of each of the seven tasks, fewer where a task has fewer; stock "
+                  "lm-eval `acc`, zero-shot; Δ = mean over seeds of A's mean task accuracy minus the best B's, in "
+                  "points; paired 95 % bootstrap over seeds × documents, the same documents for A and B):", "",
+                  _md(claims), "", "Accuracy per task (points, mean over seeds):", "", _md(per), ""]
     if d.get("claims") and d["claims"]["runs"]:
         mat, summ, prof = claims_tables(d["claims"])
         lines += ["**The 70 % claims at s\*** (the notebook-50 cpu grid: C4 8 × 256 calibration, seeds 0, 1, 2, "
