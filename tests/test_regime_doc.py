@@ -91,3 +91,23 @@ def test_claims_tables_pair_each_regime_and_show_the_seed0_profiles():
         ppl = [r["ppl_wikitext2"] for r in runs if r["allocation"] == "uniform" and r["sparsity"] == s]
         cell = summ[(summ["sparsity"] == f"{s:.3f}") & (summ["allocation"] == "uniform")]["wikitext2"].iloc[0]
         assert cell == f"{np.mean(ppl):.1f} ± {np.std(ppl, ddof=1):.1f}"
+
+
+def test_a_70_percent_run_the_study_repeated_replaces_the_kept_one(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from prunekit.experiments import sweep
+    base = {"model": "m", "metric": "sparsegpt", "sparsity": 0.7, "ppl_wikitext2": 1.0, "nll_wikitext2": [0.0],
+            "planned": [0.7], "seconds": 1.0, "cpu_seconds": 1.0}
+    kept = [{**base, "seed": s, "allocation": a, "ppl_wikitext2": 100.0 + s} for s in (0, 1) for a in ("mrp", "owl")]
+    (tmp_path / "kept.json").write_text(json.dumps({"provenance": {"git": {"commit": "abc"}},
+                                                    "data": {"runs": kept}}))
+    study = [{**base, "seed": 0, "allocation": "mrp", "ppl_wikitext2": 7.0, "status": "ok"}]
+    monkeypatch.setattr(sweep, "read_results", lambda path: study)
+    monkeypatch.setattr(sweep, "frame", lambda recs: pd.DataFrame(recs))
+    runs = regime_doc.claims_runs(tmp_path / "study.jsonl", {}, kept_70=tmp_path / "kept.json")["runs"]
+    got = {(r["seed"], r["allocation"]): (r["ppl_wikitext2"], r["source"]) for r in runs}
+    assert len(runs) == 4
+    assert got[0, "mrp"] == (7.0, "s* study")
+    assert got[1, "mrp"] == (101.0, "kept 70 % render (abc)")
+    assert got[0, "owl"][0] == 100.0

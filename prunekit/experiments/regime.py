@@ -283,7 +283,8 @@ def mrp_score_table(rows) -> pd.DataFrame:
 
 
 def cmd_claims(a) -> int:
-    """Notebook 50's 70 % runs of ``--metric`` at the model's s* through the grid runner (resumable
+    """Notebook 50's 70 % runs of ``--metric`` at the model's s* (or, ``--at 70``, again at 70 %) through
+    the grid runner (resumable
     through ``--out``, the same JSON-lines file notebook 50 reads with ``results=``)."""
     from prunekit.experiments.comparison import run_grid
     from prunekit.experiments.profiles import _CPU_GROUPS
@@ -291,8 +292,10 @@ def cmd_claims(a) -> int:
     if a.model not in sstar:
         raise PrunekitError(f"{a.sstar_file} has no s* for {a.model}")
     keep = [x for x in a.allocations.split(",") if x]
+    at = (groups_at(_CPU_GROUPS, sstar[a.model]) if a.at == "sstar"
+          else [g for g in _CPU_GROUPS if abs(float(g["sparsity"]) - 0.7) < 1e-9])
     groups = [{**g, "allocations": [x for x in g["allocations"] if not keep or x in keep]}
-              for g in groups_at(_CPU_GROUPS, sstar[a.model]) if g["metric"] in a.metrics.split(",")]
+              for g in at if g["metric"] in a.metrics.split(",")]
     print(f"{a.model}: {groups}", flush=True)
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=seeds)
@@ -347,6 +350,8 @@ def main(argv=None) -> int:
     c.add_argument("--metrics", default="wanda,sparsegpt")
     c.add_argument("--allocations", default="", help="comma-separated labels to keep (default: all)")
     c.add_argument("--seeds", default="", help="comma-separated seeds (default: the grid's 0, 1, 2)")
+    c.add_argument("--at", choices=("sstar", "70"), default="sstar",
+                   help="run the groups at s* (default) or again at 70 %% (e.g. after a default changed)")
     c.add_argument("--out", required=True)
     z = sub.add_parser("accuracy", help="zero-shot accuracy of the accuracy claims' runs at s*")
     z.add_argument("--model", default="smollm2-135m")

@@ -98,11 +98,17 @@ def claims_runs(path: Path, sstar_entries: dict, kept_70: Path = KEPT_70) -> dic
     if Path(kept_70).is_file():
         old = json.loads(Path(kept_70).read_text())
         commit = str((old["provenance"].get("git") or {}).get("commit", "?"))[:10]
+        # a 70 % run the study repeated (a default changed since the render) replaces the kept one
+        redone = {_run_id(r) for r in runs}
         runs += [{k: r.get(k) for k in _RUN_KEYS} | {"source": f"kept 70 % render ({commit})"}
-                 for r in old["data"]["runs"] if abs(float(r["sparsity"]) - 0.7) < 1e-9]
+                 for r in old["data"]["runs"] if abs(float(r["sparsity"]) - 0.7) < 1e-9 and _run_id(r) not in redone]
     for r in runs:
         r["planned"] = [round(float(x), 4) for x in (r.get("planned") or [])]
     return {"sstar": sstar_values(sstar_entries), "runs": runs}
+
+
+def _run_id(r: dict) -> tuple:
+    return r["model"], int(r["seed"]), r["allocation"], r["metric"], round(float(r["sparsity"]), 6)
 
 
 def claims_tables(claims: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
