@@ -25,7 +25,8 @@ def _rewrite(path: Path, fn) -> None:
     obj = json.loads(path.read_text())
     new = fn(dict(obj))
     if new != obj:
-        path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+        from prunekit.utils import atomic_write_text
+        atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
 def portable_tokenizer_config(cfg: dict) -> dict:

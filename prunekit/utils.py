@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, seeding, versions."""
+"""Small shared helpers: the one file writer (atomic), seeding, versions."""
 from __future__ import annotations
 
 import json
@@ -27,11 +27,13 @@ def refuse_special(path: Path, what: str = "") -> None:
                             "refusing to replace it")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
-    """The one writer of every file prunekit writes: the target is never followed through a
-    symlink, never a device, FIFO or directory; the bytes go to a staging file with an
-    unpredictable name created with O_EXCL (``mkstemp``) in the target's directory, are fsynced,
-    and ``os.replace`` puts them in place, so readers never see a partial file."""
+def atomic_write_with(path: str | Path, write, what: str = "") -> Path:
+    """The one writer of every file prunekit writes. ``write(f)`` streams the content into ``f``, a
+    binary file object (``np.savez``, ``write_safetensors``, ``f.write``). The target is never
+    followed through a symlink, never a device, FIFO or directory; the bytes go to a staging file
+    with an unpredictable name created with O_EXCL (``mkstemp``) in the target's directory, are
+    fsynced, and ``os.replace`` puts them in place, so readers never see a partial file. A failed
+    ``write`` leaves no staging file behind."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -42,7 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         publish_modes(tmp)  # mkstemp creates 0600
@@ -52,6 +54,41 @@ def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
         if os.path.lexists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, what: str = "") -> Path:
+    """``atomic_write_with`` of a bytes object."""
+    return atomic_write_with(path, lambda f: f.write(data), what)
+
+
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def write_safetensors(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Stream ``tensors`` into the binary file object ``f`` in the safetensors format (8-byte
+    little-endian header length, JSON header padded to 8 bytes, raw little-endian data), one tensor
+    at a time: the payload is never copied into one bytes object (``safetensors.torch.save``
+    would hold a second copy of an offloaded block in RAM). For ``atomic_write_with``."""
+    import struct
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    parts, off = [], 0
+    # widest elements first (as safetensors orders them): every tensor starts aligned to its element size
+    for k in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
+        t = tensors[k].detach().to("cpu").contiguous()
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"write_safetensors: tensor {k} has unsupported dtype {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        parts.append(t)
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    f.write(struct.pack("<Q", len(h)) + h)
+    for t in parts:
+        if t.numel():
+            f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def atomic_write_text(path: str | Path, text: str, what: str = "") -> Path:

@@ -190,3 +190,96 @@ def test_cycle_check_catches_a_planted_cycle(tmp_path):
 def test_size_check_catches_a_501_line_module(tmp_path):
     pkg = _package(tmp_path, {"big.py": "x = 1\n" * 501, "ok.py": "x = 1\n" * 500})
     assert long_modules(pkg) == ["prunekit/big.py: 501 lines"]
+
+
+# ----------------------------------------------------------------------------- one writer
+
+# (module, function) -> why it may write a file itself instead of through utils.atomic_write_with
+OWN_WRITERS = {
+    ("prunekit.utils", "atomic_write_with"): "the one writer",
+    ("prunekit.core.cache", "make_staging_dir"): "the marker inside a fresh mkdtemp staging directory",
+    ("prunekit.core.offload", "make_work_dir"): "the owner file inside a fresh mkdtemp work directory",
+    ("prunekit.core.saving", "save_dir"): "final names inside the marked staging directory",
+    ("prunekit.core.saving", "_save_offloaded"): "final names inside the marked staging directory",
+    ("prunekit.core.saving", "write"): "final names inside the marked staging directory",
+    ("prunekit.experiments.sweep.store", "repair_tail"): "the results file: O_NOFOLLOW, under the lock",
+    ("prunekit.experiments.sweep.store", "__enter__"): "the results file lock: O_NOFOLLOW | O_NONBLOCK",
+    ("prunekit.experiments.sweep.store", "append_record"): "the results file: O_NOFOLLOW | O_NONBLOCK append",
+}
+# where the writer's PID may name a file system entry: staging / work directories and their sweeping
+PID_NAMES = {("prunekit.core.cache", "staging_tag"), ("prunekit.core.cache", "make_staging_dir"),
+             ("prunekit.core.offload", "make_work_dir")}
+_WRITE_CALLS = {"write_text", "write_bytes", "save_file", "savez", "savez_compressed", "save_pretrained"}
+
+
+def _functions(tree):
+    """(node, innermost enclosing function name, parameters of the enclosing lambdas) per node."""
+    out = []
+
+    def walk(node, fn, lam):
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else fn
+            inner = lam | {a.arg for a in child.args.args} if isinstance(child, ast.Lambda) else lam
+            out.append((child, name, inner))
+            walk(child, name, inner)
+    walk(tree, None, frozenset())
+    return out
+
+
+def _writes(node: ast.Call, name: str) -> bool:
+    f, src = node.func, ast.unparse(node)
+    if name in _WRITE_CALLS:
+        return True
+    if name in ("save", "dump") and isinstance(f, ast.Attribute):
+        return ast.unparse(f.value) in ("torch", "np", "numpy", "json", "pickle")
+    if name == "open" and isinstance(f, ast.Attribute) and ast.unparse(f.value) == "os":
+        return "O_WRONLY" in src or "O_RDWR" in src
+    if name == "open":
+        mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and bool(set(mode.value) & set("wax+"))
+    return False
+
+
+def writer_violations(pkg: Path = PKG) -> list[str]:
+    """File writes outside the one writer (and its listed exceptions), predictable temp names
+    (``.with_suffix(".<x>.tmp")``, a PID in a name outside the staging-directory code). A write
+    into a parameter of a lambda (``atomic_write_with(p, lambda f: np.savez(f, ...))``) goes to the
+    one writer's file object."""
+    bad = []
+    for path in sorted(pkg.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        me = _module_of(path, pkg)
+        for node, fn, lam in _functions(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            where = f"{path.relative_to(pkg.parent)}:{node.lineno} ({fn})"
+            if name == "with_suffix" and "tmp" in ast.unparse(node):
+                bad.append(f"{where}: predictable temp name {ast.unparse(node)}")
+            if name in ("getpid", "staging_tag") and (me, fn) not in PID_NAMES and \
+                    not (name == "staging_tag" and (me, fn) == ("prunekit.core.cache", "discard")):
+                bad.append(f"{where}: the PID in a name outside the staging-directory code")
+            into_writer = bool(node.args) and isinstance(node.args[0], ast.Name) and node.args[0].id in lam
+            if _writes(node, name) and not into_writer and (me, fn) not in OWN_WRITERS:
+                bad.append(f"{where}: writes a file outside prunekit.utils.atomic_write_with: {ast.unparse(node)[:80]}")
+    return bad
+
+
+def test_every_file_write_goes_through_the_one_writer():
+    assert writer_violations() == []
+
+
+def test_writer_check_catches_the_old_patterns(tmp_path):
+    """The checker itself can fail: the PID-tagged staging names and direct writes prunekit once used."""
+    pkg = _package(tmp_path, {"core/__init__.py": "", "core/offload.py": (
+        "import os\nfrom safetensors.torch import save_file\n"
+        "def _write_block(path, tensors):\n"
+        "    tmp = path.with_suffix(f'.{os.getpid()}.tmp')\n"
+        "    save_file(tensors, str(tmp))\n    os.replace(tmp, path)\n"),
+        "core/cache.py": "def seal_dir(d, text):\n    (d / '.m.tmp').write_text(text)\n"
+                         "def log(p, line):\n    with open(p, 'a') as f:\n        f.write(line)\n"})
+    found = "\n".join(writer_violations(pkg))
+    for needle in ("predictable temp name", "the PID in a name", "save_file(tensors", "write_text(text)", "open(p, 'a')"):
+        assert needle in found, found

@@ -312,15 +312,16 @@ def test_token_cache_write_failure_warns(tmp_path, monkeypatch):
 def test_stats_cache_write_failure_warns(tmp_path, monkeypatch):
     import errno
 
-    import safetensors.torch
     import torch
 
+    from prunekit import utils
     from prunekit.core import cache
     from prunekit.scoring.statistics import StatsCache
 
-    def big(*a, **k):
+    def big(f, *a, **k):
+        f.write(b"x" * 100)
         raise OSError(errno.EFBIG, "File too large")
-    monkeypatch.setattr(safetensors.torch, "save_file", big)
+    monkeypatch.setattr(utils, "write_safetensors", big)
     sc = StatsCache(tmp_path)
     with pytest.warns(cache.CacheWarning, match="without caching"):
         sc.save("k", {"a": torch.zeros(2)})

@@ -67,7 +67,9 @@ def run(argv=None) -> dict:
         for name, doc in sorted(methods().items()):
             print(f"{name:<14} {doc}")
         return {}
-    if args.cmd == "demo":  # the same bar policy as prune/eval: none when stderr is not a terminal
+    if args.cmd == "demo":  # the same checks before loading and bar policy as prune/eval
+        from prunekit.cli.checks import validate_demo
+        validate_demo(args)
         progress = commands.progress_wanted(False)
         with (contextlib.nullcontext() if progress else commands.bars_off()):
             return commands.demo(args.model, args.profile, args.offload, progress)

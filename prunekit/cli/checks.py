@@ -179,3 +179,28 @@ def validate(args, table: dict | None = None) -> dict:
     for d in prep["evals"]:
         _check_text(d, "test", args.eval_seqlen, "--eval-seqlen")
     return prep
+
+
+def validate_demo(args) -> None:
+    """``prunekit demo``, like prune before the model loads: the cache and offload directories, the
+    model from its headers (``peek_model``: config, weight headers, tensor shapes), the profile's
+    sequence lengths against the model's positions, and the C4 / WikiText-2 files it reads."""
+    from prunekit.core.loading import peek_model
+    from prunekit.experiments.profiles import profile
+    _check_environment()
+    if args.offload == "disk":
+        import shutil
+
+        from prunekit.core.cache import cache_dir
+        from prunekit.core.offload import make_work_dir
+        shutil.rmtree(make_work_dir(cache_dir() / "offload"), ignore_errors=True)
+    p = profile(args.profile)
+    info = peek_model(args.model)
+    what = f"--profile {args.profile}"
+    for label, n in (("calibration", p["calib_seqlen"]), ("evaluation", p["eval_seqlen"])):
+        if info.max_positions and n > info.max_positions:
+            raise PrunekitError(f"{what}: its {label} windows of {n} tokens exceed the {info.max_positions} "
+                                f"positions of model '{args.model}'; use a smaller profile")
+    _check_text("c4", "calib", p["calib_seqlen"] + 1, f"{what} (calibration seqlen)", samples=p["calib_samples"],
+                samples_flag=f"{what} (calibration samples)")
+    _check_text("wikitext2", "test", p["eval_seqlen"], f"{what} (evaluation seqlen)")

@@ -200,7 +200,13 @@ def tasks_command(write: str | None, tasks: str = "", model: str = "PRUNED_MODEL
 def demo(model: str = "smollm2-135m", profile: str = "quick", offload: str = "auto", progress: bool = True) -> dict:
     """Dense vs 50 % magnitude / Wanda / SparseGPT on the default model: the README's first command."""
     from prunekit.experiments.session import Session
-    sess = Session.from_profile(profile, model_name=model, offload=offload, progress=progress)
+    try:
+        sess = Session.from_profile(profile, model_name=model, offload=offload, progress=progress)
+    except PrunekitError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:  # as prune: one line naming the model
+        raise PrunekitError(f"cannot load model '{model}': {type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0]}") from e
     p = sess.eval_seqlen, sess.eval_windows, sess.calib_samples, sess.calib_seqlen
     print(f"model {model}: eval wikitext2 {p[1]} windows x {p[0]} tokens; calibration c4 {p[2]} x {p[3]} tokens")
     rows = [("dense", 0.0, sess.dense()["wikitext2"])]

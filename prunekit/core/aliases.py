@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from prunekit.core import cache
-from prunekit.core.preflight import check_safetensors
+from prunekit.core.preflight import check_safetensors, gguf_info
 from prunekit.core.saving import save_dir
 from prunekit.errors import PrunekitError
 
@@ -132,6 +132,7 @@ def dense_cache_for_gguf(gguf: Path) -> Path:
     identity = {"gguf_sha256": full}
     if cache.usable_dir(target, identity, adopt=lambda m: m.get("sha256_16") == digest and _intact(target)):
         return target
+    gguf_info(gguf, gguf.name)  # tensor table against metadata (and size) before anything is dequantised
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -10,8 +10,10 @@ Three kinds of entries live under ``$PRUNEKIT_CACHE``:
 
 An entry that is missing a file, truncated, altered, or stands for something else (a PTB token
 array copied over the WikiText-2 one) is reported with a ``CacheWarning`` and rebuilt, never used.
-Writes go to a staging name carrying the writer's PID and are renamed into place; staging left by
-a killed writer (its PID no longer alive) is removed on the next run.
+Every file goes through the one writer (``prunekit.utils.atomic_write_with``: an unpredictable
+O_EXCL staging name, fsync, rename into place, never through a symlink). Staging *directories*
+(a model being saved) carry the writer's PID and a marker; those a killed writer left (its PID no
+longer alive) are removed on the next run.
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def discard(path: Path) -> None:
     """Move a bad entry out of the way (atomic rename), then delete it."""
     if not (path.exists() or path.is_symlink()):
         return
-    trash = path.with_name(f".{path.name}{staging_tag()}discard")
+    import uuid
+    trash = path.with_name(f".{path.name}{staging_tag()}{uuid.uuid4().hex[:12]}-discard")  # never a name planted in advance
     try:
         os.replace(path, trash)
     except OSError:
@@ -140,9 +143,8 @@ def seal_dir(d: Path, identity: dict) -> None:
     """Write the manifest of directory ``d``: its identity and every file's size and SHA-256."""
     files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in _payload(d)}
     man = {"manifest_version": MANIFEST_VERSION, "identity": identity, "files": files}
-    tmp = d / f".{MANIFEST}{staging_tag()}"
-    tmp.write_text(json.dumps(man, indent=1, sort_keys=True))
-    os.replace(tmp, d / MANIFEST)
+    from prunekit.utils import atomic_write_text
+    atomic_write_text(d / MANIFEST, json.dumps(man, indent=1, sort_keys=True), "cache manifest ")
 
 
 def read_manifest(d: Path) -> dict | None:
@@ -208,7 +210,7 @@ def _arrays_sha(arrays: dict[str, np.ndarray]) -> str:
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], identity: dict) -> None:
-    """npz with a ``manifest`` entry (identity + content hash), written via a staging name; a
+    """npz with a ``manifest`` entry (identity + content hash), written by the one writer; a
     failed write is a warning (the caller keeps its arrays)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,14 +218,14 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], identity: dict) -> No
         warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
         return
     man = json.dumps({"identity": identity, "sha256": _arrays_sha(arrays)}, sort_keys=True)
-    tmp = path.with_name(f".{path.name}{staging_tag()}.npz")
+    from prunekit.errors import PrunekitError
+    from prunekit.utils import atomic_write_with
     try:
-        np.savez(tmp, manifest=np.array(man), **arrays)
-        os.replace(tmp, path)
+        atomic_write_with(path, lambda f: np.savez(f, manifest=np.array(man), **arrays), "cache entry ")
     except OSError as e:  # disk full, file-size limit: the run goes on with the arrays in memory
         warn(f"cannot write cache entry {path} ({e.strerror or e}); going on without caching it")
-    finally:
-        tmp.unlink(missing_ok=True)
+    except PrunekitError as e:  # a symlink, FIFO or directory at the entry's name: never written through
+        warn(f"{e}; going on without caching it")
 
 
 def load_arrays(path: Path, identity: dict) -> dict[str, np.ndarray] | None:

@@ -161,6 +161,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
         shutil.rmtree(work, ignore_errors=True)
     layout(model)  # fail early on an unsupported architecture
     check_finite(model, name_or_path)
+    if off is not None and off.mode == "disk":  # the blocks left in the checkpoint: read one tensor at a time
+        check_finite_sources(off.sources, name_or_path, dt)
     if mode == "cpu":
         off = _keep_blocks_on_cpu(model, dev)
     model.eval()
@@ -172,12 +174,33 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
 def check_finite(model: nn.Module, name: str) -> None:
     """Refuse NaN or infinite weights (a corrupt checkpoint would otherwise prune and report
     nonsense with exit 0): one sum per loaded tensor, ``isfinite`` of it (weights left on
-    disk by ``--offload disk`` are not read here)."""
+    disk by ``--offload disk`` are checked by ``check_finite_sources``)."""
     for n, t in model.named_parameters():
-        if t.device.type == "meta" or not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-            continue  # a sum is finite only when every element is (one reduction, no mask tensor)
-        if not bool(torch.isfinite(t).all()):
-            raise PrunekitError(f"model '{name}': weight {n} holds NaN or infinite values; the checkpoint is corrupt")
+        if t.device.type != "meta":
+            _refuse_nonfinite(t, n, name)
+
+
+def _refuse_nonfinite(t: torch.Tensor, key: str, name: str) -> None:
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return  # a sum is finite only when every element is (one reduction, no mask tensor)
+    if not bool(torch.isfinite(t).all()):
+        raise PrunekitError(f"model '{name}': weight {key} holds NaN or infinite values; the checkpoint is corrupt")
+
+
+@torch.no_grad()
+def check_finite_sources(sources: dict[str, tuple[str, str]], name: str, dtype: torch.dtype) -> None:
+    """``check_finite`` for the weights ``--offload disk`` leaves in safetensors files: each tensor is
+    read (memory-mapped), cast to the run's dtype as a block load would, checked and dropped, so at
+    most one tensor is in RAM at a time."""
+    from safetensors import safe_open
+    by_file: dict[str, list[tuple[str, str]]] = {}
+    for key, (f, stored) in sources.items():
+        by_file.setdefault(f, []).append((key, stored))
+    for f, items in by_file.items():
+        with safe_open(f, framework="pt", device="cpu") as h:
+            for key, stored in sorted(items):
+                t = h.get_tensor(stored)
+                _refuse_nonfinite(t.to(dtype) if t.is_floating_point() else t, key, name)
 
 
 def peek_model(name: str) -> preflight.ModelInfo:

@@ -188,16 +188,14 @@ class Offloader:
         self.dirty[i] = False
 
     def _write_block(self, i: int) -> None:
-        """Write block i's current weights to the private offload directory (atomic) and point
-        its sources there."""
-        from safetensors.torch import save_file
+        """Write block i's current weights to the private offload directory (the one writer:
+        atomic, never through a symlink) and point its sources there."""
+        from prunekit.utils import atomic_write_with, write_safetensors
         self.writes += 1
         tensors = {key: (mod._parameters if isp else mod._buffers)[n].detach().to("cpu").contiguous()
                    for key, mod, n, isp in self.entries[i]}
         path = self.work_dir / f"block{i:04d}-{self.writes}.safetensors"  # new name: snapshots may hold the old
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_with(path, lambda f: write_safetensors(f, tensors), "offload file ")
         old = {self.sources[f"{self.prefix}{i}.{key}"][0] for key in tensors if f"{self.prefix}{i}.{key}" in self.sources}
         for key in tensors:
             self.sources[f"{self.prefix}{i}.{key}"] = (str(path), key)

@@ -9,6 +9,7 @@ one-line ``PrunekitError`` naming the input.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,17 +122,17 @@ def check_model_dir(d: Path, name: str) -> ModelInfo:
         if missing:
             raise PrunekitError(f"model '{name}': shard {missing[0]} named in {index.name} is missing")
         weights = [d / s for s in shards]
-    keys = set()
+    tensors: dict = {}
     for w in weights:
-        keys |= set(check_safetensors(w, name)) - {"__metadata__"}
-    check_blocks(keys, BLOCK_PATHS[mt], blocks, name)
+        tensors.update((k, v) for k, v in check_safetensors(w, name).items() if k != "__metadata__")
+    check_blocks(set(tensors), BLOCK_PATHS[mt], blocks, name)
+    check_shapes(tensors, cfg, mt, name)
     return ModelInfo(name, "dir", str(d), mt, blocks, pos, widths(cfg))
 
 
 def check_blocks(keys, block_path: str, blocks: int, name: str) -> None:
     """The config's block count against the blocks the weights hold (``<block_path>.<i>.``): a
     config claiming more blocks than stored would get random weights for the rest."""
-    import re
     found = set()
     # checkpoints name the blocks with or without the CausalLM prefix (gemma3: language_model.model.layers)
     pat = re.compile(r"(?:^|\.)%s\.(\d+)\." % re.escape(block_path.rsplit(".", 1)[-1]))
@@ -145,6 +146,78 @@ def check_blocks(keys, block_path: str, blocks: int, name: str) -> None:
         have = len(found)
         raise PrunekitError(f"model '{name}': config.json declares {blocks} decoder blocks but the weights hold "
                             f"{have} (indices {min(found)}..{max(found)}); the config does not match the weights")
+
+
+def _dim(c: dict, key: str) -> int | None:
+    v = c.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+# families whose modelling code derives head_dim = hidden_size // num_attention_heads when the
+# config gives none (Qwen3 and Gemma-3 default to a fixed 128 / 256 instead: not derived here)
+_DERIVED_HEAD_DIM = {"llama", "mistral", "qwen2", "smollm3", "opt"}
+
+
+def expected_shapes(cfg: dict, mt: str) -> dict[str, tuple[tuple, str]]:
+    """Weight kind (``q_proj``, ..., ``fc2``, ``embed_tokens``, ``lm_head``) -> (expected [out, in]
+    shape, the config fields it comes from), from config.json alone (a multimodal checkpoint's
+    nested ``text_config`` only). A dimension the config does not pin down is None (not compared):
+    a nested config omits the fields that equal its class defaults, and prunekit does not guess them."""
+    c = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    H, V, nh = _dim(c, "hidden_size"), _dim(c, "vocab_size"), _dim(c, "num_attention_heads")
+    if mt == "opt":
+        F, E = _dim(c, "ffn_dim"), _dim(c, "word_embed_proj_dim") or H
+        sq = ((H, H), "hidden_size x hidden_size")
+        return {"q_proj": sq, "k_proj": sq, "v_proj": sq, "out_proj": sq,
+                "fc1": ((F, H), "ffn_dim x hidden_size"), "fc2": ((H, F), "hidden_size x ffn_dim"),
+                "embed_tokens": ((V, E), "vocab_size x word_embed_proj_dim"),
+                "lm_head": ((V, E), "vocab_size x word_embed_proj_dim")}
+    hd = _dim(c, "head_dim")
+    if hd is None and mt in _DERIVED_HEAD_DIM and H and nh and H % nh == 0:
+        hd = H // nh
+    nkv = _dim(c, "num_key_value_heads")
+    if nkv is None and "num_key_value_heads" in c and c["num_key_value_heads"] is None and mt in ("llama", "qwen2"):
+        nkv = nh  # LLaMA / Qwen2: a null num_key_value_heads means plain multi-head attention
+    q = nh * hd if nh and hd else None
+    kv = nkv * hd if nkv and hd else None
+    inter = _dim(c, "intermediate_size")
+    return {"q_proj": ((q, H), "num_attention_heads*head_dim x hidden_size"),
+            "k_proj": ((kv, H), "num_key_value_heads*head_dim x hidden_size"),
+            "v_proj": ((kv, H), "num_key_value_heads*head_dim x hidden_size"),
+            "o_proj": ((H, q), "hidden_size x num_attention_heads*head_dim"),
+            "gate_proj": ((inter, H), "intermediate_size x hidden_size"),
+            "up_proj": ((inter, H), "intermediate_size x hidden_size"),
+            "down_proj": ((H, inter), "hidden_size x intermediate_size"),
+            "embed_tokens": ((V, H), "vocab_size x hidden_size"),
+            "lm_head": ((V, H), "vocab_size x hidden_size")}
+
+
+_WEIGHT = re.compile(r"(?:(?:^|\.)layers\.\d+\.(?:(?:self_attn|mlp)\.)?(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj"
+                     r"|up_proj|down_proj|fc1|fc2)|(?:^|\.)(embed_tokens)|^(?:[a-z_]+\.)?(lm_head))\.weight$")
+
+
+def check_shapes(tensors: dict, cfg: dict, mt: str, name: str) -> None:
+    """Each decoder block's attention and MLP weights, the token embedding and the head, as the
+    safetensors header stores them, against the shapes config.json implies (hidden_size,
+    intermediate_size / ffn_dim, attention heads, key/value heads, head_dim, vocab_size): an edited
+    or mismatched config would otherwise fail inside the load, or load garbage. Only unquantised
+    floating-point weights of known names are compared; anything else is left to the loader."""
+    if cfg.get("quantization_config") is not None:
+        return
+    want = expected_shapes(cfg, mt)
+    for key in sorted(tensors):
+        info = tensors[key]
+        m = _WEIGHT.search(key)
+        if m is None or not isinstance(info, dict) or any(t in key for t in ("vision", "audio", "multi_modal")):
+            continue
+        dtype, shape = str(info.get("dtype", "")), info.get("shape")
+        if not (dtype.startswith("F") or dtype == "BF16") or not isinstance(shape, list):
+            continue
+        exp, why = want.get(next(g for g in m.groups() if g), ((None, None), ""))
+        if len(shape) != 2 or any(e is not None and e != s for e, s in zip(exp, shape)):
+            shown = "[" + ", ".join("?" if e is None else str(e) for e in exp) + "]"
+            raise PrunekitError(f"model '{name}': weight {key} has shape {list(shape)} but config.json implies "
+                                f"{shown} ({why}); the config does not match the weights")
 
 
 # ----------------------------------------------------------------------------- GGUF header
@@ -219,35 +292,91 @@ def gguf_header(path: Path, want=("general.architecture",),
     return out
 
 
-def gguf_data_size(path: Path) -> tuple[int, int]:
-    """(bytes the tensor descriptors say the file needs, bytes on disk): every KV pair and tensor
-    descriptor is read (no tensor data); a truncated download needs more than it has."""
+def gguf_tables(path: Path) -> tuple[dict, dict, int, int]:
+    """(scalar key-values, tensor name -> dims in GGUF order (input width first), bytes the tensor
+    descriptors say the file needs, bytes on disk): every KV pair and tensor descriptor is read
+    (no tensor data); a truncated download needs more than it has."""
     try:
         from gguf.constants import GGML_QUANT_SIZES
     except ImportError:  # pragma: no cover - gguf ships with transformers' GGUF support
         GGML_QUANT_SIZES = {}
+    kv, dims = {}, {}
     with open(path, "rb") as f:
         r, n_tensors, n_kv = _open_gguf(f)
-        align = 32
         for _ in range(n_kv):
             key = r.rstr()
             v = r.value(r.rd("<I"))
-            if key == "general.alignment" and isinstance(v, int) and v > 0:
-                align = v
+            if v is not None:
+                kv[key] = v
+        align = kv.get("general.alignment") if isinstance(kv.get("general.alignment"), int) else 32
+        align = align if align > 0 else 32
         end = 0
         for _ in range(n_tensors):
-            r.rstr()
+            name = r.rstr()
             nd = r.rd("<I")
             if nd > 8:
                 raise ValueError(f"tensor with {nd} dimensions")
+            shape = tuple(r.rd("<Q") for _ in range(nd))
             n = 1
-            for _ in range(nd):
-                n *= r.rd("<Q")
+            for d in shape:
+                n *= d
             qt, off = r.rd("<I"), r.rd("<Q")
             bs, ts = GGML_QUANT_SIZES.get(qt, (1, 0))
             end = max(end, off + n // bs * ts)
+            dims[name] = shape
         start = -(-f.tell() // align) * align
-        return start + end, path.stat().st_size
+        return kv, dims, start + end, path.stat().st_size
+
+
+# GGUF architectures whose tensors follow llama.cpp's LLaMA naming (blk.N.attn_q / ffn_up / ...)
+GGUF_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma3", "smollm3"}
+_GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def check_gguf_tensors(kv: dict, dims: dict, path: Path, name: str) -> None:
+    """The tensor table against the metadata, before anything is dequantised: the blocks present
+    (``blk.N.*``) against ``block_count``, and each block's attention / MLP weights and the token
+    embedding against ``embedding_length``, ``feed_forward_length`` and the attention head counts
+    (llama.cpp's rule: head width = ``key_length`` or embedding_length / head_count)."""
+    arch = kv.get("general.architecture")
+    if arch not in GGUF_LLAMA_LIKE:
+        return
+
+    def get(key):
+        v = kv.get(f"{arch}.{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+    blocks, E, F = get("block_count"), get("embedding_length"), get("feed_forward_length")
+    nh, nkv = get("attention.head_count"), get("attention.head_count_kv")
+    nkv = nkv or nh
+    kl = get("attention.key_length") or (E // nh if E and nh and E % nh == 0 else None)
+    vl = get("attention.value_length") or kl
+    found = {int(m.group(1)) for t in dims if (m := _GGUF_BLOCK.match(t))}
+    if blocks is not None and found != set(range(blocks)):
+        raise PrunekitError(f"model '{name}': {path} declares {arch}.block_count={blocks} but its tensors hold "
+                            f"{len(found)} blocks; the metadata does not match the tensors")
+    q, k, v = (nh * kl if nh and kl else None), (nkv * kl if nkv and kl else None), (nkv * vl if nkv and vl else None)
+    o = nh * vl if nh and vl else None
+    want = {"attn_q": ((E, q), "embedding_length, head_count*key_length"),
+            "attn_k": ((E, k), "embedding_length, head_count_kv*key_length"),
+            "attn_v": ((E, v), "embedding_length, head_count_kv*value_length"),
+            "attn_output": ((o, E), "head_count*value_length, embedding_length"),
+            "ffn_gate": ((E, F), "embedding_length, feed_forward_length"),
+            "ffn_up": ((E, F), "embedding_length, feed_forward_length"),
+            "ffn_down": ((F, E), "feed_forward_length, embedding_length"),
+            "token_embd": ((E, None), "embedding_length, vocabulary"),
+            "output": ((E, None), "embedding_length, vocabulary")}
+    for t in sorted(dims):
+        parts = t.split(".")
+        if parts[-1] != "weight" or len(parts) not in (2, 4) or (len(parts) == 4 and parts[0] != "blk"):
+            continue
+        exp, why = want.get(parts[-2], ((None, None), ""))
+        if len(parts) == 2 and parts[0] not in ("token_embd", "output") or not why:
+            continue
+        shape = dims[t]
+        if len(shape) != 2 or any(e is not None and e != s for e, s in zip(exp, shape)):
+            shown = "[" + ", ".join("?" if e is None else str(e) for e in exp) + "]"
+            raise PrunekitError(f"model '{name}': {path} tensor {t} has dims {list(shape)} but its metadata implies "
+                                f"{shown} ({arch}: {why}); the metadata does not match the tensors")
 
 
 def gguf_info(path: Path, name: str) -> ModelInfo:
@@ -256,13 +385,13 @@ def gguf_info(path: Path, name: str) -> ModelInfo:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise PrunekitError(f"model '{name}': {path} is not a regular file (directory, device or pipe)")
-        h = gguf_header(path)
-        need, have = gguf_data_size(path)
+        h, dims, need, have = gguf_tables(path)
     except (OSError, ValueError, struct.error) as e:
         raise PrunekitError(f"model '{name}': {path} has an unreadable GGUF header ({e})") from None
     if have < need:
         raise PrunekitError(f"model '{name}': {path} is truncated ({have} bytes on disk, its tensors need {need}); "
                             "re-download it")
+    check_gguf_tensors(h, dims, path, name)
     arch = h.get("general.architecture")
     widths = tuple(sorted({h[k] for k in (f"{arch}.embedding_length", f"{arch}.feed_forward_length") if k in h}))
     return ModelInfo(name, "gguf", str(path), arch, h.get(f"{arch}.block_count"), h.get(f"{arch}.context_length"),

@@ -15,7 +15,6 @@ cpu. Only the decoder-block linear weights are saved (the solvers modify nothing
 """
 from __future__ import annotations
 
-import os
 import shutil
 import weakref
 from contextlib import contextmanager
@@ -109,14 +108,12 @@ class WeightSnapshot:
                 return ("mem", {n: w.clone() for n, w in ws.items()})
             if store == "cpu":
                 return ("mem", {n: w.to("cpu", copy=True) for n, w in ws.items()})
-            from safetensors.torch import save_file
+            from prunekit.utils import atomic_write_with, write_safetensors
             if self._dir is None:
                 self._dir = make_work_dir(cache_dir() / "offload")
                 self._fin = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
             path = self._dir / f"snap-block{i:04d}.safetensors"
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file({n: w.to("cpu").contiguous() for n, w in ws.items()}, str(tmp))
-            os.replace(tmp, path)
+            atomic_write_with(path, lambda f: write_safetensors(f, ws), "snapshot file ")
             return ("file", str(path))
 
     @torch.no_grad()

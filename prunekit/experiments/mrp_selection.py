@@ -111,8 +111,8 @@ def main(argv=None) -> int:
                      [b for b in a.baselines.split(",") if b])
 
     def write(row):
-        with open(a.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        from prunekit.experiments.sweep.store import append_record
+        append_record(a.out, row)  # O_NOFOLLOW, never blocks on a FIFO, fsynced
         print(json.dumps(row), flush=True)
 
     study(sess, [float(s) for s in a.sparsities.split(",")], cfg, heldout_samples=4, heldout_seqlen=256,

@@ -257,8 +257,8 @@ def cmd_mrp_score(a) -> int:
                        "block_max": float(np.max(rec["planned_sparsity"])),
                        "planned_sparsity": rec["planned_sparsity"], "seconds": time.perf_counter() - t0}
                 sess.restore()
-                with open(out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                from prunekit.experiments.sweep.store import append_record
+                append_record(out, row)  # O_NOFOLLOW, never blocks on a FIFO, fsynced
                 print(json.dumps({k: v for k, v in row.items() if k != "planned_sparsity"}), flush=True)
     return 0
 

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from prunekit.errors import PrunekitError
 from prunekit.utils import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # a checkout (notebooks/, reports/), or site-packages
@@ -420,7 +421,10 @@ def main(argv=None) -> int:
         return 2
     try:
         check_out(Path(a.out), nbs)
-    except ValueError as e:
+        if a.ray_address:  # the sweep's check: a TCP connection, then a gRPC answer, within 5 s each
+            from prunekit.experiments.sweep.runners import check_address
+            check_address(a.ray_address)
+    except (ValueError, PrunekitError) as e:
         print(f"prunekit.reporting: error: {e}", file=sys.stderr)
         return 2
     if a.model:

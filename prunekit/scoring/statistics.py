@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -73,16 +72,14 @@ class StatsCache:
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         if not self.enabled:
             return
-        from safetensors.torch import save_file
-        self.root.mkdir(parents=True, exist_ok=True)
+        from prunekit.utils import atomic_write_with, write_safetensors
         p = self.path(key)
-        tmp = p.with_name(f".{p.name}{cache.staging_tag()}")
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = {"key": key, "checksum": _checksum(tensors)}
         try:
-            save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
-            os.replace(tmp, p)
-        except Exception as e:  # noqa: BLE001 - disk full, file-size limit: the run goes on uncached
-            tmp.unlink(missing_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_with(p, lambda f: write_safetensors(f, tensors, meta), "cache entry ")
+        except Exception as e:  # noqa: BLE001 - disk full, file-size limit, a symlink there: the run goes on uncached
             cache.warn(f"cannot write cache entry {p} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                        "going on without caching it")
 

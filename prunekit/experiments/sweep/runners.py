@@ -74,22 +74,67 @@ def _ray_group(items, threads: int | None = None):
     yield from run_cells(items, progress=False)
 
 
-ADDRESS_TIMEOUT_S = 5.0
+ADDRESS_TIMEOUT_S = 5.0   # for the TCP connection, then again for the gRPC (HTTP/2) answer
+# the HTTP/2 client connection preface, then an empty SETTINGS frame (length 0, type 4, flags 0, stream 0)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def speaks_http2(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
+    """Send the HTTP/2 client preface (and an empty SETTINGS frame) on a connected socket and wait up
+    to ``timeout`` s for the server's first frame: an HTTP/2 server (Ray's GCS is a gRPC server)
+    answers with a SETTINGS frame (type 4, stream 0). Returns (True, header) for that, else (False,
+    what arrived: an HTTP/1 error line, nothing before EOF, or b"" after the timeout)."""
+    import time
+    deadline = time.monotonic() + timeout
+    sock.sendall(HTTP2_PREFACE)
+    got = b""
+    while len(got) < 9:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(9 - len(got))
+        except (TimeoutError, socket.timeout):
+            break
+        except OSError:  # reset by a peer that does not speak HTTP/2
+            break
+        if not chunk:
+            break
+        got += chunk
+    ok = len(got) == 9 and got[3] == 0x04 and int.from_bytes(got[5:9], "big") & 0x7FFFFFFF == 0
+    return ok, got
 
 
 def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """A ``host:port`` Ray address must accept a TCP connection within ``timeout`` seconds
-    (``ray.init`` would retry for minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    """A ``host:port`` Ray address must accept a TCP connection within ``timeout`` seconds and then
+    answer the HTTP/2 preface as a gRPC server does (Ray's GCS), within ``timeout`` seconds again:
+    ``ray.init`` would otherwise retry for minutes against a closed port, and for ~25 s (with C++
+    warnings) against a port where something else listens. ``auto`` and ``ray://`` addresses are
+    left to Ray, and so is a cluster with TLS on (``RAY_USE_TLS``: the preface check cannot see
+    through TLS)."""
     if address == "auto" or "://" in address:
         return
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise PrunekitError(f"--ray-address {address!r}: expected HOST:PORT, auto or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise PrunekitError(f"--ray-address {address}: no Ray head answers there within {timeout:g} s "
                             f"({e.strerror or type(e).__name__})") from None
+    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true", "yes", "on"):
+        sock.close()
+        return
+    try:
+        ok, got = speaks_http2(sock, timeout)
+    except OSError:
+        ok, got = False, b""
+    finally:
+        sock.close()
+    if not ok:
+        why = (f"it answered {got.decode('latin-1')!r}, not gRPC" if got else f"no gRPC answer within {timeout:g} s")
+        raise PrunekitError(f"--ray-address {address} is not a Ray head ({why})")
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> bool:
