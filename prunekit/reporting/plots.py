@@ -434,7 +434,8 @@ def degradation_curves(entries: dict, paper_ratio: dict, caption: str | None = N
             if "s_star" not in e or st.get("metric") != solver:
                 continue
             pts = sorted((p["sparsity"], p["ratio"]) for p in e["curve"])
-            label = f"{st['model']} ({st['dtype'].replace('torch.', '')}), s* = {e['s_star']:.3f}"
+            seed = f", seed {st['seed']}" if st.get("seed", 0) else ""
+            label = f"{st['model']} ({st['dtype'].replace('torch.', '')}{seed}), s* = {e['s_star']:.3f}"
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
             ax.axvline(e["s_star"], color=line.get_color(), linestyle=":", linewidth=1)
         if solver in paper_ratio:
