@@ -246,9 +246,10 @@ def regime_section(res: dict) -> str:
                       "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
     if d.get("accuracy"):
         claims, per = accuracy_tables(d["accuracy"])
-        n = sorted({r["limit"] for r in d["accuracy"]})
+        n = sorted({(r["model"], r["limit"]) for r in d["accuracy"]})
+        n = " / ".join(f"{lim} ({m})" for m, lim in n)
         lines += [f"**The accuracy column** (Wanda at the model's s\*, C4 8 × 256 calibration per seed; the first "
-                  f"{', '.join(map(str, n))} documents of each of the seven tasks, fewer where a task has fewer; stock "
+                  f"{n} documents of each of the seven tasks, fewer where a task has fewer; stock "
                   "lm-eval `acc`, zero-shot; Δ = mean over seeds of A's mean task accuracy minus the best B's, in "
                   "points; paired 95 % bootstrap over seeds × documents, the same documents for A and B):", "",
                   _md(claims), "", "Accuracy per task (points, mean over seeds):", "", _md(per), ""]
@@ -256,7 +257,8 @@ def regime_section(res: dict) -> str:
         mat, summ, prof = claims_tables(d["claims"])
         lines += ["**The 70 % claims at s\*** (the notebook-50 cpu grid: C4 8 × 256 calibration, seeds 0, 1, 2, "
                   "WikiText-2 16 × 1024 test windows, paired 95 % bootstrap over seeds × windows; the 70 % columns "
-                  "read the kept notebook-50 render, the s\* columns runs of this study; a claim not run at s\* "
+                  "read the kept notebook-50 render (or this study's repeat of a 70 % run group, which "
+                  "replaces it), the s\* columns runs of this study; a claim not run at s\* "
                   "reads 'not measured'):", "", _md(mat), "",
                   "Perplexity of the run groups that have both regimes (mean ± std over seeds):", "", _md(summ), ""]
         if len(prof):
