@@ -109,11 +109,14 @@ ACCURACY_CLAIMS = [
 def read_runs(path) -> list[dict]:
     import json
     from pathlib import Path
+    from prunekit.utils import read_regular
     p = Path(path)
-    if not p.is_file():
+    try:
+        text = read_regular(p).decode("utf-8", "replace")
+    except FileNotFoundError:
         return []
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
@@ -150,6 +153,8 @@ def run_accuracy(model: str, sparsity: float, out, seeds=(0, 1, 2), limit: int =
     if bad:
         raise PrunekitError(f"unknown configuration {', '.join(bad)}; choose from {', '.join(CONFIGS)}")
     recs = read_runs(out)
+    if any(not isinstance(r, dict) or "key" not in r or "tasks" not in r for r in recs):
+        raise PrunekitError(f"{out} is not an accuracy results file; use another --out")
     done = {r["key"] for r in recs}
     todo = [(sd, c) for sd in seeds for c in configs
             if run_key(model, c, metric, sparsity, sd, limit) not in done]

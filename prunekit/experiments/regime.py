@@ -93,13 +93,83 @@ def heldout_nll_of(session, ids) -> float:
     return heldout_nll(session.runtime, ids)
 
 
-def _load(path: Path) -> dict:
-    if path.is_file():
+def _load(path: Path, must_exist: bool = False) -> dict:
+    from prunekit.utils import read_regular
+    try:
+        doc = json.loads(read_regular(path))
+    except FileNotFoundError:
+        if must_exist:
+            raise PrunekitError(f"{path} does not exist; give --sstar-file, or measure s* first with the sstar subcommand") from None
+        return {"entries": {}}
+    except ValueError as e:
+        raise PrunekitError(f"{path} is not JSON ({e}); move it away to start again") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
+        raise PrunekitError(f"{path} is not an s* file (no 'entries' object); move it away to start again")
+    return doc
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a results file this module wrote (absent: none); anything else is a one-line error."""
+    from prunekit.utils import read_regular
+    try:
+        text = read_regular(path).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
         try:
-            return json.loads(path.read_text())
-        except ValueError as e:
-            raise PrunekitError(f"{path} is not JSON ({e}); move it away to start again") from None
-    return {"entries": {}}
+            out.append(json.loads(line)) if line.strip() else None
+        except ValueError:
+            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again") from None
+        if not isinstance(out[-1], dict):
+            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again")
+    return out
+
+
+def _numbers(text: str, flag: str, kind=int, lo=0.0, hi=math.inf) -> list:
+    """``--seeds 0,1,2`` / ``--sparsities 0.7,0.65``: a one-line error for anything but a list of numbers in range."""
+    try:
+        vals = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(not (lo <= v < hi) or (kind is float and not math.isfinite(v)) for v in vals):
+        what = "integers >= 0" if kind is int else f"numbers in ({lo:g}, {hi:g})"
+        raise PrunekitError(f"{flag} '{text}' must be comma-separated {what}")
+    return vals
+
+
+def _preflight(a) -> None:
+    """Every argument checked before a model loads: numbers, names, the model's files, the output path."""
+    from prunekit.core.devices import pick_dtype
+    from prunekit.core.loading import peek_model
+    from prunekit.utils import check_writable
+    from prunekit.vocabulary import METRICS
+    check_writable(a.out, "--out")
+    for flag in ("seeds",):
+        if getattr(a, flag, ""):
+            _numbers(getattr(a, flag), f"--{flag}")
+    if a.cmd == "mrp-score":
+        _numbers(a.sparsities, "--sparsities", float, 1e-9, 1.0)
+    for flag in ("seed", "calib_samples", "calib_seqlen", "heldout_samples", "heldout_seqlen", "limit"):
+        v = getattr(a, flag, None)
+        if v is not None and v < (0 if flag == "seed" else 1):
+            raise PrunekitError(f"--{flag.replace('_', '-')} {v} must be >= {0 if flag == 'seed' else 1}")
+    if getattr(a, "tol", None) is not None and not (0 < a.tol < 0.5):
+        raise PrunekitError(f"--tol {a.tol} must lie in (0, 0.5)")
+    wanted = [m for m in (getattr(a, "metrics", "") or getattr(a, "metric", "")).split(",") if m]
+    known = PAPER_RATIO if a.cmd == "sstar" else METRICS
+    bad = [m for m in wanted if m not in known]
+    if bad or not wanted:
+        raise PrunekitError(f"unknown metric {', '.join(map(repr, bad or ['']))}; choose from {', '.join(known)}")
+    if getattr(a, "dtype", None):
+        import torch
+        pick_dtype(a.dtype, torch.device("cpu"))
+    if getattr(a, "sstar_file", None) and getattr(a, "at", "sstar") == "sstar":
+        sstar = sstar_values(_load(Path(a.sstar_file), must_exist=True)["entries"])
+        missing = [m for m in wanted if m not in sstar.get(a.model, {})]
+        if missing:
+            raise PrunekitError(f"{a.sstar_file} has no s* for {a.model} / {', '.join(missing)}")
+    peek_model(a.model)
 
 
 def find_s_star(session, metric: str, ho, store: dict | None = None, on_point=None, lo: float = 0.5,
@@ -226,18 +296,18 @@ MRP_CONFIGS = ("uniform", "mrp[score=solver]", "mrp[score=wanda]")
 def cmd_mrp_score(a) -> int:
     """Held-out NLL of MRP with the solver's own score vs Wanda's score (and uniform) per seed."""
     out = Path(a.out)
-    done = set()
-    if out.is_file():
-        for line in out.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done.add((r["model"], r["seed"], r["config"], round(r["sparsity"], 6)))
-    for seed in [int(s) for s in a.seeds.split(",")]:
+    configs = [c for c in a.configs.split(",") if c]
+    bad = [c for c in configs if c not in MRP_CONFIGS] or ([] if configs else [""])
+    if bad:
+        raise PrunekitError(f"unknown config '{bad[0]}'; choose from {', '.join(MRP_CONFIGS)}")
+    try:
+        done = {(r["model"], r["seed"], r["config"], round(r["sparsity"], 6)) for r in _read_jsonl(out)}
+    except (KeyError, TypeError):
+        raise PrunekitError(f"{out} is not an mrp-score results file; use another --out") from None
+    for seed in _numbers(a.seeds, "--seeds"):
         sess = None
-        for s in [float(x) for x in a.sparsities.split(",")]:
-            for config in [c for c in a.configs.split(",") if c]:
-                if config not in MRP_CONFIGS:
-                    raise PrunekitError(f"unknown config '{config}'; choose from {', '.join(MRP_CONFIGS)}")
+        for s in _numbers(a.sparsities, "--sparsities", float, 1e-9, 1.0):
+            for config in configs:
                 if (a.model, seed, config, round(s, 6)) in done:
                     continue
                 if sess is None:
@@ -288,16 +358,22 @@ def cmd_claims(a) -> int:
     through ``--out``, the same JSON-lines file notebook 50 reads with ``results=``)."""
     from prunekit.experiments.comparison import run_grid
     from prunekit.experiments.profiles import _CPU_GROUPS
-    sstar = sstar_values(_load(Path(a.sstar_file))["entries"])
+    sstar = sstar_values(_load(Path(a.sstar_file))["entries"]) if a.at == "sstar" else {a.model: {}}
     if a.model not in sstar:
         raise PrunekitError(f"{a.sstar_file} has no s* for {a.model}")
     keep = [x for x in a.allocations.split(",") if x]
+    labels = {x for g in _CPU_GROUPS for x in g["allocations"]}
+    if set(keep) - labels:
+        raise PrunekitError(f"unknown allocation {sorted(set(keep) - labels)[0]!r}; choose from {', '.join(sorted(labels))}")
     at = (groups_at(_CPU_GROUPS, sstar[a.model]) if a.at == "sstar"
           else [g for g in _CPU_GROUPS if abs(float(g["sparsity"]) - 0.7) < 1e-9])
     groups = [{**g, "allocations": [x for x in g["allocations"] if not keep or x in keep]}
               for g in at if g["metric"] in a.metrics.split(",")]
+    groups = [g for g in groups if g["allocations"]]
+    if not groups:
+        raise PrunekitError(f"no run group of the grid has --metrics {a.metrics} with --allocations {a.allocations or 'all'}")
     print(f"{a.model}: {groups}", flush=True)
-    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+    seeds = _numbers(a.seeds, "--seeds") if a.seeds else None
     df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=seeds)
     print(df[["allocation", "metric", "sparsity", "seed", "ppl_wikitext2"]].to_string(), flush=True)
     return 0
@@ -312,7 +388,7 @@ def cmd_accuracy(a) -> int:
     if a.limit < 1:
         raise PrunekitError(f"--limit {a.limit} must be >= 1")
     configs = [x for x in a.configs.split(",") if x] or list(accuracy.CONFIGS)
-    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, [int(x) for x in a.seeds.split(",")],
+    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, _numbers(a.seeds, "--seeds"),
                           a.limit, a.metric, configs, log=lambda m: print(m, flush=True))
     return 0
 
@@ -363,6 +439,7 @@ def main(argv=None) -> int:
     z.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     try:
+        _preflight(a)
         return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims,
                 "accuracy": cmd_accuracy}[a.cmd](a)
     except PrunekitError as e:

@@ -11,7 +11,6 @@ Resumable: each draw's values are written (atomically) when done and read back o
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -55,6 +54,22 @@ def draw_values(session, ids, target: float, window: int = 5, background: str = 
             "seconds": time.perf_counter() - t0}
 
 
+def _preflight(a) -> None:
+    """Every argument checked before the model loads."""
+    from prunekit.allocation.svnup.shapley import BACKGROUNDS
+    from prunekit.core.loading import peek_model
+    from prunekit.utils import check_writable
+    check_writable(a.out, "--out")
+    if not (0 < a.sparsity < 1):
+        raise PrunekitError(f"--sparsity {a.sparsity} must lie in (0, 1)")
+    for flag, lo in (("heldout_samples", 1), ("heldout_seqlen", 1), ("draws", 2), ("window", 1)):
+        if getattr(a, flag) < lo:
+            raise PrunekitError(f"--{flag.replace('_', '-')} {getattr(a, flag)} must be >= {lo}")
+    if a.background not in BACKGROUNDS:
+        raise PrunekitError(f"--background '{a.background}' must be one of {', '.join(BACKGROUNDS)}")
+    peek_model(a.model)
+
+
 def main(argv=None) -> int:
     import argparse
     import sys
@@ -68,12 +83,13 @@ def main(argv=None) -> int:
     ap.add_argument("--background", default="both")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    from prunekit.experiments.regime import _session
+    from prunekit.experiments.regime import _load, _session
     out = Path(a.out)
-    doc = json.loads(out.read_text()) if out.is_file() else {"entries": {}}
-    key = (f"{a.model}|s{a.sparsity:g}|{a.heldout_samples}x{a.heldout_seqlen}|w{a.window},{a.background}")
-    entry = doc["entries"].setdefault(key, {"draws": []})
     try:
+        _preflight(a)
+        doc = _load(out)
+        key = (f"{a.model}|s{a.sparsity:g}|{a.heldout_samples}x{a.heldout_seqlen}|w{a.window},{a.background}")
+        entry = doc["entries"].setdefault(key, {"draws": []})
         sess = _session(a.model, 0)
         used = {p[0] for p in sess.calib.picks}
         draws = []

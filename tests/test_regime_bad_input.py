@@ -1,0 +1,152 @@
+"""The research commands (``python -m prunekit.experiments.regime`` and ``...svnup_heldout``) refuse
+bad input like the CLI does: exit 2, one line on stderr, nothing written, before a model loads.
+
+A model load is made to fail loudly (``Session`` raises), so a case that slips past the checks shows
+up as an AssertionError instead of exit 2; the valid controls prove the checks let real input through."""
+import json
+import os
+
+import pytest
+
+from prunekit.experiments import regime, svnup_heldout
+
+
+class Loaded(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    from prunekit.experiments import session
+
+    def boom(*a, **k):
+        raise Loaded("a model was loaded")
+    monkeypatch.setattr(session.Session, "__init__", boom)
+
+
+@pytest.fixture
+def files(tmp_path):
+    sstar = tmp_path / "sstar.json"
+    sstar.write_text(json.dumps({"entries": {f"tiny-llama|{m}|seed0|default": {"s_star": 0.6}
+                                             for m in ("wanda", "sparsegpt")}}))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nline two")
+    (tmp_path / "adir").mkdir()
+    os.symlink(notes, tmp_path / "link.jsonl")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    return tmp_path
+
+
+T = ["--model", "tiny-llama"]
+# (argv with {d} for the temporary folder, words of the expected error)
+REGIME = [
+    (["accuracy", *T, "--seeds", "a"], "--seeds 'a'"),
+    (["accuracy", *T, "--seeds", "-1"], "--seeds '-1'"),
+    (["accuracy", *T, "--seeds", ""], "--seeds ''"),
+    (["accuracy", *T, "--limit", "0"], "--limit 0"),
+    (["accuracy", *T, "--configs", "foo"], "unknown configuration foo"),
+    (["accuracy", *T, "--metric", "foo"], "unknown metric 'foo'"),
+    (["accuracy", *T, "--sstar-file", "{d}/none.json"], "does not exist"),
+    (["accuracy", *T, "--sstar-file", "{d}/notes.txt"], "is not JSON"),
+    (["accuracy", *T, "--metric", "magnitude"], "has no s* for tiny-llama / magnitude"),
+    (["accuracy", "--model", "smollm2-135m"], "has no s* for smollm2-135m"),
+    (["accuracy", *T, "--out", "{d}/adir"], "is a directory"),
+    (["accuracy", *T, "--out", "{d}/missing/x.jsonl"], "does not exist"),
+    (["accuracy", *T, "--out", "{d}/notes.txt"], "is not a JSON record"),
+    (["accuracy", *T, "--out", "{d}/link.jsonl"], "is a symlink"),
+    (["accuracy", *T, "--out", "{d}/fifo.jsonl"], "not a regular file"),
+    (["claims", *T, "--allocations", "foo"], "unknown allocation 'foo'"),
+    (["claims", *T, "--seeds", "1,x"], "--seeds '1,x'"),
+    (["claims", *T, "--metrics", "magnitude"], "has no s* for tiny-llama / magnitude"),
+    (["claims", *T, "--metrics", "sparsegpt", "--allocations", "atp"], "no run group"),
+    (["claims", *T, "--out", "{d}/fifo.jsonl"], "not a regular file"),
+    (["claims", "--model", "nosuch", "--at", "70"], "unknown model 'nosuch'"),
+    (["mrp-score", *T, "--sparsities", "1.5"], "--sparsities '1.5'"),
+    (["mrp-score", *T, "--sparsities", "0"], "--sparsities '0'"),
+    (["mrp-score", *T, "--sparsities", "nan"], "--sparsities 'nan'"),
+    (["mrp-score", *T, "--configs", "bad"], "unknown config 'bad'"),
+    (["mrp-score", *T, "--metric", "foo"], "unknown metric 'foo'"),
+    (["mrp-score", *T, "--dtype", "fp13"], "unknown dtype 'fp13'"),
+    (["mrp-score", *T, "--heldout-samples", "0"], "--heldout-samples 0"),
+    (["mrp-score", *T, "--out", "{d}/notes.txt"], "is not a JSON record"),
+    (["mrp-score", "--model", "nosuch"], "unknown model 'nosuch'"),
+    (["sstar", *T, "--metrics", "magnitude"], "unknown metric 'magnitude'"),
+    (["sstar", *T, "--metrics", ","], "unknown metric"),
+    (["sstar", *T, "--dtype", "fp13"], "unknown dtype 'fp13'"),
+    (["sstar", *T, "--seed", "-2"], "--seed -2"),
+    (["sstar", *T, "--tol", "0"], "--tol 0.0"),
+    (["sstar", *T, "--calib-samples", "0"], "--calib-samples 0"),
+    (["sstar", *T, "--heldout-seqlen", "0"], "--heldout-seqlen 0"),
+    (["sstar", *T, "--out", "{d}/notes.txt"], "is not JSON"),
+    (["sstar", *T, "--out", "{d}/link.jsonl"], "is a symlink"),
+    (["sstar", "--model", "{d}/adir"], "no config.json"),
+]
+SVNUP = [
+    (["--sparsity", "1.5"], "--sparsity 1.5"),
+    (["--sparsity", "0"], "--sparsity 0.0"),
+    (["--draws", "1"], "--draws 1"),
+    (["--draws", "0"], "--draws 0"),
+    (["--window", "0"], "--window 0"),
+    (["--background", "foo"], "--background 'foo'"),
+    (["--heldout-samples", "0"], "--heldout-samples 0"),
+    (["--heldout-seqlen", "0"], "--heldout-seqlen 0"),
+    (["--model", "nosuch"], "unknown model 'nosuch'"),
+    (["--out", "{d}/missing/v.json"], "does not exist"),
+    (["--out", "{d}/notes.txt"], "is not JSON"),
+    (["--out", "{d}/fifo.jsonl"], "not a regular file"),
+]
+
+
+def _snapshot(d):
+    return {p.name: (p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_fifo() else None)
+            for p in sorted(d.rglob("*"))}
+
+
+def _refused(main, argv, words, d, capsys):
+    before = _snapshot(d)
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and words in err, (argv, err)
+    assert _snapshot(d) == before, f"{argv} changed the files beside it"
+
+
+@pytest.mark.parametrize("argv,words", REGIME, ids=[" ".join(a) for a, _ in REGIME])
+def test_regime_refuses_before_loading(argv, words, files, no_load, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    argv = [x.format(d=files) for x in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(files / ("s.json" if argv[0] == "sstar" else "r.jsonl"))]
+    if argv[0] in ("accuracy", "claims") and "--sstar-file" not in argv:
+        argv += ["--sstar-file", str(files / "sstar.json")]
+    _refused(regime.main, argv, words, files, capsys)
+
+
+@pytest.mark.parametrize("argv,words", SVNUP, ids=[" ".join(a) for a, _ in SVNUP])
+def test_svnup_heldout_refuses_before_loading(argv, words, files, no_load, capsys):
+    argv = [x.format(d=files) for x in argv]
+    argv = (["--model", "tiny-llama"] if "--model" not in argv else []) + argv
+    argv += [] if "--out" in argv else ["--out", str(files / "v.json")]
+    _refused(svnup_heldout.main, argv, words, files, capsys)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sstar", *T], ["mrp-score", *T, "--sparsities", "0.7,0.65"], ["claims", *T, "--seeds", "0"],
+    ["accuracy", *T, "--seeds", "0,1", "--limit", "5"], ["claims", *T, "--at", "70", "--metrics", "sparsegpt", "--allocations", "mrp"],
+], ids=lambda a: " ".join(a))
+def test_valid_regime_input_reaches_the_model(argv, files, no_load, monkeypatch):
+    """The controls: valid arguments pass every check and get as far as loading the model."""
+    monkeypatch.chdir(files)
+    from prunekit.experiments import comparison
+    monkeypatch.setattr(comparison, "run_grid", lambda *a, **k: (_ for _ in ()).throw(Loaded("grid ran")))
+    argv = argv + ["--out", str(files / ("s.json" if argv[0] == "sstar" else "r.jsonl"))]
+    if argv[0] in ("accuracy", "claims"):
+        argv += ["--sstar-file", str(files / "sstar.json")]
+    with pytest.raises(Loaded):
+        regime.main(argv)
+
+
+def test_valid_svnup_heldout_input_reaches_the_model(files, no_load):
+    with pytest.raises(Loaded):
+        svnup_heldout.main(["--model", "tiny-llama", "--window", "3", "--background", "absent",
+                            "--out", str(files / "v.json")])
+    assert not (files / "v.json").exists()
