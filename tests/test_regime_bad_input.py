@@ -5,6 +5,7 @@ A model load is made to fail loudly (``Session`` raises), so a case that slips p
 up as an AssertionError instead of exit 2; the valid controls prove the checks let real input through."""
 import json
 import os
+import re
 
 import pytest
 
@@ -150,3 +151,37 @@ def test_valid_svnup_heldout_input_reaches_the_model(files, no_load):
         svnup_heldout.main(["--model", "tiny-llama", "--window", "3", "--background", "absent",
                             "--out", str(files / "v.json")])
     assert not (files / "v.json").exists()
+
+
+def test_sstar_for_names_what_is_missing(files):
+    from prunekit.errors import PrunekitError
+    assert regime.sstar_for(files / "sstar.json", ["tiny-llama"]) == {"tiny-llama": {"wanda": 0.6, "sparsegpt": 0.6}}
+    (files / "foreign.json").write_text('{"a": 1}')
+    for path, models, words in [(files / "none.json", ["tiny-llama"], "does not exist"),
+                                (files / "sstar.json", ["tiny-llama", "gemma3-270m"], "no s* for gemma3-270m"),
+                                (files / "foreign.json", ["tiny-llama"], "not an s* file"),
+                                (files / "fifo.jsonl", ["tiny-llama"], "not a regular file")]:
+        with pytest.raises(PrunekitError, match=re.escape(words)):
+            regime.sstar_for(path, models)
+
+
+def test_accuracy_files_are_checked_as_accuracy_runs(files):
+    from prunekit.errors import PrunekitError
+    from prunekit.experiments.accuracy import read_runs
+    (files / "sweep.jsonl").write_text('{"cell": "x", "perplexity": {}}\n')
+    assert read_runs(files / "none.jsonl") == []
+    for path, kw, words in [(files / "none.jsonl", {"must_exist": True}, "does not exist"),
+                            (files / "sweep.jsonl", {}, "not an accuracy run"),
+                            (files / "notes.txt", {}, "not a JSON record")]:
+        with pytest.raises(PrunekitError, match=words):
+            read_runs(path, **kw)
+
+
+def test_notebook_50_reads_its_regime_files_before_the_first_run():
+    """A wrong ``sstar_file`` / ``accuracy_files`` must fail in the settings cell, not after the 70 % grid."""
+    from pathlib import Path
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / "50_comparison.ipynb").read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    first_run = next(i for i, s in enumerate(code) if "run_models(" in s)
+    checks = [i for i, s in enumerate(code) if "sstar_for(" in s or "read_runs(f, must_exist=True)" in s]
+    assert checks and max(checks) < first_run

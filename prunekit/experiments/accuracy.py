@@ -106,7 +106,8 @@ ACCURACY_CLAIMS = [
 ]
 
 
-def read_runs(path) -> list[dict]:
+def read_runs(path, must_exist: bool = False) -> list[dict]:
+    """The runs of an accuracy results file (absent: none, or an error with ``must_exist``)."""
     import json
     from pathlib import Path
     from prunekit.utils import read_regular
@@ -114,6 +115,8 @@ def read_runs(path) -> list[dict]:
     try:
         text = read_regular(p).decode("utf-8", "replace")
     except FileNotFoundError:
+        if must_exist:
+            raise PrunekitError(f"accuracy file {p} does not exist") from None
         return []
     out = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -122,6 +125,8 @@ def read_runs(path) -> list[dict]:
                 out.append(json.loads(line))
             except ValueError:
                 raise PrunekitError(f"{p}:{i} is not a JSON record; move the file away to start again") from None
+            if not isinstance(out[-1], dict) or not {"key", "model", "label", "tasks"} <= set(out[-1]):
+                raise PrunekitError(f"{p}:{i} is not an accuracy run (prunekit.experiments.regime accuracy)")
     return out
 
 
@@ -153,8 +158,6 @@ def run_accuracy(model: str, sparsity: float, out, seeds=(0, 1, 2), limit: int =
     if bad:
         raise PrunekitError(f"unknown configuration {', '.join(bad)}; choose from {', '.join(CONFIGS)}")
     recs = read_runs(out)
-    if any(not isinstance(r, dict) or "key" not in r or "tasks" not in r for r in recs):
-        raise PrunekitError(f"{out} is not an accuracy results file; use another --out")
     done = {r["key"] for r in recs}
     todo = [(sd, c) for sd in seeds for c in configs
             if run_key(model, c, metric, sparsity, sd, limit) not in done]

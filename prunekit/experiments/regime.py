@@ -218,6 +218,16 @@ def sstar_values(entries: dict, dtype: str = "default", seed: int = 0) -> dict:
     return out
 
 
+def sstar_for(path, models) -> dict:
+    """``{model: {metric: s*}}`` (seed 0, default dtype) from an s* file, checked before any run:
+    a missing or foreign file, or a model without an s*, is a one-line error."""
+    sstar = sstar_values(_load(Path(path), must_exist=True)["entries"])
+    missing = [m for m in models if m not in sstar]
+    if missing:
+        raise PrunekitError(f"{path} has no s* for {', '.join(missing)}; measure it with the sstar subcommand")
+    return {m: sstar[m] for m in models}
+
+
 def claims_at(sstar: dict, claims=None) -> list:
     """The claims made at 70 % moved to the solver's s* (``sstar``: solver -> s*); claims at other
     sparsities, or whose solver has no s*, are left out. Claim texts are kept, so that the rows of
