@@ -111,3 +111,28 @@ def test_a_70_percent_run_the_study_repeated_replaces_the_kept_one(tmp_path, mon
     assert got[0, "mrp"] == (7.0, "s* study")
     assert got[1, "mrp"] == (101.0, "kept 70 % render (abc)")
     assert got[0, "owl"][0] == 100.0
+
+
+def test_curves_are_one_table_per_model_and_solver_with_a_column_per_dtype_and_seed():
+    rng = np.random.default_rng(2)
+    entries = {}
+    for model, metric, dtype, seed in [("m", "wanda", "float32", 1), ("m", "wanda", "bfloat16", 0),
+                                       ("m", "sparsegpt", "bfloat16", 2), ("a", "wanda", "bfloat16", 0)]:
+        pts = sorted(rng.choice([0.5, 0.6, 0.65, 0.7], size=3, replace=False))
+        entries[f"{model}|{metric}|seed{seed}|{dtype}"] = {
+            "settings": {"model": model, "metric": metric, "dtype": f"torch.{dtype}", "seed": seed},
+            "s_star": 0.6, "lo": 0.6, "hi": 0.61, "target": 15.1,
+            "curve": [{"sparsity": float(s), "ratio": float(rng.uniform(1, 30)), "seconds": 1.0} for s in pts]}
+    tables = regime_doc.curve_tables(entries)
+    assert list(tables) == ["a wanda", "m sparsegpt", "m wanda"]
+    assert list(tables["m wanda"].columns) == ["sparsity", "bfloat16 seed 0", "float32 seed 1"]
+    for e in entries.values():
+        st = e["settings"]
+        t = tables[f"{st['model']} {st['metric']}"].set_index("sparsity")
+        col = f"{st['dtype'][6:]} seed {st['seed']}"
+        for p in e["curve"]:
+            assert t.loc[round(p["sparsity"], 4), col] == f"{p['ratio']:.2f}"
+        assert (t[col] != "").sum() == len(e["curve"])
+    rows = regime_doc.sstar_rows(entries)
+    assert list(zip(rows["model"], rows["solver"], rows["seed"])) == [
+        ("a", "wanda", 0), ("m", "sparsegpt", 2), ("m", "wanda", 0), ("m", "wanda", 1)]

@@ -166,22 +166,25 @@ def sstar_rows(entries: dict) -> pd.DataFrame:
                      "s*": f"{e['s_star']:.3f}", "bracket": f"[{e['lo']:.2f}, {e['hi']:.2f}]",
                      "ratio at 70 % (held-out C4)": "—" if at70 is None else f"{at70:.2f}",
                      "prunes": len(e["curve"]), "seconds": f"{sum(p['seconds'] for p in e['curve']):.0f}"})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return df.sort_values(["model", "solver", "dtype", "seed"], kind="stable", ignore_index=True) if len(df) else df
 
 
-def curve_table(entries: dict) -> pd.DataFrame:
-    """One row per sparsity, one column per (model, solver, dtype): held-out ratio."""
-    cols = {}
+def curve_tables(entries: dict) -> dict[str, pd.DataFrame]:
+    """Per "model solver": one row per sparsity, one column per (dtype, calibration seed): held-out ratio."""
+    groups: dict[str, dict] = {}
     for e in entries.values():
         if "s_star" not in e:
             continue
         st = e["settings"]
-        name = f"{st['model']} {st['metric']} {st['dtype'].replace('torch.', '')}"
-        name += f" seed {st['seed']}" if st.get("seed", 0) else ""
-        cols[name] = {round(p["sparsity"], 4): p["ratio"] for p in e["curve"]}
-    df = pd.DataFrame(cols).sort_index()
-    df = df.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    return df.rename_axis("sparsity").reset_index()
+        col = f"{st['dtype'].replace('torch.', '')} seed {st.get('seed', 0)}"
+        groups.setdefault(f"{st['model']} {st['metric']}", {})[col] = {round(p["sparsity"], 4): p["ratio"]
+                                                                      for p in e["curve"]}
+    out = {}
+    for name in sorted(groups):
+        df = pd.DataFrame({c: groups[name][c] for c in sorted(groups[name])}).sort_index()
+        out[name] = df.map(lambda v: "" if pd.isna(v) else f"{v:.2f}").rename_axis("sparsity").reset_index()
+    return out
 
 
 def mrp_rows(rows) -> pd.DataFrame:
@@ -231,8 +234,9 @@ def regime_section(res: dict) -> str:
                   "NLL) on 16 × 256 C4 tokens from the calibration pool, disjoint from the 8 × 256 pruning samples, "
                   "calibration seed as listed, the claims use seed 0's s\\*; lattice bisection with step 0.01, s\\* the "
                   "midpoint of the final bracket):", "",
-                  _md(sstar_rows(d["sstar"])), "", "Every measured point of the curves (held-out ratio):", "",
-                  _md(curve_table(d["sstar"])), ""]
+                  _md(sstar_rows(d["sstar"])), ""]
+        for name, t in curve_tables(d["sstar"]).items():
+            lines += [f"Every measured point of the curve, {name} (held-out ratio):", "", _md(t), ""]
     if d.get("mrp_score"):
         t = mrp_rows(d["mrp_score"])
         if len(t):
