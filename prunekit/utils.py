@@ -116,6 +116,28 @@ def read_regular(path: str | Path, limit: int = 64 << 20, what: str = "") -> byt
         os.close(fd)
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file read with ``read_regular`` (absent: none); a line that is not a
+    JSON object is a one-line error naming it. For study files rewritten whole; a sweep results file, which
+    is appended to and may end in a torn record, has its own reader (``sweep.store``)."""
+    try:
+        text = read_regular(path).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again")
+        out.append(rec)
+    return out
+
+
 def atomic_write_json(path: str | Path, obj) -> Path:
     """Strict JSON (NaN/inf become null) written atomically."""
     return atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n")

@@ -83,15 +83,16 @@ REGIME = [
     (["sstar", "--model", "{d}/adir"], "no config.json"),
 ]
 SVNUP = [
-    (["--sparsity", "1.5"], "--sparsity 1.5"),
-    (["--sparsity", "0"], "--sparsity 0.0"),
+    (["--sparsity", "1.5"], "target sparsity in (0, 1), got 1.5"),
+    (["--sparsity", "0"], "target sparsity in (0, 1), got 0.0"),
     (["--draws", "1"], "--draws 1"),
     (["--draws", "0"], "--draws 0"),
-    (["--window", "0"], "--window 0"),
-    (["--background", "foo"], "--background 'foo'"),
-    (["--heldout-samples", "0"], "--heldout-samples 0"),
-    (["--heldout-seqlen", "0"], "--heldout-seqlen 0"),
+    (["--window", "0"], "'window' must be >= 1, got 0"),
+    (["--background", "foo"], "'background': 'foo' is not one of"),
+    (["--heldout-samples", "0"], "'heldout_samples' must be >= 1, got 0"),
+    (["--heldout-seqlen", "1"], "'heldout_seqlen' must be >= 2, got 1"),
     (["--model", "nosuch"], "unknown model 'nosuch'"),
+    (["--window", "5"], "'window' must be <= the model's 4 blocks, got 5"),  # tiny-llama: 4 blocks
     (["--out", "{d}/missing/v.json"], "does not exist"),
     (["--out", "{d}/notes.txt"], "is not JSON"),
     (["--out", "{d}/fifo.jsonl"], "not a regular file"),
@@ -126,6 +127,7 @@ def test_regime_refuses_before_loading(argv, words, files, no_load, capsys, monk
 def test_svnup_heldout_refuses_before_loading(argv, words, files, no_load, capsys):
     argv = [x.format(d=files) for x in argv]
     argv = (["--model", "tiny-llama"] if "--model" not in argv else []) + argv
+    argv += [] if "--window" in argv else ["--window", "3"]  # the default 5 is more than tiny-llama's blocks
     argv += [] if "--out" in argv else ["--out", str(files / "v.json")]
     _refused(svnup_heldout.main, argv, words, files, capsys)
 
@@ -159,7 +161,7 @@ def test_sstar_for_names_what_is_missing(files):
     (files / "foreign.json").write_text('{"a": 1}')
     for path, models, words in [(files / "none.json", ["tiny-llama"], "does not exist"),
                                 (files / "sstar.json", ["tiny-llama", "gemma3-270m"], "no s* for gemma3-270m"),
-                                (files / "foreign.json", ["tiny-llama"], "not an s* file"),
+                                (files / "foreign.json", ["tiny-llama"], "no 'entries' object"),
                                 (files / "fifo.jsonl", ["tiny-llama"], "not a regular file")]:
         with pytest.raises(PrunekitError, match=re.escape(words)):
             regime.sstar_for(path, models)
@@ -185,3 +187,17 @@ def test_notebook_50_reads_its_regime_files_before_the_first_run():
     first_run = next(i for i, s in enumerate(code) if "run_models(" in s)
     checks = [i for i, s in enumerate(code) if "sstar_for(" in s or "read_runs(f, must_exist=True)" in s]
     assert checks and max(checks) < first_run
+
+
+def test_read_jsonl_returns_objects_and_names_the_line_that_is_not_one(files):
+    from prunekit.errors import PrunekitError
+    from prunekit.utils import read_jsonl
+    recs = [{"a": 1}, {"b": [2, 3]}]
+    (files / "ok.jsonl").write_text(json.dumps(recs[0]) + "\n\n" + json.dumps(recs[1]) + "\n")
+    assert read_jsonl(files / "ok.jsonl") == recs and read_jsonl(files / "none.jsonl") == []
+    for body, line in [('{"a": 1}\n[1, 2]\n', 2), ('{"a": 1}\n{"a": \n', 2), ("7\n", 1)]:
+        (files / "bad.jsonl").write_text(body)
+        with pytest.raises(PrunekitError, match=re.escape(f"bad.jsonl:{line} is not a JSON record")):
+            read_jsonl(files / "bad.jsonl")
+    with pytest.raises(PrunekitError, match="not a regular file"):
+        read_jsonl(files / "fifo.jsonl")

@@ -108,26 +108,16 @@ ACCURACY_CLAIMS = [
 
 def read_runs(path, must_exist: bool = False) -> list[dict]:
     """The runs of an accuracy results file (absent: none, or an error with ``must_exist``)."""
-    import json
     from pathlib import Path
-    from prunekit.utils import read_regular
-    p = Path(path)
-    try:
-        text = read_regular(p).decode("utf-8", "replace")
-    except FileNotFoundError:
-        if must_exist:
-            raise PrunekitError(f"accuracy file {p} does not exist") from None
-        return []
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                raise PrunekitError(f"{p}:{i} is not a JSON record; move the file away to start again") from None
-            if not isinstance(out[-1], dict) or not {"key", "model", "label", "tasks"} <= set(out[-1]):
-                raise PrunekitError(f"{p}:{i} is not an accuracy run (prunekit.experiments.regime accuracy)")
-    return out
+
+    from prunekit.utils import read_jsonl
+    if must_exist and not Path(path).exists():
+        raise PrunekitError(f"accuracy file {path} does not exist")
+    runs = read_jsonl(path)
+    for i, r in enumerate(runs, 1):
+        if not {"key", "model", "label", "tasks"} <= set(r):
+            raise PrunekitError(f"{path}: record {i} is not an accuracy run (prunekit.experiments.regime accuracy)")
+    return runs
 
 
 def run_key(model: str, label: str, metric: str, sparsity: float | None, seed: int | None, limit: int) -> str:

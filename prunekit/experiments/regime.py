@@ -104,26 +104,8 @@ def _load(path: Path, must_exist: bool = False) -> dict:
     except ValueError as e:
         raise PrunekitError(f"{path} is not JSON ({e}); move it away to start again") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
-        raise PrunekitError(f"{path} is not an s* file (no 'entries' object); move it away to start again")
+        raise PrunekitError(f"{path} is not a study file of this module (no 'entries' object); move it away to start again")
     return doc
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The records of a results file this module wrote (absent: none); anything else is a one-line error."""
-    from prunekit.utils import read_regular
-    try:
-        text = read_regular(path).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        try:
-            out.append(json.loads(line)) if line.strip() else None
-        except ValueError:
-            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again") from None
-        if not isinstance(out[-1], dict):
-            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again")
-    return out
 
 
 def _numbers(text: str, flag: str, kind=int, lo=0.0, hi=math.inf) -> list:
@@ -145,11 +127,14 @@ def _preflight(a) -> None:
     from prunekit.utils import check_writable
     from prunekit.vocabulary import METRICS
     check_writable(a.out, "--out")
-    for flag in ("seeds",):
-        if getattr(a, flag, ""):
-            _numbers(getattr(a, flag), f"--{flag}")
+    if a.cmd in ("accuracy", "mrp-score") or getattr(a, "seeds", ""):  # parsed once here; the commands read lists
+        a.seeds = _numbers(a.seeds, "--seeds")
     if a.cmd == "mrp-score":
-        _numbers(a.sparsities, "--sparsities", float, 1e-9, 1.0)
+        a.sparsities = _numbers(a.sparsities, "--sparsities", float, 1e-9, 1.0)
+        a.configs = [c for c in a.configs.split(",") if c]
+        bad = [c for c in a.configs if c not in MRP_CONFIGS] or ([] if a.configs else [""])
+        if bad:
+            raise PrunekitError(f"unknown config '{bad[0]}'; choose from {', '.join(MRP_CONFIGS)}")
     for flag in ("seed", "calib_samples", "calib_seqlen", "heldout_samples", "heldout_seqlen", "limit"):
         v = getattr(a, flag, None)
         if v is not None and v < (0 if flag == "seed" else 1):
@@ -305,19 +290,16 @@ MRP_CONFIGS = ("uniform", "mrp[score=solver]", "mrp[score=wanda]")
 
 def cmd_mrp_score(a) -> int:
     """Held-out NLL of MRP with the solver's own score vs Wanda's score (and uniform) per seed."""
+    from prunekit.utils import read_jsonl
     out = Path(a.out)
-    configs = [c for c in a.configs.split(",") if c]
-    bad = [c for c in configs if c not in MRP_CONFIGS] or ([] if configs else [""])
-    if bad:
-        raise PrunekitError(f"unknown config '{bad[0]}'; choose from {', '.join(MRP_CONFIGS)}")
     try:
-        done = {(r["model"], r["seed"], r["config"], round(r["sparsity"], 6)) for r in _read_jsonl(out)}
+        done = {(r["model"], r["seed"], r["config"], round(r["sparsity"], 6)) for r in read_jsonl(out)}
     except (KeyError, TypeError):
         raise PrunekitError(f"{out} is not an mrp-score results file; use another --out") from None
-    for seed in _numbers(a.seeds, "--seeds"):
+    for seed in a.seeds:
         sess = None
-        for s in _numbers(a.sparsities, "--sparsities", float, 1e-9, 1.0):
-            for config in configs:
+        for s in a.sparsities:
+            for config in a.configs:
                 if (a.model, seed, config, round(s, 6)) in done:
                     continue
                 if sess is None:
@@ -369,8 +351,6 @@ def cmd_claims(a) -> int:
     from prunekit.experiments.comparison import run_grid
     from prunekit.experiments.profiles import _CPU_GROUPS
     sstar = sstar_values(_load(Path(a.sstar_file))["entries"]) if a.at == "sstar" else {a.model: {}}
-    if a.model not in sstar:
-        raise PrunekitError(f"{a.sstar_file} has no s* for {a.model}")
     keep = [x for x in a.allocations.split(",") if x]
     labels = {x for g in _CPU_GROUPS for x in g["allocations"]}
     if set(keep) - labels:
@@ -383,8 +363,7 @@ def cmd_claims(a) -> int:
     if not groups:
         raise PrunekitError(f"no run group of the grid has --metrics {a.metrics} with --allocations {a.allocations or 'all'}")
     print(f"{a.model}: {groups}", flush=True)
-    seeds = _numbers(a.seeds, "--seeds") if a.seeds else None
-    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=seeds)
+    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=a.seeds or None)
     print(df[["allocation", "metric", "sparsity", "seed", "ppl_wikitext2"]].to_string(), flush=True)
     return 0
 
@@ -393,12 +372,8 @@ def cmd_accuracy(a) -> int:
     """The accuracy column's runs (``accuracy.run_accuracy``) at the solver's s* of the model."""
     from prunekit.experiments import accuracy
     sstar = sstar_values(_load(Path(a.sstar_file))["entries"])
-    if a.metric not in sstar.get(a.model, {}):
-        raise PrunekitError(f"{a.sstar_file} has no s* for {a.model} / {a.metric}")
-    if a.limit < 1:
-        raise PrunekitError(f"--limit {a.limit} must be >= 1")
     configs = [x for x in a.configs.split(",") if x] or list(accuracy.CONFIGS)
-    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, _numbers(a.seeds, "--seeds"),
+    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, a.seeds,
                           a.limit, a.metric, configs, log=lambda m: print(m, flush=True))
     return 0
 

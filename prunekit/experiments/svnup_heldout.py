@@ -55,19 +55,16 @@ def draw_values(session, ids, target: float, window: int = 5, background: str = 
 
 
 def _preflight(a) -> None:
-    """Every argument checked before the model loads."""
-    from prunekit.allocation.svnup.shapley import BACKGROUNDS
+    """Every argument checked before the model loads; the SV-NUP options through the method's contract."""
+    from prunekit.allocation import spec
     from prunekit.core.loading import peek_model
     from prunekit.utils import check_writable
     check_writable(a.out, "--out")
-    if not (0 < a.sparsity < 1):
-        raise PrunekitError(f"--sparsity {a.sparsity} must lie in (0, 1)")
-    for flag, lo in (("heldout_samples", 1), ("heldout_seqlen", 1), ("draws", 2), ("window", 1)):
-        if getattr(a, flag) < lo:
-            raise PrunekitError(f"--{flag.replace('_', '-')} {getattr(a, flag)} must be >= {lo}")
-    if a.background not in BACKGROUNDS:
-        raise PrunekitError(f"--background '{a.background}' must be one of {', '.join(BACKGROUNDS)}")
-    peek_model(a.model)
+    if a.draws < 2:
+        raise PrunekitError(f"--draws {a.draws} must be >= 2 (the agreement is between draws)")
+    info = peek_model(a.model)
+    spec("svnup").check_options({"window": a.window, "background": a.background, "heldout_samples": a.heldout_samples,
+                                 "heldout_seqlen": a.heldout_seqlen}, info.num_blocks, a.sparsity)
 
 
 def main(argv=None) -> int:
