@@ -116,26 +116,32 @@ def read_regular(path: str | Path, limit: int = 64 << 20, what: str = "") -> byt
         os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file read with ``read_regular`` (absent: none); a line that is not a
-    JSON object is a one-line error naming it. For study files rewritten whole; a sweep results file, which
-    is appended to and may end in a torn record, has its own reader (``sweep.store``)."""
-    try:
-        text = read_regular(path).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
+def parse_jsonl(data: bytes, bad, ok=lambda rec: isinstance(rec, dict)) -> list[dict]:
+    """The records of JSON-lines ``data`` (blank lines skipped); the first line that does not parse or
+    fails ``ok`` raises ``PrunekitError(bad(line_number))``."""
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except ValueError:
             rec = None
-        if not isinstance(rec, dict):
-            raise PrunekitError(f"{path}:{i} is not a JSON record; move the file away to start again")
+        if not ok(rec):
+            raise PrunekitError(bad(i))
         out.append(rec)
     return out
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file read with ``read_regular`` (absent: none); a line that is not a
+    JSON object is a one-line error naming it. For study files rewritten whole; a sweep results file, which
+    is appended to and may end in a torn record, is read by ``sweep.store`` (same parser)."""
+    try:
+        data = read_regular(path)
+    except FileNotFoundError:
+        return []
+    return parse_jsonl(data, lambda i: f"{path}:{i} is not a JSON record; move the file away to start again")
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:

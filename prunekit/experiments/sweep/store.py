@@ -56,24 +56,14 @@ def _is_record(obj) -> bool:
 def _parse(p: Path) -> tuple[list[dict], bytes, int]:
     """Read-only: (records of the whole lines, the bytes after the last newline, their offset).
     Refuses (one line, file untouched) anything that is not a prunekit results file."""
-    from prunekit.utils import read_regular
+    from prunekit.utils import parse_jsonl, read_regular
     try:
         data = read_regular(p, RESULTS_LIMIT, "results file ")
     except FileNotFoundError:
         return [], b"", 0
     good = data.rfind(b"\n") + 1
-    out = []
-    for i, line in enumerate(data[:good].splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if not _is_record(rec):
-            raise PrunekitError(f"{p}: line {i + 1} is not a prunekit result record; not a prunekit results "
-                                "file (left untouched; choose another --out)")
-        out.append(rec)
+    out = parse_jsonl(data[:good], lambda i: f"{p}: line {i} is not a prunekit result record; not a prunekit "
+                      "results file (left untouched; choose another --out)", _is_record)
     return out, data[good:], good
 
 
