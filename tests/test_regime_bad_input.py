@@ -45,6 +45,8 @@ REGIME = [
     (["accuracy", *T, "--seeds", "-1"], "--seeds '-1'"),
     (["accuracy", *T, "--seeds", ""], "--seeds ''"),
     (["accuracy", *T, "--limit", "0"], "--limit 0"),
+    (["accuracy", *T, "--sparsity", "1.5"], "--sparsity 1.5 must lie in (0, 1)"),
+    (["accuracy", *T, "--sparsity", "0", "--sstar-file", "{d}/none.json"], "--sparsity 0.0 must lie in (0, 1)"),
     (["accuracy", *T, "--configs", "foo"], "unknown configuration foo"),
     (["accuracy", *T, "--metric", "foo"], "unknown metric 'foo'"),
     (["accuracy", *T, "--sstar-file", "{d}/none.json"], "does not exist"),
@@ -61,6 +63,7 @@ REGIME = [
     (["claims", *T, "--metrics", "magnitude"], "has no s* for tiny-llama / magnitude"),
     (["claims", *T, "--metrics", "sparsegpt", "--allocations", "atp"], "no run group"),
     (["claims", *T, "--out", "{d}/fifo.jsonl"], "not a regular file"),
+    (["claims", *T, "--dtype", "fp7"], "unknown dtype 'fp7'"),
     (["claims", "--model", "nosuch", "--at", "70"], "unknown model 'nosuch'"),
     (["mrp-score", *T, "--sparsities", "1.5"], "--sparsities '1.5'"),
     (["mrp-score", *T, "--sparsities", "0"], "--sparsities '0'"),
@@ -146,6 +149,41 @@ def test_valid_regime_input_reaches_the_model(argv, files, no_load, monkeypatch)
         argv += ["--sstar-file", str(files / "sstar.json")]
     with pytest.raises(Loaded):
         regime.main(argv)
+
+
+def test_accuracy_at_a_given_sparsity_needs_no_sstar(files, no_load, monkeypatch):
+    """``accuracy --sparsity 0.5`` prunes at 0.5 and never reads the s* file; without it, the s*."""
+    from prunekit.experiments import accuracy
+    seen = []
+
+    def fake(model, sparsity, *a, **k):
+        seen.append(sparsity)
+        raise Loaded("ran")
+    monkeypatch.setattr(accuracy, "run_accuracy", fake)
+    for extra, want in ((["--sparsity", "0.5", "--sstar-file", str(files / "none.json")], 0.5),
+                        (["--sstar-file", str(files / "sstar.json")], 0.6)):
+        with pytest.raises(Loaded):
+            regime.main(["accuracy", *T, "--out", str(files / "r.jsonl"), *extra])
+        assert seen[-1] == want
+
+
+def test_claims_dtype_reaches_every_cell_of_the_grid(files, monkeypatch):
+    """``claims --dtype fp32`` runs the same grid cells in fp32 (the dtype study), and without it the
+    grid's own dtype (the device default) is kept."""
+    from prunekit.experiments import comparison, sweep
+    seen = []
+
+    def fake(mapping, out=None, progress=False):
+        seen.append(sweep.load_grid(mapping))
+        raise Loaded("grid ran")
+    monkeypatch.setattr(sweep, "run_grid", fake)
+    for extra, want in ((["--dtype", "fp32"], "fp32"), ([], None)):
+        with pytest.raises(Loaded):
+            regime.main(["claims", *T, "--at", "70", "--metrics", "wanda", "--allocations", "uniform",
+                         "--out", str(files / "r.jsonl"), *extra])
+        assert seen[-1].dtype == want
+        assert {c["dtype"] for c in seen[-1].cells()} == {want}
+    assert comparison.grid_mapping("comparison-cpu").get("dtype") is None
 
 
 def test_valid_svnup_heldout_input_reaches_the_model(files, no_load):

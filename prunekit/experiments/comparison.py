@@ -217,7 +217,7 @@ def _pct(x):
 
 # ---------------------------------------------------------------- the designed sweep with per-window NLLs
 
-def grid_mapping(grid: str, *, models=None, seeds=None, groups=None, eval_windows=None) -> dict:
+def grid_mapping(grid: str, *, models=None, seeds=None, groups=None, eval_windows=None, dtype=None) -> dict:
     """The raw mapping of grid file ``grid`` (a packaged name such as ``comparison-cpu`` or a path)
     with the notebook's overrides applied (``None`` keeps the file's value); validated when run."""
     from prunekit.experiments.sweep import read_grid
@@ -230,6 +230,8 @@ def grid_mapping(grid: str, *, models=None, seeds=None, groups=None, eval_window
         raw["groups"] = [dict(g) for g in groups]
     if eval_windows is not None:
         raw["evaluation"] = {**(raw.get("evaluation") or {}), "windows": eval_windows}
+    if dtype is not None:
+        raw["dtype"] = dtype
     return raw
 
 

@@ -149,7 +149,10 @@ def _preflight(a) -> None:
     if getattr(a, "dtype", None):
         import torch
         pick_dtype(a.dtype, torch.device("cpu"))
-    if getattr(a, "sstar_file", None) and getattr(a, "at", "sstar") == "sstar":
+    if getattr(a, "sparsity", None) is not None and not 0.0 < a.sparsity < 1.0:
+        raise PrunekitError(f"--sparsity {a.sparsity} must lie in (0, 1)")
+    if (getattr(a, "sstar_file", None) and getattr(a, "at", "sstar") == "sstar"
+            and getattr(a, "sparsity", None) is None):
         sstar = sstar_values(_load(Path(a.sstar_file), must_exist=True)["entries"])
         missing = [m for m in wanted if m not in sstar.get(a.model, {})]
         if missing:
@@ -363,17 +366,19 @@ def cmd_claims(a) -> int:
     if not groups:
         raise PrunekitError(f"no run group of the grid has --metrics {a.metrics} with --allocations {a.allocations or 'all'}")
     print(f"{a.model}: {groups}", flush=True)
-    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=a.seeds or None)
+    df = run_grid("comparison-cpu", results=a.out, models=[a.model], groups=groups, seeds=a.seeds or None,
+                  dtype=a.dtype)
     print(df[["allocation", "metric", "sparsity", "seed", "ppl_wikitext2"]].to_string(), flush=True)
     return 0
 
 
 def cmd_accuracy(a) -> int:
-    """The accuracy column's runs (``accuracy.run_accuracy``) at the solver's s* of the model."""
+    """The accuracy column's runs (``accuracy.run_accuracy``) at the solver's s* of the model, or at
+    ``--sparsity`` (a lower one, where the models still answer the tasks)."""
     from prunekit.experiments import accuracy
-    sstar = sstar_values(_load(Path(a.sstar_file))["entries"])
+    sp = a.sparsity if a.sparsity is not None else sstar_values(_load(Path(a.sstar_file))["entries"])[a.model][a.metric]
     configs = [x for x in a.configs.split(",") if x] or list(accuracy.CONFIGS)
-    accuracy.run_accuracy(a.model, sstar[a.model][a.metric], a.out, a.seeds,
+    accuracy.run_accuracy(a.model, sp, a.out, a.seeds,
                           a.limit, a.metric, configs, log=lambda m: print(m, flush=True))
     return 0
 
@@ -413,12 +418,15 @@ def main(argv=None) -> int:
     c.add_argument("--seeds", default="", help="comma-separated seeds (default: the grid's 0, 1, 2)")
     c.add_argument("--at", choices=("sstar", "70"), default="sstar",
                    help="run the groups at s* (default) or again at 70 %% (e.g. after a default changed)")
+    c.add_argument("--dtype", default=None, help="compute dtype of every run (default: the device's; "
+                   "give each dtype its own --out)")
     c.add_argument("--out", required=True)
     z = sub.add_parser("accuracy", help="zero-shot accuracy of the accuracy claims' runs at s*")
     z.add_argument("--model", default="smollm2-135m")
     z.add_argument("--sstar-file", default="docs/data/regime/sstar.json")
     z.add_argument("--metric", default="wanda")
     z.add_argument("--seeds", default="0,1,2")
+    z.add_argument("--sparsity", type=float, default=None, help="prune at this sparsity instead of the model's s*")
     z.add_argument("--limit", type=int, default=300, help="first N documents of every task")
     z.add_argument("--configs", default="", help="comma-separated labels (default: all five)")
     z.add_argument("--out", required=True)
