@@ -16,6 +16,9 @@ Estimator part (Wanda at 70 %, 30 players on smollm2-135m, 18 on gemma3-270m):
 6. P5 (evaluations): default-estimator evaluations ÷ MC evaluations to reach the threshold ≤ 0.1.
 The estimators are compared on the same game, so the held-out size only sets the cost per evaluation.
 
+``--heldout-shapes 8x512,2x2048``: seconds of one game evaluation per held-out shape (the coalition
+phase's cost ratio between two default held-out sets).
+
 ``--p5-wall``: wall of ``Session.plan('svnup', 0.7)`` with the method's defaults (no caches) ÷ wall of
 one uniform Wanda prune at the same calibration (goal ≤ 10; the CLI default is 128 × 2048).
 """
@@ -53,11 +56,42 @@ def p5_wall(args) -> dict:
     r = svnup_s / wanda_s
     d = _defaults()
     print(f"P5 wall: default --allocation svnup ({d['estimator']}, w={d['window']}, background={d['background']}, "
-          f"held-out {d['heldout_samples']} x calib seqlen) at calibration {args.wall_calib_samples} x "
+          f"held-out {plan.extras['heldout']}) at calibration {args.wall_calib_samples} x "
           f"{args.wall_calib_seqlen}, dtype {rec['dtype']}: {svnup_s:.1f} s ({plan.extras['shapley_evaluations']} "
           f"evaluations) / one Wanda prune {wanda_s:.1f} s = {r:.2f} (goal <= 10) -> {'MET' if r <= 10 else 'NOT MET'}")
     return {"calib": [args.wall_calib_samples, args.wall_calib_seqlen], "svnup_s": svnup_s, "wanda_s": wanda_s,
             "ratio": r, "evaluations": plan.extras["shapley_evaluations"], "dtype": rec["dtype"]}
+
+
+def heldout_shape_cost(args) -> dict:
+    """Seconds of one layer-game evaluation (every block and the head, state caches cleared) on
+    held-out sets of the same game in different shapes, interleaved round by round (medians). The
+    estimator evaluates the same coalitions in the same order whatever the shape, so the coalition
+    phase of the plan scales by these ratios (the pruned-block pass depends on the calibration only)."""
+    from prunekit.allocation.svnup.game import LayerGame, heldout_data
+    from prunekit.core.data import calibration_data
+    from prunekit.core.loading import load_model
+    from prunekit.scoring.statistics import Statistics
+    rt = load_model(args.model, dtype=args.dtype)
+    calib = calibration_data(args.calib_dataset, rt.tokenizer, args.calib_samples, args.calib_seqlen, args.seed)
+    stats = Statistics(rt, calib, cache=False, progress=False)
+    shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.heldout_shapes.split(",")]
+    games = {sh: LayerGame(rt, calib.input_ids, heldout_data(stats, *sh), args.target, args.metric, progress=False)
+             for sh in shapes}
+    secs = {sh: [] for sh in shapes}
+    for _ in range(args.rounds):
+        for sh, g in games.items():
+            for mask in (0, g.full):  # all blocks pruned, all dense: two whole forwards
+                g.clear_cache()
+                t0 = time.perf_counter()
+                g.nll(g.dense_set(mask))
+                secs[sh].append(time.perf_counter() - t0)
+    med = {sh: statistics.median(v) for sh, v in secs.items()}
+    base = shapes[-1]
+    for sh in shapes:
+        print(f"held-out {sh[0]} x {sh[1]}: {med[sh]:.2f} s per evaluation (median of {len(secs[sh])}), "
+              f"{med[sh] / med[base]:.3f} x the {base[0]} x {base[1]} set")
+    return {f"{a}x{b}": med[(a, b)] for a, b in shapes}
 
 
 def main(argv=None) -> dict:
@@ -90,9 +124,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--wall-calib-samples", type=int, default=128)
     ap.add_argument("--wall-calib-seqlen", type=int, default=2048)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--heldout-shapes", default=None,
+                    help="e.g. 8x512,2x2048: only the seconds of one evaluation per held-out shape (see heldout_shape_cost)")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heldout_shapes:
+        out = heldout_shape_cost(args)
+        print(json.dumps(out))
+        return out
     if args.p5_wall:
         out = p5_wall(args)
         print(json.dumps(out))

@@ -122,6 +122,20 @@ def test_regime_doc_accuracy_section_reads_the_accuracy_files(tmp_path):
     text = GENERATORS["regime"](res)
     row = accuracy_table(recs)[0]
     assert f"{row['mean']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]" in text
+    # a second sparsity beside s*: its own rows, and only the s* rows are marked as s*
+    low = [{**r, "key": r["key"] + "|0.5", "sparsity": 0.5} for r in _records(rng, ["mrp", "owl", "alphapruning"],
+                                                                                [0, 1], [12] * 7)]
+    (tmp_path / "accuracy_low.jsonl").write_text("".join(json.dumps(r) + "\n" for r in low))
+    curve = [{"sparsity": x, "ratio": 10 * x, "nll": 1.0, "seconds": 1.0} for x in (0.6, 0.66, 0.7)]
+    (tmp_path / "sstar.json").write_text(json.dumps({"entries": {"m|wanda|seed0|default": {
+        "settings": {"model": "m", "metric": "wanda", "dtype": "torch.bfloat16"}, "s_star": 0.66, "lo": 0.655,
+        "hi": 0.665, "target": 6.6, "curve": curve}}}))
+    text = GENERATORS["regime"](results_document("regime", regime_doc.collect(tmp_path), profile="cpu", summary=""))
+    claim_rows = [ln for ln in text.splitlines() if ln.startswith("| m ") and "MRP" in ln]
+    assert sorted(ln.split("|")[2].strip() for ln in claim_rows) == ["0.500", "0.660 (s*)"]
+    low_row = accuracy_table(low)[0]
+    assert f"{low_row['mean']:+.2f} [{low_row['lo']:+.2f}, {low_row['hi']:+.2f}]" in text
+    (tmp_path / "accuracy_low.jsonl").unlink()
     (tmp_path / "accuracy_c.jsonl").write_text(json.dumps(recs[0]) + "\n")
     with pytest.raises(PrunekitError, match="also in another"):
         regime_doc.collect(tmp_path)

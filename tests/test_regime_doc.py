@@ -50,6 +50,13 @@ def _study(tmp_path: Path) -> Path:
                                          "settings": {"estimator": "sliding_window w=3 background=absent"},
                                          "spearman": [[1.0, 0.5], [0.5, 1.0]]}}
     (tmp_path / "svnup_draws.json").write_text(json.dumps({"entries": draws}))
+    run = lambda ppl, vals, ev, opts: {"ppl": ppl, "values": vals, "evaluations": ev, "seconds": 3.0, "options": opts}
+    quality = {"m|s0.7|seed1|c4 8x256|monte_carlo40,12345": {
+        "default": run(412.5, v0, 40, {}),
+        "reference": run(401.25, v1, 300, {"estimator": "monte_carlo", "n_permutations": 40, "seed": 12345}),
+        "summary": {"quality": 9.9}},  # a stale summary: the section recomputes from the two runs
+        "m|s0.7|seed2|c4 8x256|monte_carlo40,12345": {"default": run(1.0, v0, 40, {})}}  # reference not run yet
+    (tmp_path / "svnup_quality.json").write_text(json.dumps({"entries": quality}))
     return tmp_path, v0, v1
 
 
@@ -69,6 +76,11 @@ def test_regime_section_numbers_come_from_the_study_files(tmp_path):
     sv = next(ln for ln in text.splitlines() if "2 × 2048 tokens" in ln)
     rho = stats.spearmanr(v0, v1).statistic  # from the stored values, not the stored matrix
     assert sv.strip("|").split("|")[-1].strip().startswith(f"{rho:.3f} [") and "| 5 / 6 " in sv
+    q = [ln for ln in text.splitlines() if "Monte-Carlo, 40 permutations" in ln]
+    assert len(q) == 1, "a seed without its reference run has no row"
+    cells = [c.strip() for c in q[0].strip("|").split("|")]
+    assert cells[2] == "1" and cells[5:8] == ["412.50", "401.25", f"{412.5 / 401.25:.3f}"]
+    assert cells[8].startswith(f"{rho:.3f} [") and cells[9] == "40 / 300"
 
 
 def test_claims_tables_pair_each_regime_and_show_the_seed0_profiles():

@@ -5,7 +5,8 @@
 
 ``collect`` merges what the regime studies wrote (``sstar.json``: s* with its curve per model ×
 solver × dtype; ``mrp_score.jsonl``: MRP's score on held-out NLL per seed; ``svnup_draws.json``:
-SV-NUP block values on disjoint held-out draws) into one results document (name ``regime``);
+SV-NUP block values on disjoint held-out draws; ``svnup_quality.json``: the default SV-NUP plan
+against a long Monte-Carlo reference plan) into one results document (name ``regime``);
 ``regime_section`` renders it. Every number in the section is read from that file.
 """
 from __future__ import annotations
@@ -32,13 +33,16 @@ def collect(folder: Path) -> dict:
             "planned_sparsity": [round(x, 4) for x in r.get("planned_sparsity", [])]} for r in rows]
     if (folder / "svnup_draws.json").is_file():
         data["svnup_draws"] = json.loads((folder / "svnup_draws.json").read_text())["entries"]
+    if (folder / "svnup_quality.json").is_file():
+        data["svnup_quality"] = json.loads((folder / "svnup_quality.json").read_text())["entries"]
     if (folder / "claims_sstar.jsonl").is_file():
         data["claims"] = claims_runs(folder / "claims_sstar.jsonl", data.get("sstar", {}))
     acc = sorted(folder.glob("accuracy*.jsonl"))
     if acc:
         data["accuracy"] = accuracy_runs(acc)
     if not data:
-        raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json, accuracy*.jsonl")
+        raise PrunekitError(f"{folder}: none of sstar.json, mrp_score.jsonl, svnup_draws.json, svnup_quality.json, "
+                            "accuracy*.jsonl")
     return data
 
 
@@ -58,18 +62,25 @@ def accuracy_runs(paths) -> list[dict]:
     return out
 
 
-def accuracy_tables(runs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the accuracy column: one row per model × accuracy claim; mean accuracy per task and
-    configuration, points, mean over seeds)."""
+def _at(model: str, sp: float, sstar: dict) -> str:
+    """A sparsity as the tables show it, marked when it is the model's Wanda s*."""
+    s = (sstar.get(model) or {}).get("wanda")
+    return f"{sp:.3f}" + (" (s*)" if s is not None and abs(sp - s) < 1e-9 else "")
+
+
+def accuracy_tables(runs: list[dict], sstar: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the accuracy column: one row per model × sparsity × accuracy claim; mean accuracy per task and
+    configuration, points, mean over seeds). ``sstar``: model → solver → s*, to mark it."""
     from prunekit.experiments.accuracy import accuracy_table
+    sstar = sstar or {}
     claims = pd.DataFrame([{
-        "model": r["model"], "sparsity (s*)": f"{r['sparsity']:.3f}", "claim": r["claim"], "paper": r["paper"],
+        "model": r["model"], "sparsity": _at(r["model"], r["sparsity"], sstar), "claim": r["claim"], "paper": r["paper"],
         "A (points)": f"{r['acc_a']:.2f}", "B (points)": " / ".join(f"{b} {v:.2f}" for b, v in r["acc_b"].items()),
         "Δ points [95 %]": f"{r['mean']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]", "verdict": r["verdict"],
         "seeds": r["seeds"], "documents per seed": r["examples"]} for r in accuracy_table(runs)])
     per = {}
     for r in runs:
-        key = (r["model"], "dense" if r["sparsity"] is None else f"{r['sparsity']:.3f}", r["label"])
+        key = (r["model"], "dense" if r["sparsity"] is None else _at(r["model"], r["sparsity"], sstar), r["label"])
         per.setdefault(key, []).append(r)
     rows = []
     for (m, sp, lab), rs in per.items():
@@ -223,6 +234,27 @@ def svnup_rows(entries: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def quality_rows(entries: dict) -> pd.DataFrame:
+    """One row per seed whose default and reference runs are both done; quality = default perplexity
+    ÷ reference perplexity (goal ≤ 1.05), recomputed here from the two runs."""
+    rows = []
+    for key, e in entries.items():
+        dflt, ref = e.get("default"), e.get("reference")
+        if not dflt or not ref:
+            continue
+        model, s, seed, calib, _ = key.split("|")
+        est = ref["options"]["estimator"]
+        rows.append({"model": model, "sparsity": s[1:], "seed": seed[4:], "calibration": calib,
+                     "reference": f"Monte-Carlo, {ref['options']['n_permutations']} permutations"
+                     if est == "monte_carlo" else est,
+                     "default ppl": f"{dflt['ppl']:.2f}", "reference ppl": f"{ref['ppl']:.2f}",
+                     "quality (goal ≤ 1.05)": f"{dflt['ppl'] / ref['ppl']:.3f}",
+                     "Spearman of the values": _rho(dflt["values"], ref["values"]),
+                     "evaluations default / reference": f"{dflt['evaluations']} / {ref['evaluations']}",
+                     "seconds default / reference": f"{dflt['seconds']:.0f} / {ref['seconds']:.0f}"})
+    return pd.DataFrame(rows)
+
+
 def regime_section(res: dict) -> str:
     d, prov = res["data"], res["provenance"]
     git = prov.get("git") or {}
@@ -248,11 +280,18 @@ def regime_section(res: dict) -> str:
         if len(t):
             lines += ["**SV-NUP block values on two held-out draws** (C4 windows, no document shared between the "
                       "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
+    if d.get("svnup_quality"):
+        t = quality_rows(d["svnup_quality"])
+        if len(t):
+            lines += ["**SV-NUP's quality per cost** (one layer game per seed: Wanda at the sparsity, the method's "
+                      "default held-out set; the default plan and the reference plan pruned with Wanda; WikiText-2 "
+                      "16 × 1024 test windows):", "", _md(t), ""]
     if d.get("accuracy"):
-        claims, per = accuracy_tables(d["accuracy"])
+        from prunekit.experiments.regime import sstar_values
+        claims, per = accuracy_tables(d["accuracy"], sstar_values(d.get("sstar") or {}))
         n = sorted({(r["model"], r["limit"]) for r in d["accuracy"]})
         n = " / ".join(f"{lim} ({m})" for m, lim in n)
-        lines += [f"**The accuracy column** (Wanda at the model's s\*, C4 8 × 256 calibration per seed; the first "
+        lines += [f"**The accuracy column** (Wanda at the model's s\* and at any other sparsity listed, C4 8 × 256 calibration per seed; the first "
                   f"{n} documents of each of the seven tasks, fewer where a task has fewer; stock "
                   "lm-eval `acc`, zero-shot; Δ = mean over seeds of A's mean task accuracy minus the best B's, in "
                   "points; paired 95 % bootstrap over seeds × documents, the same documents for A and B):", "",
