@@ -54,3 +54,20 @@ def test_default_estimator_against_brute_force():
         players = list(range(lo, lo + w))
         want = 0.5 * (_window_shapley(v, n, players, 0)[l] + _window_shapley(v, n, players, full)[l])
         assert abs(r.values[l] - want) < 1e-9, l
+
+
+def test_default_heldout_is_eight_windows_of_at_most_512_tokens(byte_tokenizer):
+    """The default value set: 8 documents' windows of 512 tokens, or of the calibration length if
+    shorter (the draw agreement follows the number of documents); never a pruning window."""
+    from types import SimpleNamespace
+
+    from prunekit.allocation.svnup.game import heldout_data
+    from prunekit.core.data import calibration_data
+    n = spec("svnup").options["heldout_samples"].default
+    assert n == 8 and spec("svnup").options["heldout_seqlen"].default is None
+    for calib_len, want in ((32, 32), (1024, 512)):
+        calib = calibration_data("c4", byte_tokenizer, 2, calib_len, seed=3)
+        held = heldout_data(SimpleNamespace(calib=calib, tokenizer=byte_tokenizer), n)
+        assert tuple(held.input_ids.shape) == (8, want)
+        assert not {tuple(p) for p in held.picks} & {tuple(p) for p in calib.picks}
+    assert heldout_data(SimpleNamespace(calib=calib, tokenizer=byte_tokenizer), 2, 100).input_ids.shape[1] == 100

@@ -83,20 +83,24 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
           window: int = 5, lam: float = 0.08, mapping: Literal["linear", "rank", "softmax"] = "linear",
           base_metric: Metric = "wanda",
           game: Literal["dense_coalition", "pruned_coalition"] = "dense_coalition",
-          heldout_samples: int = 2, n_permutations: int = 100, seed: int = 0, temperature: float = 1.0,
+          heldout_samples: int = 8, n_permutations: int = 100, seed: int = 0, temperature: float = 1.0,
           disjoint: bool = False, background: Literal["absent", "present", "both"] = "both",
           heldout_seqlen: int | None = None, heldout: str | None = None) -> SparsityPlan:
     """SV-NUP: blocks' Shapley values in a keep-dense/prune layer game → per-block sparsity (Sun et al. 2025).
 
     Defaults (docs/benchmarks.md, "SV-NUP defaults"): sliding window ``window=5`` with
     ``background='both'`` (the mean of the window's exact Shapley values with the other blocks
-    pruned and with them dense; [I]) on ``heldout_samples=2`` windows of the calibration length:
-    'both' reached Spearman 0.931 against a long Monte-Carlo reference on SmolLM2 (4 × 128 held-out)
-    where the paper's 'absent' background reached 0.774. 'both' costs about twice the evaluations
-    (864 on 30 blocks); a held-out set a quarter of the old 8 samples pays for it: at the CLI's
-    128 × 2048 calibration the plan took 3.84 × one Wanda prune on SmolLM2 (bf16, measured,
-    docs/benchmarks.md P5). With a small calibration the held-out set is a large fraction of it:
-    pass a smaller ``window`` or ``background='absent'`` for a quicker, rougher estimate.
+    pruned and with them dense; [I]) on ``heldout_samples=8`` windows of 512 tokens (or of the
+    calibration length if shorter). 'both' reached Spearman 0.931 against a long Monte-Carlo
+    reference on SmolLM2 (4 × 128 held-out) where the paper's 'absent' background reached 0.774.
+    The held-out set is eight documents because the game's noise follows the number of documents:
+    two disjoint 8 × 512 draws agree at Spearman 0.939 (SmolLM2) and 0.924 (Gemma-3), against 0.594
+    for the same tokens as 2 × 2048 on SmolLM2 (w=3; docs/results.md). 'both' costs about twice the
+    evaluations (864 on 30 blocks); at the CLI's 128 × 2048 calibration the plan took 3.84 × one
+    Wanda prune on SmolLM2 with 2 × 2048 held-out tokens (docs/benchmarks.md P5), and one evaluation
+    on 8 × 512 costs 0.90 × (SmolLM2) and 0.97 × (Gemma-3) one on 2 × 2048 (same tokens, shorter
+    attention). With a small calibration the held-out set is a large fraction of the
+    work: pass a smaller ``window`` or ``background='absent'`` for a quicker, rougher estimate.
     Progress: one bar per phase with its total known up front (pruned blocks, then the block
     forwards the coalitions will run), so tqdm's ETA holds.
     ``heldout``: dataset name for the held-out value set (default: the calibration dataset), or a
@@ -110,7 +114,7 @@ def svnup(stats, target: float, estimator: Literal["sliding_window", "monte_carl
     Monte-Carlo permutations; ``seed`` of the permutations; ``temperature`` of the softmax mapping;
     ``disjoint`` windows that partition the blocks instead of sliding by one; ``background`` the
     blocks outside a window: pruned (absent), dense (present) or the mean of both; ``heldout_seqlen``
-    tokens per held-out window (default: the calibration length); ``heldout`` the held-out dataset
+    tokens per held-out window (default: 512, or the calibration length if shorter); ``heldout`` the held-out dataset
     (default: the calibration dataset), or a Calibration / token tensor. Shapley values are cached via ``stats.cached`` keyed by every
     option that affects them."""
     target = float(target)
