@@ -269,23 +269,18 @@ def regime_section(res: dict) -> str:
                   _md(sstar_rows(d["sstar"])), ""]
         for name, t in curve_tables(d["sstar"]).items():
             lines += [f"Every measured point of the curve, {name} (held-out ratio):", "", _md(t), ""]
-    if d.get("mrp_score"):
-        t = mrp_rows(d["mrp_score"])
+    tables = [("mrp_score", mrp_rows, "**MRP's score with SparseGPT, on held-out calibration NLL** (C4 4 × 256 "
+               "held-out tokens drawn with seed + 1, disjoint from the 8 × 256 pruning samples; mean over seeds, "
+               "lower is better):"),
+              ("svnup_draws", svnup_rows, "**SV-NUP block values on two held-out draws** (C4 windows, no document "
+               "shared between the draws or with the pruning samples; Wanda game at the stated sparsity):"),
+              ("svnup_quality", quality_rows, "**SV-NUP's quality per cost** (one layer game per seed: Wanda at the "
+               "sparsity, the method's default held-out set; the default plan and the reference plan pruned with "
+               "Wanda; WikiText-2 16 × 1024 test windows):")]
+    for name, rows, title in tables:  # a study file without a complete row adds no table
+        t = rows(d[name]) if d.get(name) else pd.DataFrame()
         if len(t):
-            lines += ["**MRP's score with SparseGPT, on held-out calibration NLL** (C4 4 × 256 held-out tokens "
-                      "drawn with seed + 1, disjoint from the 8 × 256 pruning samples; mean over seeds, lower is "
-                      "better):", "", _md(t), ""]
-    if d.get("svnup_draws"):
-        t = svnup_rows(d["svnup_draws"])
-        if len(t):
-            lines += ["**SV-NUP block values on two held-out draws** (C4 windows, no document shared between the "
-                      "draws or with the pruning samples; Wanda game at the stated sparsity):", "", _md(t), ""]
-    if d.get("svnup_quality"):
-        t = quality_rows(d["svnup_quality"])
-        if len(t):
-            lines += ["**SV-NUP's quality per cost** (one layer game per seed: Wanda at the sparsity, the method's "
-                      "default held-out set; the default plan and the reference plan pruned with Wanda; WikiText-2 "
-                      "16 × 1024 test windows):", "", _md(t), ""]
+            lines += [title, "", _md(t), ""]
     if d.get("accuracy"):
         from prunekit.experiments.regime import sstar_values
         claims, per = accuracy_tables(d["accuracy"], sstar_values(d.get("sstar") or {}))
