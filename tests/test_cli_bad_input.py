@@ -506,3 +506,17 @@ def test_library_bars_respect_tqdm_disable(monkeypatch, capsys):
     monkeypatch.delenv("TQDM_DISABLE")
     from prunekit.utils import bars_disabled
     assert bars_disabled(True) is False and bars_disabled(False) is True
+
+
+def test_module_entry_points_share_the_one_line_contract(capsys):
+    """`guarded`: a PrunekitError is one stderr line and exit 2; any other error still raises (a bug, not input)."""
+    from prunekit.errors import PrunekitError, guarded
+
+    def bad():
+        raise PrunekitError("--x 0 must be >= 1")
+    assert guarded("tool", bad) == 2
+    err = capsys.readouterr().err
+    assert err == "tool: error: --x 0 must be >= 1\n"
+    assert guarded("tool", lambda v: v, 3) == 3 and guarded("tool", lambda: None) == 0
+    with pytest.raises(ZeroDivisionError):
+        guarded("tool", lambda: 1 / 0)

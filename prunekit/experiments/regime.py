@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, guarded
 from prunekit.utils import atomic_write_json
 
 # The papers' LLaMA-7B numbers at 70 % (WikiText-2): dense 5.68, uniform Wanda 85.77, uniform SparseGPT 26.30.
@@ -385,7 +385,6 @@ def cmd_accuracy(a) -> int:
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     ap = argparse.ArgumentParser(prog="python -m prunekit.experiments.regime")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -430,14 +429,12 @@ def main(argv=None) -> int:
     z.add_argument("--limit", type=int, default=300, help="first N documents of every task")
     z.add_argument("--configs", default="", help="comma-separated labels (default: all five)")
     z.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    try:
-        _preflight(a)
-        return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims,
-                "accuracy": cmd_accuracy}[a.cmd](a)
-    except PrunekitError as e:
-        print(f"regime: error: {e}", file=sys.stderr)
-        return 2
+    return guarded("regime", run, ap.parse_args(argv))
+
+
+def run(a) -> int:
+    _preflight(a)
+    return {"sstar": cmd_sstar, "mrp-score": cmd_mrp_score, "claims": cmd_claims, "accuracy": cmd_accuracy}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from prunekit.core.data import Calibration, calibration_data
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, guarded
 from prunekit.experiments.correlation import spearman
 from prunekit.utils import atomic_write_json
 
@@ -69,7 +69,6 @@ def _preflight(a) -> None:
 
 def main(argv=None) -> int:
     import argparse
-    import sys
     ap = argparse.ArgumentParser(prog="python -m prunekit.experiments.svnup_heldout")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sparsity", type=float, default=0.7)
@@ -79,40 +78,40 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--background", default="both")
     ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    return guarded("svnup_heldout", run, ap.parse_args(argv))
+
+
+def run(a) -> int:
+    """The draws of one cell, resuming from --out (a draw already recorded is read back)."""
     from prunekit.experiments.regime import _load, _session
     out = Path(a.out)
-    try:
-        _preflight(a)
-        doc = _load(out)
-        key = (f"{a.model}|s{a.sparsity:g}|{a.heldout_samples}x{a.heldout_seqlen}|w{a.window},{a.background}")
-        entry = doc["entries"].setdefault(key, {"draws": []})
-        sess = _session(a.model, 0)
-        used = {p[0] for p in sess.calib.picks}
-        draws = []
-        for d in range(a.draws):
-            cal = doc_disjoint_draw(sess.calib_dataset, sess.tokenizer, a.heldout_samples, a.heldout_seqlen,
-                                    1000 + d, used)
-            used |= {p[0] for p in cal.picks}
-            draws.append(cal)
-        for d, cal in enumerate(draws):
-            if d < len(entry["draws"]):
-                continue
-            rec = {"picks": [list(p) for p in cal.picks],
-                   **draw_values(sess, cal.input_ids, a.sparsity, a.window, a.background)}
-            entry["draws"].append(rec)
-            entry["settings"] = {"calibration": "c4 8 x 256, seed 0", "dtype": str(sess.model.dtype),
-                                 "estimator": f"sliding_window w={a.window} background={a.background}",
-                                 "game": "dense_coalition, base metric wanda"}
-            atomic_write_json(out, doc)
-            print(f"{key}: draw {d}: {rec['evaluations']} evaluations, {rec['seconds']:.0f} s", flush=True)
-        vals = [r["values"] for r in entry["draws"]]
-        entry["spearman"] = [[spearman(x, y) for y in vals] for x in vals]
+    _preflight(a)
+    doc = _load(out)
+    key = (f"{a.model}|s{a.sparsity:g}|{a.heldout_samples}x{a.heldout_seqlen}|w{a.window},{a.background}")
+    entry = doc["entries"].setdefault(key, {"draws": []})
+    sess = _session(a.model, 0)
+    used = {p[0] for p in sess.calib.picks}
+    draws = []
+    for d in range(a.draws):
+        cal = doc_disjoint_draw(sess.calib_dataset, sess.tokenizer, a.heldout_samples, a.heldout_seqlen,
+                                1000 + d, used)
+        used |= {p[0] for p in cal.picks}
+        draws.append(cal)
+    for d, cal in enumerate(draws):
+        if d < len(entry["draws"]):
+            continue
+        rec = {"picks": [list(p) for p in cal.picks],
+               **draw_values(sess, cal.input_ids, a.sparsity, a.window, a.background)}
+        entry["draws"].append(rec)
+        entry["settings"] = {"calibration": "c4 8 x 256, seed 0", "dtype": str(sess.model.dtype),
+                             "estimator": f"sliding_window w={a.window} background={a.background}",
+                             "game": "dense_coalition, base metric wanda"}
         atomic_write_json(out, doc)
-        print(f"{key}: draw-to-draw Spearman {entry['spearman'][0][1:]}", flush=True)
-    except PrunekitError as e:
-        print(f"svnup_heldout: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{key}: draw {d}: {rec['evaluations']} evaluations, {rec['seconds']:.0f} s", flush=True)
+    vals = [r["values"] for r in entry["draws"]]
+    entry["spearman"] = [[spearman(x, y) for y in vals] for x in vals]
+    atomic_write_json(out, doc)
+    print(f"{key}: draw-to-draw Spearman {entry['spearman'][0][1:]}", flush=True)
     return 0
 
 

@@ -13,10 +13,9 @@ Resumable: each (seed, estimator) run is written (atomically) when done and read
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, guarded
 from prunekit.experiments.correlation import spearman
 from prunekit.utils import atomic_write_json
 
@@ -81,37 +80,37 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--calib-seqlen", type=int, default=256)
     ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    return guarded("svnup_quality", run, ap.parse_args(argv))
+
+
+def run(a) -> int:
+    """Both plans of every seed, resuming from --out (a plan already recorded is read back)."""
     from prunekit.experiments.regime import _load, _session
     out = Path(a.out)
-    try:
-        _preflight(a)
-        doc = _load(out)
-        ref = reference_options(a.reference, a.permutations, a.ref_seed)
-        sess = None
-        for seed in a.seeds:
-            key = f"{a.model}|s{a.sparsity:g}|seed{seed}|c4 {a.calib_samples}x{a.calib_seqlen}|{a.reference}" + (
-                f"{a.permutations},{a.ref_seed}" if a.reference == "monte_carlo" else "")
-            entry = doc["entries"].setdefault(key, {})
-            for name, opts in (("default", {}), ("reference", ref)):
-                if name in entry:
-                    continue
-                if sess is None:
-                    sess = _session(a.model, seed, calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen)
-                elif sess.seed != seed:
-                    sess.reseed(seed)
-                entry[name] = plan_run(sess, a.sparsity, opts)
-                entry["settings"] = {"dtype": str(sess.model.dtype), "calibration": f"c4 {a.calib_samples} x "
-                                     f"{a.calib_seqlen}, seed {seed}", "eval": "wikitext2 16 x 1024"}
-                atomic_write_json(out, doc)
-                print(f"{key}: {name}: ppl {entry[name]['ppl']:.2f}, {entry[name]['evaluations']} evaluations, "
-                      f"{entry[name]['seconds']:.0f} s", flush=True)
-            entry["summary"] = summarise(entry)
+    _preflight(a)
+    doc = _load(out)
+    ref = reference_options(a.reference, a.permutations, a.ref_seed)
+    sess = None
+    for seed in a.seeds:
+        key = f"{a.model}|s{a.sparsity:g}|seed{seed}|c4 {a.calib_samples}x{a.calib_seqlen}|{a.reference}" + (
+            f"{a.permutations},{a.ref_seed}" if a.reference == "monte_carlo" else "")
+        entry = doc["entries"].setdefault(key, {})
+        for name, opts in (("default", {}), ("reference", ref)):
+            if name in entry:
+                continue
+            if sess is None:
+                sess = _session(a.model, seed, calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen)
+            elif sess.seed != seed:
+                sess.reseed(seed)
+            entry[name] = plan_run(sess, a.sparsity, opts)
+            entry["settings"] = {"dtype": str(sess.model.dtype), "calibration": f"c4 {a.calib_samples} x "
+                                 f"{a.calib_seqlen}, seed {seed}", "eval": "wikitext2 16 x 1024"}
             atomic_write_json(out, doc)
-            print(f"{key}: {entry['summary']}", flush=True)
-    except PrunekitError as e:
-        print(f"svnup_quality: error: {e}", file=sys.stderr)
-        return 2
+            print(f"{key}: {name}: ppl {entry[name]['ppl']:.2f}, {entry[name]['evaluations']} evaluations, "
+                  f"{entry[name]['seconds']:.0f} s", flush=True)
+        entry["summary"] = summarise(entry)
+        atomic_write_json(out, doc)
+        print(f"{key}: {entry['summary']}", flush=True)
     return 0
 
 

@@ -12,13 +12,12 @@ against a long Monte-Carlo reference plan) into one results document (name ``reg
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, guarded
 from prunekit.utils import atomic_write_json
 
 
@@ -312,13 +311,11 @@ def main(argv=None) -> int:
     ap.add_argument("folder", help="folder with sstar.json / mrp_score.jsonl / svnup_draws.json")
     ap.add_argument("--out", default=None, help="default: <folder>/regime.json")
     a = ap.parse_args(argv)
-    try:
+
+    def write():
         doc = results_document("regime", collect(Path(a.folder)), profile="cpu", summary="")
-    except PrunekitError as e:
-        print(f"regime_doc: error: {e}", file=sys.stderr)
-        return 2
-    print(atomic_write_json(Path(a.out or Path(a.folder) / "regime.json"), doc))
-    return 0
+        print(atomic_write_json(Path(a.out or Path(a.folder) / "regime.json"), doc))
+    return guarded("regime_doc", write)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, guarded
 from prunekit.utils import atomic_write_text
 
 
@@ -119,12 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("results", help="a rendered notebook's results JSON (reports/<name>.json)")
     ap.add_argument("--doc", default="docs/results.md")
     a = ap.parse_args(argv)
-    try:
-        print(update(Path(a.doc), Path(a.results)))
-    except PrunekitError as e:
-        print(f"prunekit.reporting.results_doc: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("prunekit.reporting.results_doc", lambda: print(update(Path(a.doc), Path(a.results))))
 
 
 if __name__ == "__main__":
