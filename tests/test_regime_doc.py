@@ -148,3 +148,57 @@ def test_curves_are_one_table_per_model_and_solver_with_a_column_per_dtype_and_s
     rows = regime_doc.sstar_rows(entries)
     assert list(zip(rows["model"], rows["solver"], rows["seed"])) == [
         ("a", "wanda", 0), ("m", "sparsegpt", 2), ("m", "wanda", 0), ("m", "wanda", 1)]
+
+
+def _claim_runs(rng, seeds, scale=None):
+    """uniform and OWL with Wanda at 70 % and at s* = 0.66: per-window NLLs around 5 + s, OWL lower."""
+    runs = []
+    for s in (0.7, 0.66):
+        for a in ("uniform", "owl"):
+            for sd in seeds:
+                nll = rng.normal(5 + s - (0.3 if a == "owl" else 0.0), 0.05, 4)
+                runs.append({"model": "m", "seed": sd, "allocation": a, "metric": "wanda", "sparsity": s,
+                             "ppl_wikitext2": float(np.exp(nll.mean())), "nll_wikitext2": nll.tolist(),
+                             "planned": [s] * 3, "seconds": 1.0, "cpu_seconds": 1.0})
+    return runs
+
+
+def test_dtype_tables_pair_each_run_with_its_default_twin_on_the_same_seeds():
+    runs = _claim_runs(np.random.default_rng(3), range(3))
+    claims = {"sstar": {"m": {"wanda": 0.66}}, "runs": runs}
+    # fp32 on seeds 0 and 1 only: at s* the very same numbers (an identity), at 70 % OWL made 40 % worse
+    fp32 = [dict(r) for r in runs if r["seed"] < 2]
+    for r in fp32:
+        if r["sparsity"] == 0.7 and r["allocation"] == "owl":
+            r["nll_wikitext2"] = (np.asarray(r["nll_wikitext2"]) + 0.6).tolist()
+            r["ppl_wikitext2"] = float(np.exp(np.mean(r["nll_wikitext2"])))
+    groups, verdicts = regime_doc.dtype_tables(claims, fp32)
+    assert len(groups) == 4 and set(groups["seeds"]) == {2}
+    for _, g in groups.iterrows():
+        pick = lambda rs: [r["ppl_wikitext2"] for r in rs if r["allocation"] == g["allocation"]  # noqa: E731
+                           and f"{r['sparsity']:.3f}" == g["sparsity"] and r["seed"] < 2]
+        x, y = np.array(pick(runs)), np.array(pick(fp32))
+        assert g["paired gap per seed"] == ", ".join(f"{100 * (a / b - 1):+.1f} %" for a, b in zip(x, y))
+        assert g["move > seed spread"] == ("yes" if abs(x.mean() - y.mean()) > np.std(x, ddof=1) else "no")
+    at_s = verdicts[verdicts["model"] == "m @ s*"]
+    assert len(at_s) and (at_s["default"] == at_s["fp32"]).all() and (at_s["verdict changes"] == "no").all()
+    owl70 = verdicts[(verdicts["model"] == "m @ 70 %") & verdicts["claim"].str.contains("OWL", case=False)]
+    assert len(owl70) and owl70["default"].iloc[0].endswith("reproduced")
+    assert owl70["fp32"].iloc[0].endswith("contradicted") and owl70["verdict changes"].iloc[0] == "yes"
+
+
+def test_dtype_runs_refuse_another_dtype_and_a_run_twice(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from prunekit.errors import PrunekitError
+    from prunekit.experiments import sweep
+    row = {"model": "m", "seed": 0, "allocation": "owl", "metric": "wanda", "sparsity": 0.7, "status": "ok",
+           "ppl_wikitext2": 1.0, "nll_wikitext2": [0.0], "planned": [0.7], "dtype": "fp32"}
+    files = {"a": [row], "b": [row], "c": [{**row, "dtype": "bf16"}]}
+    monkeypatch.setattr(sweep, "read_results", lambda path: files[Path(path).name])
+    monkeypatch.setattr(sweep, "frame", lambda recs: pd.DataFrame(recs))
+    assert len(regime_doc.dtype_runs([tmp_path / "a"], "fp32")) == 1
+    with pytest.raises(PrunekitError, match="also in another fp32 file"):
+        regime_doc.dtype_runs([tmp_path / "a", tmp_path / "b"], "fp32")
+    with pytest.raises(PrunekitError, match="has dtype bf16, not fp32"):
+        regime_doc.dtype_runs([tmp_path / "c"], "fp32")

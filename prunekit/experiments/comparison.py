@@ -194,21 +194,23 @@ def reproduction_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """The reproduction table with one column per model: "Δ % [lo, hi] verdict" per cell."""
     if "model" not in table:
         table = table.assign(model="model")
-
-    def cell(r):
-        if r["measured_change_%"] is None or pd.isna(r["measured_change_%"]):
-            return "not measured"
-        return (f"{r['measured_change_%']:+.1f} % [{r['ci_low_%']:+.1f}, {r['ci_high_%']:+.1f}] "
-                f"{r['verdict'].split(' (')[0]}")
     models = list(dict.fromkeys(table["model"]))
     rows = []
     for (paper, claim), g in table.groupby(["paper", "claim"], sort=False):
         row = {"paper": paper, "claim": claim, "paper_change_%": g["paper_change_%"].iloc[0]}
         for m in models:
             sub = g[g["model"] == m]
-            row[m] = cell(sub.iloc[0]) if len(sub) else "not measured"
+            row[m] = matrix_cell(sub.iloc[0] if len(sub) else None)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def matrix_cell(r) -> str:
+    """One reproduction-table row as a matrix cell: "Δ % [lo, hi] verdict" (``None``: not measured)."""
+    if r is None or r["measured_change_%"] is None or pd.isna(r["measured_change_%"]):
+        return "not measured"
+    return (f"{r['measured_change_%']:+.1f} % [{r['ci_low_%']:+.1f}, {r['ci_high_%']:+.1f}] "
+            f"{r['verdict'].split(' (')[0]}")
 
 
 def _pct(x):

@@ -238,6 +238,13 @@ def regime_matrix(df: pd.DataFrame, sstar: dict, n_boot: int = 4000) -> pd.DataF
     claim, each cell "Δ % [lo, hi] verdict" (``comparison.reproduction_matrix``). ``sstar``:
     {model: {solver: s*}}."""
     from prunekit.experiments import comparison
+    return comparison.reproduction_matrix(regime_table(df, sstar, n_boot))
+
+
+def regime_table(df: pd.DataFrame, sstar: dict, n_boot: int = 4000) -> pd.DataFrame:
+    """``regime_matrix`` in long form: one row per 70 % claim × model × regime, ``model`` labelled
+    "<model> @ 70 %" or "<model> @ s*"."""
+    from prunekit.experiments import comparison
     parts = []
     for model in dict.fromkeys(df["model"]):
         sub = df[df["model"] == model]
@@ -246,7 +253,7 @@ def regime_matrix(df: pd.DataFrame, sstar: dict, n_boot: int = 4000) -> pd.DataF
         if model in sstar:
             parts.append(comparison.reproduction_table(sub, claims_at(sstar[model]), n_boot)
                          .assign(model=f"{model} @ s*"))
-    return comparison.reproduction_matrix(pd.concat(parts, ignore_index=True))
+    return pd.concat(parts, ignore_index=True)
 
 
 def _session(model, seed, dtype=None, calib_samples=8, calib_seqlen=256):

@@ -36,6 +36,9 @@ def collect(folder: Path) -> dict:
         data["svnup_quality"] = json.loads((folder / "svnup_quality.json").read_text())["entries"]
     if (folder / "claims_sstar.jsonl").is_file():
         data["claims"] = claims_runs(folder / "claims_sstar.jsonl", data.get("sstar", {}))
+    fp32 = sorted(folder.glob("claims_fp32*.jsonl"))
+    if fp32:
+        data["claims_fp32"] = dtype_runs(fp32, "fp32")
     acc = sorted(folder.glob("accuracy*.jsonl"))
     if acc:
         data["accuracy"] = accuracy_runs(acc)
@@ -115,6 +118,60 @@ def claims_runs(path: Path, sstar_entries: dict, kept_70: Path = KEPT_70) -> dic
     for r in runs:
         r["planned"] = [round(float(x), 4) for x in (r.get("planned") or [])]
     return {"sstar": sstar_values(sstar_entries), "runs": runs}
+
+
+def dtype_runs(paths, dtype: str) -> list[dict]:
+    """The claims' runs repeated in one compute dtype (``regime claims --dtype``, any regime): a run in
+    another dtype, or one run in two files, is an error rather than a silent mix."""
+    from prunekit.experiments.sweep import frame, read_results
+    out, seen = [], set()
+    for p in paths:
+        df = frame(read_results(p))
+        for r in df[df["status"] == "ok"].to_dict(orient="records"):
+            if r.get("dtype") != dtype:
+                raise PrunekitError(f"{p}: run {_run_id(r)} has dtype {r.get('dtype')}, not {dtype}")
+            if _run_id(r) in seen:
+                raise PrunekitError(f"{p}: run {_run_id(r)} is also in another {dtype} file")
+            seen.add(_run_id(r))
+            out.append({k: r.get(k) for k in _RUN_KEYS} | {"planned": [round(float(x), 4) for x in r.get("planned")
+                                                                       or []]})
+    return out
+
+
+def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(each run group in both dtypes: the default's perplexity against ``dtype``'s, seed by seed on the
+    same calibration and windows, the move of the mean set against the default's seed-to-seed standard
+    deviation; each claim that has runs in ``dtype``: its cell in either dtype, both read from the same
+    runs (seeds), and whether the verdict changes)."""
+    from prunekit.experiments.comparison import matrix_cell
+    from prunekit.experiments.regime import regime_table
+    ids = {_run_id(r) for r in other}
+    twins = [r for r in claims["runs"] if _run_id(r) in ids]  # the default's runs of the same cells
+    if not twins:
+        return pd.DataFrame(), pd.DataFrame()
+    alt, base = (pd.DataFrame(rs).assign(sparsity=lambda f: f["sparsity"].astype(float).round(6))
+                 for rs in (other, twins))
+
+    def ms(v) -> str:
+        return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+    pairs = alt.merge(base, on=["model", "metric", "sparsity", "allocation", "seed"], suffixes=("_alt", "_base"))
+    rows = []
+    for (m, met, sp, a), g in pairs.groupby(["model", "metric", "sparsity", "allocation"], sort=True):
+        x, y = g["ppl_wikitext2_base"].to_numpy(float), g["ppl_wikitext2_alt"].to_numpy(float)
+        spread = x.std(ddof=1) if len(x) > 1 else float("nan")
+        rows.append({"model": m, "metric": met, "sparsity": f"{sp:.3f}", "allocation": a, "seeds": len(x),
+                     "default": ms(x), dtype: ms(y),
+                     "paired gap per seed": ", ".join(f"{100 * (b / c - 1):+.1f} %" for b, c in zip(x, y)),
+                     "move > seed spread": "—" if np.isnan(spread) else
+                     ("yes" if abs(x.mean() - y.mean()) > spread else "no")})
+    t = regime_table(alt, claims["sstar"]).merge(regime_table(base, claims["sstar"]), on=["model", "claim"],
+                                                 suffixes=("", "_base"))
+    verdicts = []
+    for _, r in t[t["measured_change_%"].notna()].iterrows():
+        d = {k: r[f"{k}_base"] for k in ("measured_change_%", "ci_low_%", "ci_high_%", "verdict")}
+        verdicts.append({"model": r["model"], "claim": r["claim"], "default": matrix_cell(d), dtype: matrix_cell(r),
+                         "verdict changes": "yes" if d["verdict"] != r["verdict"] else "no"})
+    return pd.DataFrame(rows), pd.DataFrame(verdicts)
 
 
 def _run_id(r: dict) -> tuple:
@@ -300,6 +357,12 @@ def regime_section(res: dict) -> str:
                   "Perplexity of the run groups that have both regimes (mean ± std over seeds):", "", _md(summ), ""]
         if len(prof):
             lines += ["Per-block sparsity of the plans (seed 0), 70 % beside s\*:", "", _md(prof), ""]
+        if d.get("claims_fp32"):
+            groups, verdicts = dtype_tables(d["claims"], d["claims_fp32"])
+            lines += ["**The default dtype against fp32** (the same runs with every forward in fp32: the same seeds, "
+                      "calibration samples and test windows; 'default' is the runs above; a group's move is the "
+                      "difference of its two means, set against the default's seed-to-seed standard deviation):",
+                      "", _md(groups), "", "The claims that have fp32 runs, in either dtype:", "", _md(verdicts), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
