@@ -67,3 +67,23 @@ def test_sliding_window_bar_total_is_the_block_forwards_spent(monkeypatch):
     _Bar.made.clear()
     r = sliding_window(lambda m: float(bin(m).count("1")), 5, 3)
     assert _Bar.made[0].unit == "coalition" and _Bar.made[0].total == r.evaluations
+
+
+def test_costs_stay_exact_when_the_state_cache_holds_only_one_coalition_path():
+    """The cost model assumes each coalition finds the previous one's prefix states. With a budget of
+    exactly one path (n - 1 states) a plain LRU evicts the shallow prefixes the trie walk returns to;
+    refreshing the path on every read keeps it, so every coalition runs exactly its modelled blocks."""
+    with _game("dense_coalition") as g:
+        size = sum(h.numel() * h.element_size() for h in g._inputs.hidden)
+        g._state_budget = (g.n - 1) * size
+        memo = _Memo(g, g.n)
+        masks = sorted({(bg | s << lo) & g.full for bg in (0, g.full) for lo in range(g.n - 2) for s in range(8)},
+                       key=memo.trie_key)
+        costs = g.evaluation_costs(masks)
+        ran = []
+        for m in masks:
+            before = g.blocks_run
+            g(m)
+            ran.append(g.blocks_run - before)
+        assert g._state_bytes <= g._state_budget
+        assert ran == costs

@@ -29,7 +29,7 @@ class LayerGame:
     'weights' (the pruned weights, on CPU; SparseGPT always, since it updates surviving weights)
     or 'auto' (masks when possible). Never a second full copy on the device.
     ``value_cache`` memoises coalition values; hidden states entering block k are kept per prefix
-    configuration (LRU, up to ``state_cache_mb``, where the memory policy keeps activations), so
+    configuration (LRU over whole paths, up to ``state_cache_mb``, where the memory policy keeps activations), so
     an evaluation runs only the blocks from the first one that differs from a cached prefix
     (≈ half the blocks for sliding window and MC)."""
 
@@ -168,7 +168,7 @@ class LayerGame:
     def evaluation_costs(self, coalitions) -> list[int]:
         """Blocks each coalition will run if evaluated in this order: ``n`` minus the prefix it
         shares with the coalition before it (or with a cached prefix, for the first); 0 if its
-        value is cached. Exact while the state cache evicts nothing (the progress bar's weights)."""
+        value is cached. Exact while the state cache holds one coalition's path (the progress bar's weights)."""
         costs, prev = [], None
         for c in coalitions:
             c = int(c)
@@ -201,9 +201,14 @@ class LayerGame:
         dense and the others pruned. Starts from the longest cached prefix of hidden states."""
         start, states = self._cached_prefix(dense_mask), self._inputs.hidden
         if start:
-            key = (start, dense_mask & ((1 << start) - 1))
-            self._states.move_to_end(key)
-            states = self._states[key]
+            # Refresh the whole cached path, shallow to deep, not just the prefix read: a trie walk
+            # returns to shallow branch points long after storing them, and a plain LRU would evict
+            # exactly those first. Stale branches now age out instead (one path: n - 1 states).
+            for k in range(1, start + 1):
+                key = (k, dense_mask & ((1 << k) - 1))
+                if key in self._states:
+                    self._states.move_to_end(key)
+            states = self._states[(start, dense_mask & ((1 << start) - 1))]
         for i in range(start, self.n):
             block = self.layout.blocks[i]
             with self.rt.onload(i):
