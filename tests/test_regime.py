@@ -160,3 +160,22 @@ def test_regime_matrix_reads_each_regime_from_its_own_runs():
     # claims not at 70 % (Wanda vs magnitude at 50 %) are not moved to s*
     assert all(c.sparsity == 0.62 for c in regime.claims_at({"wanda": 0.62}) if c.metric == "wanda")
     assert not [c for c in regime.claims_at({"wanda": 0.62}) if "magnitude" in c.text]
+
+
+def test_cpu_minutes_sum_each_part_per_model_and_refuse_a_partial_sum():
+    import pandas as pd
+
+    from prunekit.experiments.comparison import cpu_minutes
+    rng = np.random.default_rng(4)
+    runs = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 3, "cpu_seconds": rng.uniform(10, 100, 7)})
+    at_s = pd.DataFrame({"model": ["a", "a", "b"], "cpu_seconds": [30.0, 60.0, float("nan")]})
+    acc = [{"model": "a", "zero_shot_cpu_s": 120.0}, {"model": "a", "zero_shot_cpu_s": 60.0},
+           {"model": "b", "zero_shot_cpu_s": 6.0}]
+    t = cpu_minutes(runs, at_s, acc).set_index("model")
+    grid_a = runs["cpu_seconds"][:4].sum() / 60
+    assert t.loc["a", "grid runs"] == pytest.approx(grid_a) and t.loc["a", "s* runs"] == pytest.approx(1.5)
+    assert t.loc["a", "perplexity part"] == pytest.approx(grid_a + 1.5) and t.loc["a", "zero-shot part"] == 3.0
+    assert np.isnan(t.loc["b", "s* runs"]) and np.isnan(t.loc["b", "perplexity part"])  # one run without a time
+    assert t.loc["b", "zero-shot part"] == pytest.approx(0.1)
+    bare = cpu_minutes(runs.drop(columns="cpu_seconds"))  # an old results file: no CPU times at all
+    assert bare["grid runs"].isna().all() and list(bare.columns) == ["model", "grid runs", "perplexity part"]

@@ -278,6 +278,28 @@ def run_models(grid: str, models, *, results=None, seeds=None, groups=None, eval
     return runs, dense, seconds
 
 
+def cpu_minutes(runs: pd.DataFrame, runs_sstar: pd.DataFrame | None = None, accuracy_runs=None) -> pd.DataFrame:
+    """The profile's cost per model in process CPU-minutes, summed over runs: the grid's runs, the
+    runs at s*, their sum (the perplexity part; the cpu profile's goal is <= 90 per model) and,
+    apart, the zero-shot part (``accuracy_runs``' ``zero_shot_cpu_s``). A sum over a run without a
+    recorded CPU time (read back from an older results file) is NaN, never a partial sum."""
+    def total(df, model, col):
+        if df is None or not len(df):
+            return 0.0
+        v = df.loc[df["model"] == model, col] if col in df else pd.Series([float("nan")] * int((df["model"] == model).sum()))
+        return float(v.sum()) / 60 if v.notna().all() else float("nan")
+    acc = pd.DataFrame(list(accuracy_runs or []), columns=["model", "zero_shot_cpu_s"])
+    rows = []
+    for m in dict.fromkeys(runs["model"]):
+        grid, at_s = total(runs, m, "cpu_seconds"), total(runs_sstar, m, "cpu_seconds")
+        row = {"model": m, "grid runs": grid} | ({"s* runs": at_s} if runs_sstar is not None else {})
+        row["perplexity part"] = grid + at_s
+        if accuracy_runs is not None:  # a part that was not run is left out, not shown as NaN
+            row["zero-shot part"] = total(acc, m, "zero_shot_cpu_s")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def settings_from_grid(grid: str, **overrides) -> dict:
     """Notebook 50's workload read from a grid file — a packaged name such as ``comparison-cpu``
     (``prunekit/experiments/grids``) or a path — validated, in the same shape as ``settings``;
