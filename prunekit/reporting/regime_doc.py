@@ -126,10 +126,12 @@ def dtype_runs(paths, dtype: str) -> list[dict]:
     from prunekit.experiments.sweep import frame, read_results
     out, seen = [], set()
     for p in paths:
-        df = frame(read_results(p))
-        for r in df[df["status"] == "ok"].to_dict(orient="records"):
-            if r.get("dtype") != dtype:
-                raise PrunekitError(f"{p}: run {_run_id(r)} has dtype {r.get('dtype')}, not {dtype}")
+        recs = read_results(p)
+        for rec, r in zip(recs, frame(recs).to_dict(orient="records")):  # the record names the dtype, the row not
+            if r["status"] != "ok":
+                continue
+            if rec.get("dtype") != dtype:
+                raise PrunekitError(f"{p}: run {_run_id(r)} has dtype {rec.get('dtype')}, not {dtype}")
             if _run_id(r) in seen:
                 raise PrunekitError(f"{p}: run {_run_id(r)} is also in another {dtype} file")
             seen.add(_run_id(r))
