@@ -196,7 +196,8 @@ def test_dtype_runs_refuse_another_dtype_and_a_run_twice(tmp_path, monkeypatch):
            "ppl_wikitext2": 1.0, "nll_wikitext2": [0.0], "planned": [0.7], "dtype": "fp32"}
     files = {"a": [row], "b": [row], "c": [{**row, "dtype": "bf16"}]}
     monkeypatch.setattr(sweep, "read_results", lambda path: files[Path(path).name])
-    monkeypatch.setattr(sweep, "frame", lambda recs: pd.DataFrame(recs))
+    # like the real frame, rows without the record's dtype: it must be read from the record
+    monkeypatch.setattr(sweep, "frame", lambda recs: pd.DataFrame(recs).drop(columns="dtype"))
     assert len(regime_doc.dtype_runs([tmp_path / "a"], "fp32")) == 1
     with pytest.raises(PrunekitError, match="also in another fp32 file"):
         regime_doc.dtype_runs([tmp_path / "a", tmp_path / "b"], "fp32")
