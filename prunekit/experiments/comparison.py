@@ -284,10 +284,12 @@ def cpu_minutes(runs: pd.DataFrame, runs_sstar: pd.DataFrame | None = None, accu
     apart, the zero-shot part (``accuracy_runs``' ``zero_shot_cpu_s``). A sum over a run without a
     recorded CPU time (read back from an older results file) is NaN, never a partial sum."""
     def total(df, model, col):
-        if df is None or not len(df):
+        mine = df[df["model"] == model] if df is not None and len(df) else ()
+        if not len(mine):
             return 0.0
-        v = df.loc[df["model"] == model, col] if col in df else pd.Series([float("nan")] * int((df["model"] == model).sum()))
-        return float(v.sum()) / 60 if v.notna().all() else float("nan")
+        if col not in mine or mine[col].isna().any():
+            return float("nan")
+        return float(mine[col].sum()) / 60
     acc = pd.DataFrame(list(accuracy_runs or []), columns=["model", "zero_shot_cpu_s"])
     rows = []
     for m in dict.fromkeys(runs["model"]):
