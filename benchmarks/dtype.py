@@ -38,12 +38,13 @@ def main(argv=None) -> dict:
     if args.split is not None:
         return split(args)
 
-    from prunekit.core.devices import dtype_name, pick_device, pick_dtype
+    from prunekit.core.devices import pick_device, pick_dtype, pick_eval_dtype, precision_name
     from prunekit.evaluation.perplexity import perplexity
     from prunekit.experiments.session import Session
 
-    default = dtype_name(pick_dtype(None, pick_device(None)))
-    dtypes = ["fp32"] + ([default] if default != "fp32" else ["bf16"])
+    dev = pick_device(None)
+    default = precision_name(pick_dtype(None, dev), pick_eval_dtype(None, dev))
+    dtypes = list(dict.fromkeys(["fp32", default, "bf16"]))  # fp32 first: the reference of every ratio
     sess = {d: Session(model_name=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
                        eval_seqlen=1024, eval_windows=args.eval_windows, dtype=d, progress=False)
             for d in dtypes}

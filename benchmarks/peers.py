@@ -93,7 +93,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=int(os.environ.get("PRUNEKIT_THREADS", "0")) or None,
                     help="torch threads for both tools (default: PRUNEKIT_THREADS, else torch's)")
     ap.add_argument("--batch-size", type=int, default=8, help="calibration batch size, both tools")
-    ap.add_argument("--dtypes", default="fp32,bf16", help="prunekit pruning dtypes, one row each")
+    ap.add_argument("--dtypes", default="mixed,bf16", help="prunekit precisions (mixed, fp32, bf16), one row "
+                    "each; mixed prunes exactly as fp32 (its bf16 is evaluation only)")
     ap.add_argument("--peer-dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--peer-python", default=str(DEFAULT_PEER_PYTHON))
     a = ap.parse_args(argv)
@@ -102,7 +103,7 @@ def main(argv=None):
     from safetensors.torch import load_file, save_file
 
     from prunekit.core.data import calibration_data
-    from prunekit.core.devices import pick_device, pick_dtype
+    from prunekit.core.devices import pick_device, pick_dtype, pick_eval_dtype, precision_name
     from prunekit.core.loading import load_model
     from prunekit.errors import PrunekitError
     from prunekit.evaluation.perplexity import perplexity
@@ -114,7 +115,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     methods = [m for m in a.methods.split(",") if m]
     dtypes = [d for d in a.dtypes.split(",") if d]
-    default_dt = pick_dtype(None, pick_device(None))
+    dev = pick_device(None)
+    default_dt = precision_name(pick_dtype(None, dev), pick_eval_dtype(None, dev))  # 'mixed' prunes in fp32
 
     work = Path(tempfile.mkdtemp(prefix="prunekit-peers-"))
     mdir = model_dir(a.model, work)
@@ -167,11 +169,11 @@ def main(argv=None):
     print(f"model {a.model} ({mdir}); sparsity {a.sparsity}; calibration c4 {a.calib_samples}x{a.calib_seqlen} "
           f"seed {a.seed}, batch {a.batch_size}; eval wikitext2 {a.eval_windows}x{a.eval_seqlen} (fp32, prunekit "
           f"perplexity for every model); torch threads {a.threads}; prunekit default dtype here: "
-          f"{str(default_dt).replace('torch.', '')}; total {time.perf_counter() - t_all:.0f} s")
+          f"{default_dt}; total {time.perf_counter() - t_all:.0f} s")
     print(f"dense perplexity {dense_ppl:.3f}")
     print(f"{'method':10} {'tool':15} {'dtype':6} {'prune s':>8} {'cpu s':>8} {'ppl':>9} {'sparsity':>8}")
     for m, tool, dt, wall, cpu, p, s, extra in rows:
-        mark = " (default)" if tool == "prunekit" and pick_dtype(dt, pick_device(None)) == default_dt else ""
+        mark = " (default)" if tool == "prunekit" and dt == default_dt else ""
         print(f"{m:10} {tool:15} {dt:6} {wall:8.1f} {cpu:8.1f} {p:9.3f} {s:8.4f}{mark}")
     for m, tool, dt, wall, cpu, p, s, extra in rows:
         if extra:

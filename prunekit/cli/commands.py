@@ -102,8 +102,7 @@ def execute(args, prep: dict, progress: bool) -> dict:
         from prunekit.evaluation.perplexity import perplexity, record_fields
         from prunekit.solvers.prune import measure_sparsity
         utils.seed_everything(args.seed)
-        from prunekit.core.devices import dtype_name
-        rec = {"model": args.model, "dtype": dtype_name(rt.dtype), **measure_sparsity(rt), "seed": args.seed}
+        rec = {"model": args.model, "dtype": rt.precision, **measure_sparsity(rt), "seed": args.seed}
         t1 = time.perf_counter()
         res = {d: perplexity(rt, d, args.eval_seqlen, args.eval_windows, progress=progress)
                for d in evals}

@@ -152,8 +152,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2-135m", help="alias, .gguf file, HF directory or hub id")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: CUDA if available)")
     g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help="compute dtype (default: bf16 where the GPU/CPU computes it natively, fp16 on older "
-                   "GPUs, else fp32; fp32 = reference numerics; statistics and the SparseGPT solve stay fp32)")
+                   help="precision (default: bf16 on GPUs that compute it natively, fp16 on older GPUs; on a "
+                   "CPU 'mixed' where it computes bf16 natively: fp32 weights, calibration and pruning, bf16 "
+                   "evaluation; else fp32). bf16 = fastest pruning; statistics and the SparseGPT solve stay fp32")
     g.add_argument("--eval", default="wikitext2",
                    help=f"comma-separated perplexity datasets from {','.join(DATASETS)} ('' to skip)")
     g.add_argument("--eval-seqlen", type=_int_in(2), default=1024, metavar="INT", help="tokens per window")

@@ -39,22 +39,56 @@ def cpu_native_bf16(flags: set[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & _NATIVE_BF16_FLAGS)
 
 
+PRECISIONS = ("auto", "mixed", "fp32", "bf16", "fp16")
+
+
+def _fast_dtype(device: torch.device) -> torch.dtype | None:
+    """The half dtype this device computes natively: bf16 on CUDA >= 8.0 and on a CPU with bf16
+    dot-product instructions, fp16 on older GPUs (a T4, 7.5, reports bf16 'supported' but emulates
+    it), None on other CPUs."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    if device.type == "cpu" and cpu_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype: given explicitly, or 'auto'/None → bf16 where the hardware computes it natively
-    (CUDA compute capability >= 8.0; a CPU with bf16 dot-product instructions), fp16 on older GPUs
-    (a T4, 7.5, reports bf16 'supported' but emulates it), fp32 on other CPUs. Statistics and the
-    SparseGPT solve run in fp32 whatever this picks."""
+    """The dtype the weights are held in, and so the dtype of every calibration forward, statistic
+    input and pruning decision. 'auto'/None: the device's half dtype on CUDA (the reference codes
+    calibrate in fp16 on GPU), fp32 on a CPU (with native bf16 'auto' is 'mixed': fp32 here, bf16
+    evaluation, see ``pick_eval_dtype``). 'mixed' is fp32. Norms, Hessians and the SparseGPT solve
+    run in fp32 whatever this picks."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-        if device.type == "cpu" and cpu_native_bf16():
-            return torch.bfloat16
+            return _fast_dtype(device)
+        return torch.float32
+    if dtype == "mixed":
         return torch.float32
     if dtype not in DTYPES:
-        raise PrunekitError(f"unknown dtype '{dtype}'; use one of fp32, fp16, bf16 or auto")
+        raise PrunekitError(f"unknown dtype '{dtype}'; use one of {', '.join(PRECISIONS)}")
     return DTYPES[dtype]
+
+
+def pick_eval_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The compute dtype of evaluation forwards (perplexity, zero-shot) when it differs from the
+    weights' (``torch.autocast``), else None. 'mixed', and 'auto' on a CPU with native bf16:
+    bf16 (fp16 on an older GPU). Pruning is where the dtype moves results at high sparsity (a bf16
+    calibration changes which weights a collapsed model keeps); evaluating the same pruned weights
+    in bf16 moves perplexity by about 0.1 % (docs/benchmarks.md, compute dtype)."""
+    if dtype == "mixed" or (dtype in (None, "auto") and device.type == "cpu"):
+        return _fast_dtype(device) or (torch.bfloat16 if dtype == "mixed" else None)
+    return None
+
+
+def precision_name(dtype: torch.dtype, eval_dtype: torch.dtype | None = None) -> str:
+    """What a record states: 'bf16', 'fp16', 'fp32', or 'mixed' (fp32 weights and calibration,
+    half-precision evaluation)."""
+    if eval_dtype is not None and eval_dtype != dtype:
+        return "mixed"
+    return dtype_name(dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from prunekit.core import aliases, cache, preflight
 from prunekit.core.aliases import DEFAULT_MODEL, origin, resolve
 from prunekit.core.architectures import BLOCK_PATHS, block_prefix, layout
-from prunekit.core.devices import pick_device, pick_dtype
+from prunekit.core.devices import pick_device, pick_dtype, pick_eval_dtype
 from prunekit.core.offload import Offloader, check_mode, checkpoint_sources, estimate_auto, free_bytes, make_work_dir
 from prunekit.core.runtime import Runtime
 from prunekit.errors import PrunekitError
@@ -98,7 +98,8 @@ def _keep_blocks_on_cpu(model, dev: torch.device) -> Offloader:
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
                dtype: str | torch.dtype | None = None, offload: str = "auto", calib_tokens: int = 0) -> Runtime:
     """Return a ``Runtime`` holding the model (in eval mode) and its tokenizer, on ``device`` (CUDA if present) and ``dtype``
-    (``pick_dtype``: bf16 where native on GPU or CPU, fp16 on older GPUs, else fp32).
+    (``pick_dtype``: bf16 on GPUs that compute it natively, fp16 on older GPUs, fp32 on a CPU; 'mixed',
+    the default on a CPU with native bf16, also sets the runtime's ``eval_dtype`` to bf16).
 
     ``offload`` (none | cpu | disk | auto, see ``core.offload``) decides where the decoder blocks'
     weights live; the model is never staged twice (from_pretrained loads straight onto the device;
@@ -167,7 +168,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
         off = _keep_blocks_on_cpu(model, dev)
     model.eval()
     model.config.use_cache = False
-    return Runtime(model, tok, name=name_or_path, offloader=off, origin=origin(name_or_path))
+    return Runtime(model, tok, name=name_or_path, offloader=off, origin=origin(name_or_path),
+                   eval_dtype=pick_eval_dtype(dtype, dev))
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ class Runtime:
     offloader: Offloader | None = None
     memory: MemoryPolicy | None = None     # None: the offload mode's default (DEFAULT_POLICY)
     origin: str = ""
+    eval_dtype: torch.dtype | None = None  # evaluation compute dtype under autocast; None: the weights'
     snapshots: list = field(default_factory=list, repr=False)   # active WeightSnapshots
     modified: set = field(default_factory=set, repr=False)      # blocks written since dense
     layout: Layout = field(init=False, repr=False)
@@ -68,6 +69,19 @@ class Runtime:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    @property
+    def precision(self) -> str:
+        """'fp32', 'bf16', 'fp16', or 'mixed' (fp32 weights and calibration, half-precision evaluation)."""
+        from prunekit.core.devices import precision_name
+        return precision_name(self.dtype, self.eval_dtype)
+
+    def evaluating(self):
+        """The context of an evaluation forward: ``torch.autocast`` to ``eval_dtype`` when it differs
+        from the weights' dtype (mixed precision), else nothing. Calibration never enters it."""
+        if self.eval_dtype is None or self.eval_dtype == self.dtype:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.eval_dtype)
 
     @property
     def num_blocks(self) -> int:
@@ -180,7 +194,8 @@ class Runtime:
     def provenance(self) -> dict:
         """What a record says of this model (reports, model cards)."""
         return {"id": self.name, "fingerprint": self.fingerprint(), "origin": self.origin,
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "precision": self.precision}
 
 
 def _sample(w: torch.Tensor):

@@ -28,8 +28,10 @@ def window_nlls(rt, ids: torch.Tensor, seqlen: int, max_windows: int | None = No
         raise PrunekitError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen={seqlen}; lower --eval-seqlen")
     windows = ids[0, : n * seqlen].reshape(n, seqlen)
     bar = tqdm(total=n * seqlen, desc=desc, unit="tok", unit_scale=True, disable=bars_disabled(progress), leave=False)
+    rt = Runtime.of(rt)
     try:
-        return window_nll(rt, windows, batch_size, on_batch=bar.update)
+        with rt.evaluating():  # bf16 autocast under mixed precision; calibration stays in the weights' dtype
+            return window_nll(rt, windows, batch_size, on_batch=bar.update)
     finally:
         bar.close()
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 from prunekit.core.data import data_dir as _env_data_dir
@@ -137,10 +138,11 @@ def zero_shot(rt, tasks, limit: int | float | None = None, batch_size: int | str
         task_objs = [loaded["tasks"][n] for n in lm_names.values()]
 
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        res = simple_evaluate(
-            model=lm, tasks=task_objs, task_manager=tm, num_fewshot=int(num_fewshot), limit=limit,
-            bootstrap_iters=bootstrap_iters, log_samples=bool(per_example), random_seed=seed,
-            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        with rt.evaluating() if hasattr(rt, "evaluating") else nullcontext():  # mixed: bf16 autocast
+            res = simple_evaluate(
+                model=lm, tasks=task_objs, task_manager=tm, num_fewshot=int(num_fewshot), limit=limit,
+                bootstrap_iters=bootstrap_iters, log_samples=bool(per_example), random_seed=seed,
+                numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     finally:
         model.train(was_training)  # HFLM switches the model to eval mode
         task_log.removeFilter(quiet)

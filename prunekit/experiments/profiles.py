@@ -96,7 +96,8 @@ def profile(name: str) -> dict:
 #         render measured the cost (no claim is at 60 %; 50 % already shows the trend away from 70 %);
 #   50 %  magnitude: uniform (the Wanda-vs-magnitude claim).
 # 17 runs per seed, 51 per model. WikiText-2 only (PTB / C4 added no claim), no zero-shot (16-item
-# lm-eval limits add noise, not power), the default compute dtype (bf16 where the CPU has it natively).
+# lm-eval limits add noise, not power), the default precision (on a CPU with native bf16: fp32 pruning,
+# bf16 evaluation).
 _CPU_GROUPS = [
     {"sparsity": 0.7, "metric": "wanda", "allocations": ["uniform", "owl", "alphapruning", "atp", "mrp", "svnup",
                                                          "absorption(owl)", "absorption(alphapruning)"]},

@@ -277,7 +277,7 @@ def cmd_sstar(a) -> int:
         if sess is None:
             sess = _session(a.model, a.seed, a.dtype, a.calib_samples, a.calib_seqlen)
             ho = heldout_ids(sess, a.heldout_samples, a.heldout_seqlen)
-        settings = {"model": a.model, "metric": metric, "seed": a.seed, "dtype": str(sess.model.dtype),
+        settings = {"model": a.model, "metric": metric, "seed": a.seed, "dtype": sess.runtime.precision,
                     "calibration": f"c4 {a.calib_samples} x {a.calib_seqlen}",
                     "heldout": f"c4 {a.heldout_samples} x {a.heldout_seqlen}, calibration pool, disjoint, seed+1000"}
         if entry.get("settings", settings) != settings:
@@ -322,7 +322,7 @@ def cmd_mrp_score(a) -> int:
                     score = a.metric if "solver" in config else "wanda"
                     rec = sess.run("mrp", a.metric, s, evaluate=False, score=score)
                 row = {"model": a.model, "seed": seed, "metric": a.metric, "sparsity": s, "config": config,
-                       "heldout_nll": heldout_nll_of(sess, ho), "dtype": str(sess.model.dtype),
+                       "heldout_nll": heldout_nll_of(sess, ho), "dtype": sess.runtime.precision,
                        "heldout": f"c4 {a.heldout_samples} x {a.heldout_seqlen}, seed+1, disjoint",
                        "calibration": "c4 8 x 256",
                        "block_min": float(np.min(rec["planned_sparsity"])),

@@ -21,7 +21,6 @@ from prunekit.allocation import allocate, with_solver_metric
 from prunekit.allocation.plan import SparsityPlan
 from prunekit.core.data import calibration_data
 from prunekit.core.aliases import DEFAULT_MODEL
-from prunekit.core.devices import dtype_name
 from prunekit.core.loading import load_model
 from prunekit.core.runtime import Runtime
 from prunekit.core.snapshot import weight_snapshot
@@ -88,7 +87,7 @@ class Session:
         taken by ``Statistics`` before anything was pruned."""
         rt = self.runtime
         return {"id": self.model_name, "fingerprint": self.stats.fingerprint, "origin": rt.origin,
-                "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch.")}
+                "device": str(rt.device), "dtype": str(rt.dtype).removeprefix("torch."), "precision": rt.precision}
 
     @classmethod
     def from_profile(cls, name: str = "quick", **overrides) -> "Session":
@@ -197,7 +196,7 @@ class Session:
         rep = prune_model(self.runtime, self.calib.input_ids, plan, metric, nmt, self.batch_size,
                           progress=self.progress)
         t["calibrate_prune"] = rep.pop("prune_s")
-        rec = {"model": self.model_name, "dtype": dtype_name(self.model.dtype), "metric": metric, "allocation": allocation,
+        rec = {"model": self.model_name, "dtype": self.runtime.precision, "metric": metric, "allocation": allocation,
                "allocation_options": plan.options, "nm": nm, "target_sparsity": sparsity,
                "planned_sparsity": plan.per_block.tolist(), **rep,
                "calibration": {"dataset": self.calib_dataset, "samples": self.calib_samples,
