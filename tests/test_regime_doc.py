@@ -185,6 +185,13 @@ def test_dtype_tables_pair_each_run_with_its_default_twin_on_the_same_seeds():
     owl70 = verdicts[(verdicts["model"] == "m @ 70 %") & verdicts["claim"].str.contains("OWL", case=False)]
     assert len(owl70) and owl70["default"].iloc[0].endswith("reproduced")
     assert owl70["fp32"].iloc[0].endswith("contradicted") and owl70["verdict changes"].iloc[0] == "yes"
+    # runs that state their precision are labelled by it ('default' would be ambiguous once the default moved)
+    named = {**claims, "runs": [{**r, "dtype": "bf16"} for r in runs]}
+    g2, v2 = regime_doc.dtype_tables(named, fp32)
+    assert "bf16" in g2.columns and "default" not in g2.columns and (g2["bf16"] == groups["default"]).all()
+    assert (v2["bf16"] == verdicts["default"]).all()
+    mixed = {**claims, "runs": [{**r, "dtype": "bf16" if r["seed"] else None} for r in runs]}
+    assert "default" in regime_doc.dtype_tables(mixed, fp32)[0].columns
 
 
 def test_dtype_runs_refuse_another_dtype_and_a_run_twice(tmp_path, monkeypatch):

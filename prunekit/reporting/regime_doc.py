@@ -105,19 +105,26 @@ def claims_runs(path: Path, sstar_entries: dict, kept_70: Path = KEPT_70) -> dic
     (same grid, seeds, calibration sets and evaluation windows)."""
     from prunekit.experiments.regime import sstar_values
     from prunekit.experiments.sweep import frame, read_results
-    new = frame(read_results(path))
-    new = new[new["status"] == "ok"]
-    runs = [{k: r.get(k) for k in _RUN_KEYS} | {"source": "s* study"} for r in new.to_dict(orient="records")]
+    recs = read_results(path)
+    runs = [{k: r.get(k) for k in _RUN_KEYS} | {"source": "s* study", "dtype": rec.get("dtype")}
+            for rec, r in zip(recs, frame(recs).to_dict(orient="records")) if r["status"] == "ok"]
     if Path(kept_70).is_file():
         old = json.loads(Path(kept_70).read_text())
         commit = str((old["provenance"].get("git") or {}).get("commit", "?"))[:10]
+        dt = {m["id"]: _short_dtype(m.get("dtype")) for m in old["provenance"].get("models") or []}
         # a 70 % run the study repeated (a default changed since the render) replaces the kept one
         redone = {_run_id(r) for r in runs}
-        runs += [{k: r.get(k) for k in _RUN_KEYS} | {"source": f"kept 70 % render ({commit})"}
+        runs += [{k: r.get(k) for k in _RUN_KEYS} | {"source": f"kept 70 % render ({commit})", "dtype": dt.get(r["model"])}
                  for r in old["data"]["runs"] if abs(float(r["sparsity"]) - 0.7) < 1e-9 and _run_id(r) not in redone]
     for r in runs:
         r["planned"] = [round(float(x), 4) for x in (r.get("planned") or [])]
     return {"sstar": sstar_values(sstar_entries), "runs": runs}
+
+
+def _short_dtype(name) -> str | None:
+    """A provenance dtype ('bfloat16', 'torch.float32') as records name it ('bf16', 'fp32')."""
+    n = str(name or "").removeprefix("torch.")
+    return {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(n, n or None)
 
 
 def dtype_runs(paths, dtype: str) -> list[dict]:
@@ -151,6 +158,7 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
     twins = [r for r in claims["runs"] if _run_id(r) in ids]  # the default's runs of the same cells
     if not twins:
         return pd.DataFrame(), pd.DataFrame()
+    label = base_label(twins)
     alt, base = (pd.DataFrame(rs).assign(sparsity=lambda f: f["sparsity"].astype(float).round(6))
                  for rs in (other, twins))
 
@@ -162,7 +170,7 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
         x, y = g["ppl_wikitext2_base"].to_numpy(float), g["ppl_wikitext2_alt"].to_numpy(float)
         spread = x.std(ddof=1) if len(x) > 1 else float("nan")
         rows.append({"model": m, "metric": met, "sparsity": f"{sp:.3f}", "allocation": a, "seeds": len(x),
-                     "default": ms(x), dtype: ms(y),
+                     label: ms(x), dtype: ms(y),
                      "paired gap per seed": ", ".join(f"{100 * (b / c - 1):+.1f} %" for b, c in zip(x, y)),
                      "move > seed spread": "—" if np.isnan(spread) else
                      ("yes" if abs(x.mean() - y.mean()) > spread else "no")})
@@ -171,9 +179,15 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
     verdicts = []
     for _, r in t[t["measured_change_%"].notna()].iterrows():
         d = {k: r[f"{k}_base"] for k in ("measured_change_%", "ci_low_%", "ci_high_%", "verdict")}
-        verdicts.append({"model": r["model"], "claim": r["claim"], "default": matrix_cell(d), dtype: matrix_cell(r),
+        verdicts.append({"model": r["model"], "claim": r["claim"], label: matrix_cell(d), dtype: matrix_cell(r),
                          "verdict changes": "yes" if d["verdict"] != r["verdict"] else "no"})
     return pd.DataFrame(rows), pd.DataFrame(verdicts)
+
+
+def base_label(runs: list[dict]) -> str:
+    """The precision the claims' own runs ran in ('bf16'; 'default' when they do not say)."""
+    names = sorted({str(r.get("dtype")) for r in runs if r.get("dtype")})
+    return "/".join(names) if names and len(names) == len({r.get("dtype") for r in runs}) else "default"
 
 
 def _run_id(r: dict) -> tuple:
@@ -361,9 +375,11 @@ def regime_section(res: dict) -> str:
             lines += ["Per-block sparsity of the plans (seed 0), 70 % beside s\*:", "", _md(prof), ""]
         if d.get("claims_fp32"):
             groups, verdicts = dtype_tables(d["claims"], d["claims_fp32"])
-            lines += ["**The default dtype against fp32** (the same runs with every forward in fp32: the same seeds, "
-                      "calibration samples and test windows; 'default' is the runs above; a group's move is the "
-                      "difference of its two means, set against the default's seed-to-seed standard deviation):",
+            lab = base_label([r for r in d["claims"]["runs"] if _run_id(r) in {_run_id(x) for x in d["claims_fp32"]}])
+            lines += [f"**The runs above ({lab}) against fp32** (the same runs with every forward in fp32: the same "
+                      "seeds, calibration samples and test windows; a group's move is the difference of its two "
+                      f"means, set against the {lab} runs' seed-to-seed standard deviation; the default precision on "
+                      "a CPU is now 'mixed', which prunes exactly as fp32):",
                       "", _md(groups), "", "The claims that have fp32 runs, in either dtype:", "", _md(verdicts), ""]
     return "\n".join(lines).rstrip() + "\n"
 
