@@ -30,6 +30,7 @@ from torch import nn
 
 from prunekit.core.architectures import Layout, block_prefix, layout
 from prunekit.core.cache import cache_dir
+from prunekit.core.devices import precision_name
 from prunekit.core.offload import DEFAULT_POLICY, MemoryPolicy, Offloader, check_mode, make_work_dir
 from prunekit.errors import PrunekitError
 
@@ -73,7 +74,6 @@ class Runtime:
     @property
     def precision(self) -> str:
         """'fp32', 'bf16', 'fp16', or 'mixed' (fp32 weights and calibration, half-precision evaluation)."""
-        from prunekit.core.devices import precision_name
         return precision_name(self.dtype, self.eval_dtype)
 
     def evaluating(self):
