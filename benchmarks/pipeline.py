@@ -108,7 +108,8 @@ def main(argv=None):
     # P1: raw forward vs the perplexity evaluator on the same windows (warm-up first), then the
     # two interleaved window by window (raw, eval, eval, raw, ...) so that load from other
     # processes hits both alike; wall and process CPU time of each are summed.
-    with torch.no_grad():
+    # raw forwards in the evaluation's precision (bf16 autocast under the mixed default), as the evaluator runs them
+    with torch.no_grad(), rt.evaluating():
         model(input_ids=windows[:1], use_cache=False)
         t0 = time.perf_counter()
         for w in windows:
@@ -129,7 +130,10 @@ def main(argv=None):
             order = ("raw", "eval") if j % 2 == 0 else ("eval", "raw")
             for kind in order:
                 if kind == "raw":
-                    timed("raw", lambda w=w: model(input_ids=w[None], use_cache=False))
+                    def raw_fwd(w=w):
+                        with rt.evaluating():
+                            model(input_ids=w[None], use_cache=False)
+                    timed("raw", raw_fwd)
                 else:
                     timed("eval", lambda w=w: window_nlls(rt, w[None], a.eval_seqlen, progress=False))
     p1_wall, p1_cpu = tw["raw"][0] / tw["eval"][0], tw["raw"][1] / tw["eval"][1]
@@ -139,7 +143,7 @@ def main(argv=None):
                 f"(raw {tw['raw'][0]:.1f} s / {tw['raw'][1]:.1f} s cpu, "
                 f"eval {tw['eval'][0]:.1f} s / {tw['eval'][1]:.1f} s cpu)")
     if a.p1_only:
-        print(f"model {a.model}; eval {n}x{a.eval_seqlen}; dtype {model.dtype}; "
+        print(f"model {a.model}; eval {n}x{a.eval_seqlen}; precision {rt.precision}; "
               f"torch threads {torch.get_num_threads()}")
         print(p1_lines)
         return
@@ -163,7 +167,7 @@ def main(argv=None):
                                            (a.model, a.calib_samples, a.calib_seqlen, a.batch_size, a.dtype))
     denom = model_mb + 2 * acts_mb
     print(f"model {a.model}: {sum(params.values())/1e6:.1f} M params; calibration {a.calib_samples}x{a.calib_seqlen}; "
-          f"eval {n}x{a.eval_seqlen}; dtype {model.dtype}; torch threads {torch.get_num_threads()}")
+          f"eval {n}x{a.eval_seqlen}; precision {rt.precision}; torch threads {torch.get_num_threads()}")
     print(p1_lines)
     print(f"P2  wanda prune / dense forward = {prune/fwd:.3f}   ({prune:.1f} s / {fwd:.1f} s; goal <= 2.2; "
           f"sparsity {rep['global_sparsity']:.4f})")

@@ -21,7 +21,7 @@ A grid file (``safe_load`` only; every key optional except ``models`` and ``allo
     evaluation: {datasets: [wikitext2], seqlen: 256, windows: 2}
     zero_shot: {tasks: [arc_easy], limit: 8}
     device: null                        # CUDA when present
-    dtype: null
+    dtype: null                         # auto: mixed on a bf16 CPU (fp32 pruning, bf16 evaluation)
 
 A *cell* is one (model, seed, sparsity, metric, allocation) with its resolved settings; its key is
 a hash of those settings. Each finished cell appends one JSON line: the ``Session.run`` record
