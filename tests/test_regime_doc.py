@@ -180,6 +180,7 @@ def test_dtype_tables_pair_each_run_with_its_default_twin_on_the_same_seeds():
         x, y = np.array(pick(runs)), np.array(pick(fp32))
         assert g["paired gap per seed"] == ", ".join(f"{100 * (a / b - 1):+.1f} %" for a, b in zip(x, y))
         assert g["move > seed spread"] == ("yes" if abs(x.mean() - y.mean()) > np.std(x, ddof=1) else "no")
+    assert set(verdicts["seeds"]) == {2}  # the paired seeds the verdicts read (seed 2 has no fp32 twin)
     at_s = verdicts[verdicts["model"] == "m @ s*"]
     assert len(at_s) and (at_s["default"] == at_s["fp32"]).all() and (at_s["verdict changes"] == "no").all()
     owl70 = verdicts[(verdicts["model"] == "m @ 70 %") & verdicts["claim"].str.contains("OWL", case=False)]

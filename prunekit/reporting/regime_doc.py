@@ -179,8 +179,8 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
     verdicts = []
     for _, r in t[t["measured_change_%"].notna()].iterrows():
         d = {k: r[f"{k}_base"] for k in ("measured_change_%", "ci_low_%", "ci_high_%", "verdict")}
-        verdicts.append({"model": r["model"], "claim": r["claim"], label: matrix_cell(d), dtype: matrix_cell(r),
-                         "verdict changes": "yes" if d["verdict"] != r["verdict"] else "no"})
+        verdicts.append({"model": r["model"], "claim": r["claim"], "seeds": r["seeds"], label: matrix_cell(d),
+                         dtype: matrix_cell(r), "verdict changes": "yes" if d["verdict"] != r["verdict"] else "no"})
     return pd.DataFrame(rows), pd.DataFrame(verdicts)
 
 
