@@ -12,7 +12,7 @@ threads and the same calibration batch size, back to back. llm-compressor runs i
 call is timed, as only ``prune_model`` is timed here. Every pruned model, prunekit's and the
 peer's, is then evaluated by the same prunekit perplexity code in fp32 on the same WikiText-2
 windows, so only the pruning differs. prunekit prunes once per ``--dtypes`` entry (fp32 and bf16:
-the issue asks for both rows); the row matching ``pick_dtype`` on this machine is marked default.
+the issue asks for both rows); the row matching ``default_precision`` on this machine is marked default.
 
     python -m benchmarks.peers [--calib-samples 32 --calib-seqlen 512 --eval-seqlen 1024
                                 --eval-windows 16 --threads 1]          # or: make benchmark-peers
@@ -103,7 +103,7 @@ def main(argv=None):
     from safetensors.torch import load_file, save_file
 
     from prunekit.core.data import calibration_data
-    from prunekit.core.devices import pick_device, pick_dtype, pick_eval_dtype, precision_name
+    from prunekit.core.devices import default_precision, pick_device
     from prunekit.core.loading import load_model
     from prunekit.errors import PrunekitError
     from prunekit.evaluation.perplexity import perplexity
@@ -115,8 +115,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     methods = [m for m in a.methods.split(",") if m]
     dtypes = [d for d in a.dtypes.split(",") if d]
-    dev = pick_device(None)
-    default_dt = precision_name(pick_dtype(None, dev), pick_eval_dtype(None, dev))  # 'mixed' prunes in fp32
+    default_dt = default_precision(pick_device(None))  # 'mixed' prunes in fp32
 
     work = Path(tempfile.mkdtemp(prefix="prunekit-peers-"))
     mdir = model_dir(a.model, work)

@@ -8,4 +8,5 @@ Metric = Literal["magnitude", "wanda", "sparsegpt"]
 METRICS: tuple[str, ...] = get_args(Metric)            # the pruning solvers
 DATASETS = ("wikitext2", "c4", "ptb")                   # perplexity / calibration texts
 OFFLOAD_MODES = ("none", "cpu", "disk", "auto")         # where block weights live (core.offload)
-DTYPE_NAMES = ("auto", "mixed", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "mixed", "fp32", "fp16", "bf16")       # --dtype (core.devices)
+DTYPE_NAMES = PRECISIONS + ("float32", "float16", "bfloat16")  # with the torch spellings

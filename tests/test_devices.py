@@ -44,6 +44,7 @@ def test_cpu_precision_follows_native_bf16_flags(monkeypatch, flags, native):
     assert models.pick_eval_dtype(None, cpu) == (torch.bfloat16 if native else None)
     assert models.precision_name(models.pick_dtype(None, cpu), models.pick_eval_dtype(None, cpu)) == \
         ("mixed" if native else "fp32")
+    assert models.default_precision(cpu) == ("mixed" if native else "fp32")
     assert models.pick_dtype("mixed", cpu) == torch.float32 and models.pick_eval_dtype("mixed", cpu) == torch.bfloat16
     for explicit, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):  # what was asked, evaluation included
         assert models.pick_dtype(explicit, cpu) == dt and models.pick_eval_dtype(explicit, cpu) is None

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from prunekit.errors import PrunekitError
+from prunekit.vocabulary import PRECISIONS
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
            "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -37,9 +38,6 @@ _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 def cpu_native_bf16(flags: set[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & _NATIVE_BF16_FLAGS)
-
-
-PRECISIONS = ("auto", "mixed", "fp32", "bf16", "fp16")
 
 
 def _fast_dtype(device: torch.device) -> torch.dtype | None:
@@ -77,7 +75,8 @@ def pick_eval_dtype(dtype: str | torch.dtype | None, device: torch.device) -> to
     weights' (``torch.autocast``), else None. 'mixed', and 'auto' on a CPU with native bf16:
     bf16 (fp16 on an older GPU). Pruning is where the dtype moves results at high sparsity (a bf16
     calibration changes which weights a collapsed model keeps); evaluating the same pruned weights
-    in bf16 moves perplexity by about 0.1 % (docs/benchmarks.md, compute dtype)."""
+    in bf16 moves perplexity by 0.04-0.1 % at 50-60 % sparsity and about 0.5 % in collapse
+    (docs/benchmarks.md, mixed precision)."""
     if dtype == "mixed" or (dtype in (None, "auto") and device.type == "cpu"):
         return _fast_dtype(device) or (torch.bfloat16 if dtype == "mixed" else None)
     return None
@@ -89,6 +88,12 @@ def precision_name(dtype: torch.dtype, eval_dtype: torch.dtype | None = None) ->
     if eval_dtype is not None and eval_dtype != dtype:
         return "mixed"
     return dtype_name(dtype)
+
+
+def default_precision(device: torch.device) -> str:
+    """The precision ``--dtype auto`` runs on ``device``: 'mixed' on a CPU with native bf16, 'fp32' on
+    other CPUs, the half dtype on CUDA."""
+    return precision_name(pick_dtype(None, device), pick_eval_dtype(None, device))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -154,8 +154,7 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
     runs (seeds), and whether the verdict changes)."""
     from prunekit.experiments.comparison import matrix_cell
     from prunekit.experiments.regime import regime_table
-    ids = {_run_id(r) for r in other}
-    twins = [r for r in claims["runs"] if _run_id(r) in ids]  # the default's runs of the same cells
+    twins = _twins(claims, other)
     if not twins:
         return pd.DataFrame(), pd.DataFrame()
     label = base_label(twins)
@@ -185,9 +184,15 @@ def dtype_tables(claims: dict, other: list[dict], dtype: str = "fp32") -> tuple[
 
 
 def base_label(runs: list[dict]) -> str:
-    """The precision the claims' own runs ran in ('bf16'; 'default' when they do not say)."""
-    names = sorted({str(r.get("dtype")) for r in runs if r.get("dtype")})
-    return "/".join(names) if names and len(names) == len({r.get("dtype") for r in runs}) else "default"
+    """The precision the claims' own runs ran in ('bf16'; 'default' when any of them does not say)."""
+    names = {r.get("dtype") or None for r in runs}
+    return "default" if not names or None in names else "/".join(sorted(names))
+
+
+def _twins(claims: dict, other: list[dict]) -> list[dict]:
+    """The claims' own runs of the cells ``other`` repeated (same model, seed, allocation, solver, sparsity)."""
+    ids = {_run_id(r) for r in other}
+    return [r for r in claims["runs"] if _run_id(r) in ids]
 
 
 def _run_id(r: dict) -> tuple:
@@ -375,7 +380,7 @@ def regime_section(res: dict) -> str:
             lines += ["Per-block sparsity of the plans (seed 0), 70 % beside s\*:", "", _md(prof), ""]
         if d.get("claims_fp32"):
             groups, verdicts = dtype_tables(d["claims"], d["claims_fp32"])
-            lab = base_label([r for r in d["claims"]["runs"] if _run_id(r) in {_run_id(x) for x in d["claims_fp32"]}])
+            lab = base_label(_twins(d["claims"], d["claims_fp32"]))
             lines += [f"**The runs above ({lab}) against fp32** (the same runs with every forward in fp32: the same "
                       "seeds, calibration samples and test windows; a group's move is the difference of its two "
                       f"means, set against the {lab} runs' seed-to-seed standard deviation; the default precision on "
